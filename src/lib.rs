@@ -1,0 +1,8 @@
+//! alertgate: an SMTP gateway between monitoring tools and GLPI's mail collector.
+
+pub mod alert;
+pub mod compose;
+pub mod config;
+pub mod correlate;
+pub mod deliver;
+pub mod rules;
