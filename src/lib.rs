@@ -6,3 +6,4 @@ pub mod config;
 pub mod correlate;
 pub mod deliver;
 pub mod rules;
+pub mod store;
