@@ -1,9 +1,11 @@
 //! alertgate: an SMTP gateway between monitoring tools and GLPI's mail collector.
 
 pub mod alert;
+pub mod app;
 pub mod compose;
 pub mod config;
 pub mod correlate;
 pub mod deliver;
 pub mod rules;
+pub mod smtp;
 pub mod store;
