@@ -5,6 +5,7 @@ use crate::config::LoadedConfig;
 use crate::smtp::Server;
 use crate::store::SpoolHandle;
 use anyhow::Context;
+use std::net::SocketAddr;
 use tokio::sync::watch;
 
 /// Run `alertgate serve` until a signal asks us to stop.
@@ -18,16 +19,36 @@ pub async fn serve(loaded: LoadedConfig) -> anyhow::Result<()> {
     serve_until(loaded, stop_rx).await
 }
 
-/// Run the gateway until `stop` turns true (tests drive this directly).
+/// Run the gateway until `stop` turns true.
 pub async fn serve_until(loaded: LoadedConfig, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    start(loaded, stop).await?.wait().await;
+    Ok(())
+}
+
+/// A started gateway: its listeners are bound, its workers running.
+pub struct Running {
+    pub addrs: Vec<SocketAddr>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Wait until the gateway has shut down.
+    pub async fn wait(self) {
+        let _ = self.server.await;
+        tracing::info!("alertgate stopped");
+    }
+}
+
+/// Open the store, bind the listeners and start serving; stops when `stop` turns true.
+pub async fn start(loaded: LoadedConfig, stop: watch::Receiver<bool>) -> anyhow::Result<Running> {
     let store_path = loaded.config.store.path.clone();
     let spool = SpoolHandle::start(&store_path, loaded.config.store.group_commit_max)
         .with_context(|| format!("opening the store {}", store_path.display()))?;
     let server = Server::bind(loaded.config.clone(), loaded.policy.clone(), spool.clone()).await?;
+    let addrs = server.local_addrs();
     tracing::info!(store = %store_path.display(), "alertgate started");
-    server.serve(stop).await;
-    tracing::info!("alertgate stopped");
-    Ok(())
+    let server = tokio::spawn(server.serve(stop));
+    Ok(Running { addrs, server })
 }
 
 async fn wait_for_signal() {

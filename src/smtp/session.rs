@@ -361,6 +361,10 @@ impl Session {
         let Some(tx) = self.transaction.as_mut() else {
             return reply::need_mail();
         };
+        // smtp-proto accepts the null path here; a recipient never is one.
+        if address.is_empty() {
+            return reply::bad_recipient_address();
+        }
         if !accepted {
             return reply::relay_denied(address);
         }
