@@ -82,13 +82,17 @@ impl CorrelationState {
     }
 
     /// Rebuilds the state from the store's open incidents. Ended incidents are
-    /// skipped; if two open incidents share a key the one with the higher id wins.
-    /// `next_id` is raised above every id seen. Incidents still waiting for a
+    /// skipped (their ids still count); if two open incidents share a key the one
+    /// with the higher id wins. `next_id` is raised above every id seen. Incidents still waiting for a
     /// digest are queued again (so their digest is sent on the next tick).
     pub fn from_incidents(incidents: impl IntoIterator<Item = Incident>, next_id: u64) -> Self {
         let mut state = CorrelationState::empty(next_id);
-        for incident in incidents.into_iter().filter(Incident::is_open) {
-            state.adopt(incident);
+        for incident in incidents {
+            // Ended ones still reserve their id.
+            state.next_id = state.next_id.max(incident.id.saturating_add(1));
+            if incident.is_open() {
+                state.adopt(incident);
+            }
         }
         state.requeue_pending_digest();
         state
