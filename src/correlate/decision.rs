@@ -113,7 +113,7 @@ impl fmt::Display for IgnoreReason {
 #[serde(rename_all = "snake_case", tag = "action")]
 pub enum Action {
     /// Compose and enqueue this mail.
-    Mail(IncidentMail),
+    Mail(Box<IncidentMail>),
     /// Compose and enqueue this digest mail.
     Digest(DigestMail),
     /// Counted, not mailed. `count` is the incident's suppressed total.
@@ -173,7 +173,7 @@ impl Decision {
     /// The mails of this step, in order.
     pub fn mails(&self) -> impl Iterator<Item = &IncidentMail> {
         self.actions.iter().filter_map(|a| match a {
-            Action::Mail(m) => Some(m),
+            Action::Mail(m) => Some(m.as_ref()),
             _ => None,
         })
     }

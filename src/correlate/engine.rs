@@ -149,6 +149,11 @@ fn on_open_incident(
                 Event::Recovery => return,
             };
             match outcome {
+                Outcome::Mail(UpdateReason::Reopen) => {
+                    // GLPI reopens a solved ticket on any follow-up mail.
+                    incident.ticket_status = TicketStatus::Open;
+                    emit_update(incident, UpdateReason::Reopen, alert, now, decision);
+                }
                 Outcome::Mail(reason) => emit_update(incident, reason, alert, now, decision),
                 Outcome::Suppress(why) => suppress(incident, why, decision),
             }
@@ -262,14 +267,14 @@ fn emit_mail(
     decision: &mut Decision,
 ) {
     let seq = incident.take_seq(now);
-    decision.push(Action::Mail(IncidentMail {
+    decision.push(Action::Mail(Box::new(IncidentMail {
         kind,
         seq,
         incident: incident.clone(),
         alert: alert.clone(),
         folded: incident.folded.clone(),
         deferred_event,
-    }));
+    })));
 }
 
 fn resolve(

@@ -905,6 +905,12 @@ fn solved_ticket_mails_worse_state_as_reopen() {
         }
     );
     assert_eq!(mail.incident.id, inc.id);
+    assert_eq!(
+        mail.incident.ticket_status,
+        TicketStatus::Open,
+        "the follow-up reopened it"
+    );
+    apply_ticket_info(&mut st, &inc.tag, 123, None, Some(TicketStatus::Solved));
     // Better state on a solved ticket: counted only.
     let d = correlate(
         &mut st,
@@ -1135,7 +1141,7 @@ mod properties {
             kind_host: bool,
             state: u8,
             nt: u8,
-            dt: u16,
+            dt: i16,
         },
         Ticket {
             pick: u8,
@@ -1149,7 +1155,7 @@ mod properties {
 
     fn step() -> impl Strategy<Value = Step> {
         prop_oneof![
-            8 => (0u8..3, 0u8..4, any::<bool>(), 0u8..7, 0u8..10, 0u16..90).prop_map(
+            8 => (0u8..3, 0u8..4, any::<bool>(), 0u8..7, 0u8..10, -30i16..90).prop_map(
                 |(host, service, kind_host, state, nt, dt)| Step::Alert { host, service, kind_host, state, nt, dt }
             ),
             1 => (any::<u8>(), 0u8..4).prop_map(|(pick, status)| Step::Ticket { pick, status }),
@@ -1241,4 +1247,29 @@ mod properties {
             }
         }
     }
+}
+
+#[test]
+fn decision_serializes_for_logging() {
+    let mut st = CorrelationState::default();
+    let d = correlate(
+        &mut st,
+        &svc("web01", "cpu", State::Critical, N::Problem),
+        T0,
+        &policy(),
+    );
+    let json = serde_json::to_value(&d).expect("serialize");
+    assert_eq!(json["actions"][0]["action"], "mail");
+    assert_eq!(json["actions"][0]["kind"]["kind"], "open");
+    let back: Decision = serde_json::from_value(json).expect("deserialize");
+    assert_eq!(back, d);
+    let d = correlate(
+        &mut st,
+        &svc("web01", "cpu", State::Critical, N::Problem),
+        T0 + 1,
+        &policy(),
+    );
+    let back: Decision =
+        serde_json::from_str(&serde_json::to_string(&d).expect("ser")).expect("de");
+    assert_eq!(back, d);
 }
