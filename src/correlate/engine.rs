@@ -61,7 +61,21 @@ pub fn alert_key(alert: &Alert, policy: &CorrelationPolicy) -> AlertKey {
 }
 
 /// One alert through the engine. First flushes the previous minute's digest if
-/// that minute is over, then decides for the alert.
+/// that minute is over, then decides for the alert:
+/// - problem, no open incident → open (or `Deferred` into the digest past the storm limit);
+/// - same state again → suppress (or a `Reminder` update once `repeat_interval` elapsed);
+/// - other state → `StateChange` update; acknowledgement/downtime/flapping/custom →
+///   update unless the policy suppresses that kind;
+/// - recovery (or a "problem" with a good state) → resolve; without incident → ignore;
+/// - acknowledgement/downtime/flapping/custom without incident → ignore: there is no
+///   ticket to attach it to and it reports no problem of its own;
+/// - service problem while its host's incident is down/unreachable → folded into it;
+/// - ticket solved/closed by people → only a worse state is mailed (`Reopen`), a
+///   recovery ends the incident without mail, and after a closed ticket the next
+///   problem ends it and opens a new incident.
+///
+/// `state` is changed in place; a pipeline whose transaction fails afterwards
+/// must rebuild it (`CorrelationState::from_incidents`) or have worked on a clone.
 pub fn correlate(
     state: &mut CorrelationState,
     alert: &Alert,
