@@ -66,7 +66,7 @@ pub struct Config {
     #[serde(default)]
     pub rules: RulesConfig,
     #[serde(default)]
-    pub correlation: toml::Table,
+    pub correlation: crate::correlate::CorrelationPolicy,
     #[serde(default)]
     pub compose: toml::Table,
     #[serde(default)]
