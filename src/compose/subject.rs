@@ -102,7 +102,12 @@ impl SubjectTemplate {
             truncate_chars(&clean.output, SUBJECT_MAX_CHARS - fixed_len)
         };
         let body = neutralise_ticket_markers(&self.fill(&clean, &output));
-        let subject = format!("{ticket_prefix}{}", body.trim());
+        let mut body = body.trim();
+        if output.is_empty() {
+            // `web-01 / HTTP:` with nothing after the colon reads like a cut subject.
+            body = body.trim_end_matches(|c: char| c == ':' || c.is_whitespace());
+        }
+        let subject = format!("{ticket_prefix}{body}");
         truncate_chars(&subject, SUBJECT_MAX_CHARS)
     }
 
@@ -219,6 +224,15 @@ mod tests {
         assert_eq!(
             t.render(&fields("", "PING CRITICAL"), "[GLPI #0000123] "),
             "[GLPI #0000123] [ALERT-1f3a9c2e] CRITICAL web-01: PING CRITICAL"
+        );
+    }
+
+    #[test]
+    fn empty_output_leaves_no_dangling_colon() {
+        let t = SubjectTemplate::parse(DEFAULT).unwrap();
+        assert_eq!(
+            t.render(&fields("HTTP", " \n "), ""),
+            "[ALERT-1f3a9c2e] CRITICAL web-01 / HTTP"
         );
     }
 

@@ -790,4 +790,23 @@ proptest! {
         assert_only_our_ticket(&subject, ticket);
         prop_assert!(!header_names(&m).iter().any(|n| n == "bcc"));
     }
+
+    #[test]
+    fn forwarded_subjects_cannot_name_a_ticket(
+        subject in hostile_text(),
+        host in hostile_text(),
+    ) {
+        let original = format!("From: a@example.net\r\nSubject: {subject}\r\n\r\nbody\r\n");
+        let mail = compose_unmatched(&cfg(), "UNMATCHED-1", original.as_bytes(), NOW).unwrap();
+        let m = parse(&mail.bytes);
+        prop_assert_eq!(m.subject().unwrap_or(""), mail.subject.as_str());
+        assert_only_our_ticket(&mail.subject, None);
+
+        let a = Alert { host, ..alert("x") };
+        let digest = compose_digest(&cfg(), "DIGEST-1", &[a], NOW).unwrap();
+        let m = parse(&digest.bytes);
+        prop_assert_eq!(m.subject().unwrap_or(""), digest.subject.as_str());
+        prop_assert!(digest.subject.chars().count() < 250);
+        assert_only_our_ticket(&digest.subject, None);
+    }
 }
