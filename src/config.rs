@@ -67,8 +67,8 @@ pub struct Config {
     pub rules: RulesConfig,
     #[serde(default)]
     pub correlation: crate::correlate::CorrelationPolicy,
-    #[serde(default)]
-    pub compose: toml::Table,
+    /// Required; optional here only so a missing section is reported with the other problems.
+    pub compose: Option<crate::compose::ComposeConfig>,
     #[serde(default)]
     pub relay: toml::Table,
     #[serde(default)]
@@ -285,6 +285,7 @@ pub struct LoadedConfig {
     pub path: PathBuf,
     pub config: Config,
     pub policy: ServerPolicy,
+    pub compose: crate::compose::ComposeConfig,
 }
 
 impl LoadedConfig {
@@ -318,14 +319,14 @@ impl LoadedConfig {
             }
         };
         let policy = validate(path, text, &config, &mut problems);
-        if problems.is_empty() {
-            Ok(LoadedConfig {
+        match (problems.is_empty(), config.compose.clone()) {
+            (true, Some(compose)) => Ok(LoadedConfig {
                 path: path.to_path_buf(),
                 config,
                 policy,
-            })
-        } else {
-            Err(ConfigError { problems })
+                compose,
+            }),
+            _ => Err(ConfigError { problems }),
         }
     }
 }
@@ -545,7 +546,9 @@ mod tests {
     use super::*;
 
     fn load(text: &str) -> Result<LoadedConfig, ConfigError> {
-        LoadedConfig::from_str(Path::new("test.toml"), text)
+        let text =
+            format!("{text}\n[compose]\nfrom = \"a@example.test\"\nto = \"glpi@example.test\"\n");
+        LoadedConfig::from_str(Path::new("test.toml"), &text)
     }
 
     #[test]

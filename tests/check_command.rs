@@ -3,6 +3,8 @@
 use std::process::Command;
 
 fn check(config_text: &str) -> (bool, String) {
+    let config_text =
+        &format!("{config_text}[compose]\nfrom = \"a@example.test\"\nto = \"glpi@example.test\"\n");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("alertgate.toml");
     std::fs::write(&path, config_text).unwrap();
@@ -12,7 +14,8 @@ fn check(config_text: &str) -> (bool, String) {
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
 
@@ -23,8 +26,14 @@ fn unknown_key_and_bad_cidr_are_both_named() {
 allowed_networks = [\"127.0.0.0/8\", \"10.1.2.0/40\"]\nmax_mesage_size = 100\n",
     );
     assert!(!ok, "check must fail: {out}");
-    assert!(out.contains("alertgate.toml:5: `server.max_mesage_size`: unknown key"), "{out}");
-    assert!(out.contains("alertgate.toml:4: `server.allowed_networks`: `10.1.2.0/40` is not a network"), "{out}");
+    assert!(
+        out.contains("alertgate.toml:5: `server.max_mesage_size`: unknown key"),
+        "{out}"
+    );
+    assert!(
+        out.contains("alertgate.toml:4: `server.allowed_networks`: `10.1.2.0/40` is not a network"),
+        "{out}"
+    );
     assert!(out.contains("expected CIDR"), "{out}");
     assert!(out.contains("2 problem(s) found"), "{out}");
 }
@@ -36,15 +45,26 @@ fn shipped_example_config_is_valid() {
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[test]
 fn syntax_error_and_bad_values_are_explained() {
-    let (ok, out) = check("[server]\nlisten = [\"127.0.0.1\"]\naccepted_recipients = [\"not-an-address\"]\n");
+    let (ok, out) =
+        check("[server]\nlisten = [\"127.0.0.1\"]\naccepted_recipients = [\"not-an-address\"]\n");
     assert!(!ok);
-    assert!(out.contains("`server.listen`: `127.0.0.1` is not a socket address (expected IP:PORT"), "{out}");
-    assert!(out.contains("`server.accepted_recipients`: `not-an-address` is not an address"), "{out}");
+    assert!(
+        out.contains("`server.listen`: `127.0.0.1` is not a socket address (expected IP:PORT"),
+        "{out}"
+    );
+    assert!(
+        out.contains("`server.accepted_recipients`: `not-an-address` is not an address"),
+        "{out}"
+    );
     let (ok, out) = check("[server\nlisten = 1\n");
     assert!(!ok);
     assert!(out.contains("alertgate.toml:1"), "{out}");

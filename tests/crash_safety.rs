@@ -12,7 +12,11 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn start_binary(config: &std::path::Path) -> Child {
@@ -52,7 +56,9 @@ async fn read_code(r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> Option<
 
 /// Send up to `count` mails on one connection; record the Message-IDs that got 250.
 async fn client(addr: SocketAddr, client_no: usize, count: usize, acked: Arc<Mutex<Vec<String>>>) {
-    let Ok(stream) = TcpStream::connect(addr).await else { return };
+    let Ok(stream) = TcpStream::connect(addr).await else {
+        return;
+    };
     let (r, mut w) = stream.into_split();
     let mut r = BufReader::new(r);
     if read_code(&mut r).await != Some(220) {
@@ -63,9 +69,8 @@ async fn client(addr: SocketAddr, client_no: usize, count: usize, acked: Arc<Mut
     }
     for n in 0..count {
         let id = format!("c{client_no}-{n}@crash.test");
-        let mail = format!(
-            "MAIL FROM:<nagios@crash.test>\r\nRCPT TO:<glpi@example.test>\r\nDATA\r\n"
-        );
+        let mail =
+            format!("MAIL FROM:<nagios@crash.test>\r\nRCPT TO:<glpi@example.test>\r\nDATA\r\n");
         if w.write_all(mail.as_bytes()).await.is_err() {
             return;
         }
@@ -74,7 +79,10 @@ async fn client(addr: SocketAddr, client_no: usize, count: usize, acked: Arc<Mut
                 return;
             }
         }
-        let body = format!("Message-ID: <{id}>\r\nSubject: PROBLEM {n}\r\n\r\n{}\r\n.\r\n", "x".repeat(1500));
+        let body = format!(
+            "Message-ID: <{id}>\r\nSubject: PROBLEM {n}\r\n\r\n{}\r\n.\r\n",
+            "x".repeat(1500)
+        );
         if w.write_all(body.as_bytes()).await.is_err() {
             return;
         }
@@ -89,7 +97,8 @@ async fn client(addr: SocketAddr, client_no: usize, count: usize, acked: Arc<Mut
 async fn every_acknowledged_mail_survives_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let text = support::gateway::config_text(dir.path(), "", "").replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let text = support::gateway::config_text(dir.path(), "", "")
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
     let cfg = dir.path().join("alertgate.toml");
     std::fs::write(&cfg, text).unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -97,7 +106,9 @@ async fn every_acknowledged_mail_survives_sigkill() {
     let mut child = start_binary(&cfg);
     wait_listening(addr).await;
     let acked = Arc::new(Mutex::new(Vec::new()));
-    let clients: Vec<_> = (0..8).map(|i| tokio::spawn(client(addr, i, 200, acked.clone()))).collect();
+    let clients: Vec<_> = (0..8)
+        .map(|i| tokio::spawn(client(addr, i, 200, acked.clone())))
+        .collect();
 
     // Kill once a good share is acknowledged but the run is not over.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -110,8 +121,15 @@ async fn every_acknowledged_mail_survives_sigkill() {
         c.await.unwrap();
     }
     let acked: Vec<String> = acked.lock().unwrap().clone();
-    assert!(acked.len() >= 300, "only {} mails acknowledged before the kill", acked.len());
-    assert!(acked.len() < 1600, "the kill came after the run was over; it proves nothing");
+    assert!(
+        acked.len() >= 300,
+        "only {} mails acknowledged before the kill",
+        acked.len()
+    );
+    assert!(
+        acked.len() < 1600,
+        "the kill came after the run was over; it proves nothing"
+    );
 
     // Restart on the same store: it must come up and serve.
     let mut child = start_binary(&cfg);
@@ -124,11 +142,20 @@ async fn every_acknowledged_mail_survives_sigkill() {
         .filter_map(|r| r.unwrap())
         .collect();
     let missing: Vec<&String> = acked.iter().filter(|id| !stored.contains(*id)).collect();
-    assert!(missing.is_empty(), "{} acknowledged mails lost, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged mails lost, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
 
     let after = Arc::new(Mutex::new(Vec::new()));
     client(addr, 99, 1, after.clone()).await;
-    assert_eq!(after.lock().unwrap().len(), 1, "the restarted server accepts mail");
+    assert_eq!(
+        after.lock().unwrap().len(),
+        1,
+        "the restarted server accepts mail"
+    );
     child.kill().unwrap();
     child.wait().unwrap();
 }
@@ -137,7 +164,8 @@ async fn every_acknowledged_mail_survives_sigkill() {
 async fn sigterm_stops_cleanly_with_exit_0() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let text = support::gateway::config_text(dir.path(), "", "").replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let text = support::gateway::config_text(dir.path(), "", "")
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
     let cfg = dir.path().join("alertgate.toml");
     std::fs::write(&cfg, text).unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -156,16 +184,24 @@ async fn sigterm_stops_cleanly_with_exit_0() {
     assert_eq!(busy.cmd("DATA").await.code, 354);
     busy.send(b"Subject: in flight\r\n\r\nfirst half\r\n").await;
 
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(TcpStream::connect(addr).await.is_err(), "no new connections after SIGTERM");
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "no new connections after SIGTERM"
+    );
     let r = idle.reply().await.expect("idle session is told");
     assert_eq!(r.code, 421, "{r:?}");
 
     busy.send(b"second half\r\n.\r\n").await;
     let r = busy.reply().await.expect("DATA in flight gets its answer");
     assert_eq!(r.code, 250, "{r:?}");
-    let code = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    let code = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
     assert!(code.success(), "exit status {code:?}");
 }

@@ -25,10 +25,18 @@ fn sample_message() -> Message {
 
 /// The stored message minus our Received: header (which is folded over several lines).
 fn without_received(raw: &[u8]) -> &[u8] {
-    assert!(raw.starts_with(b"Received: "), "stored message must start with our Received: header");
+    assert!(
+        raw.starts_with(b"Received: "),
+        "stored message must start with our Received: header"
+    );
     let mut pos = 0;
     loop {
-        let eol = raw[pos..].iter().position(|&b| b == b'\n').expect("header line") + pos + 1;
+        let eol = raw[pos..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .expect("header line")
+            + pos
+            + 1;
         pos = eol;
         if raw[pos] != b'\t' && raw[pos] != b' ' {
             return &raw[pos..];
@@ -41,7 +49,9 @@ async fn lettre_mail_is_spooled_byte_for_byte_with_its_envelope() {
     let gw = TestGateway::start("").await;
     let mailer = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
         .port(gw.addr.port())
-        .hello_name(lettre::transport::smtp::extension::ClientId::Domain("centreon.example.test".into()))
+        .hello_name(lettre::transport::smtp::extension::ClientId::Domain(
+            "centreon.example.test".into(),
+        ))
         .build();
     let message = sample_message();
     let expected = message.formatted();
@@ -52,9 +62,20 @@ async fn lettre_mail_is_spooled_byte_for_byte_with_its_envelope() {
 
     let conn = gw.db();
     let (peer, helo, from, rcpt, tls, raw): (String, String, String, String, bool, Vec<u8>) = conn
-        .query_row("SELECT peer, helo, mail_from, rcpt_to, tls, raw FROM spool", [], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
-        })
+        .query_row(
+            "SELECT peer, helo, mail_from, rcpt_to, tls, raw FROM spool",
+            [],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            },
+        )
         .unwrap();
     assert!(peer.starts_with("127.0.0.1:"), "{peer}");
     assert_eq!(helo, "centreon.example.test");
@@ -66,10 +87,19 @@ async fn lettre_mail_is_spooled_byte_for_byte_with_its_envelope() {
     // transmitted (and what we must keep) is the formatted message plus one empty line.
     let mut transmitted = expected.clone();
     transmitted.extend_from_slice(b"\r\n");
-    assert_eq!(String::from_utf8_lossy(body), String::from_utf8_lossy(&transmitted));
+    assert_eq!(
+        String::from_utf8_lossy(body),
+        String::from_utf8_lossy(&transmitted)
+    );
     let received = String::from_utf8_lossy(&raw[..raw.len() - body.len()]).to_string();
-    assert!(received.contains("from centreon.example.test ([127.0.0.1])"), "{received}");
-    assert!(received.contains("by alertgate.test (alertgate) with ESMTP"), "{received}");
+    assert!(
+        received.contains("from centreon.example.test ([127.0.0.1])"),
+        "{received}"
+    );
+    assert!(
+        received.contains("by alertgate.test (alertgate) with ESMTP"),
+        "{received}"
+    );
     gw.shutdown().await;
 }
 
@@ -86,11 +116,27 @@ NOOP\r\nVRFY glpi\r\nRSET\r\nQUIT\r\n",
     .await;
     let ehlo = c.reply().await.unwrap();
     assert_eq!(ehlo.code, 250);
-    for ext in ["PIPELINING", "SIZE ", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES"] {
-        assert!(ehlo.lines.iter().any(|l| l.starts_with(ext)), "EHLO lacks {ext}: {:?}", ehlo.lines);
+    for ext in [
+        "PIPELINING",
+        "SIZE ",
+        "8BITMIME",
+        "SMTPUTF8",
+        "ENHANCEDSTATUSCODES",
+    ] {
+        assert!(
+            ehlo.lines.iter().any(|l| l.starts_with(ext)),
+            "EHLO lacks {ext}: {:?}",
+            ehlo.lines
+        );
     }
-    assert!(!ehlo.lines.iter().any(|l| l.starts_with("STARTTLS")), "no certificate, no STARTTLS");
-    assert!(!ehlo.lines.iter().any(|l| l.starts_with("AUTH")), "no users, no AUTH");
+    assert!(
+        !ehlo.lines.iter().any(|l| l.starts_with("STARTTLS")),
+        "no certificate, no STARTTLS"
+    );
+    assert!(
+        !ehlo.lines.iter().any(|l| l.starts_with("AUTH")),
+        "no users, no AUTH"
+    );
     let expected = [
         (250, "2.1.0"),
         (250, "2.1.5"),
@@ -110,10 +156,17 @@ NOOP\r\nVRFY glpi\r\nRSET\r\nQUIT\r\n",
     }
     assert!(c.closed().await);
     let conn = gw.db();
-    let (rcpt, raw): (String, Vec<u8>) = conn.query_row("SELECT rcpt_to, raw FROM spool", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+    let (rcpt, raw): (String, Vec<u8>) = conn
+        .query_row("SELECT rcpt_to, raw FROM spool", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
     assert_eq!(rcpt, r#"["glpi@example.test","ops@alerts.example.test"]"#);
     let raw = String::from_utf8(raw).unwrap();
-    assert!(raw.ends_with("Subject: pipelined\r\n\r\nline\r\n.stuffed\r\n"), "{raw:?}");
+    assert!(
+        raw.ends_with("Subject: pipelined\r\n\r\nline\r\n.stuffed\r\n"),
+        "{raw:?}"
+    );
     gw.shutdown().await;
 }
 
@@ -142,9 +195,16 @@ async fn starttls_and_auth_work_with_lettre_and_auth_before_tls_is_refused() {
     c.reply().await.unwrap();
     let ehlo = c.cmd("EHLO plain.test").await;
     assert!(ehlo.lines.iter().any(|l| l == "STARTTLS"), "{ehlo:?}");
-    assert!(!ehlo.lines.iter().any(|l| l.starts_with("AUTH")), "{ehlo:?}");
+    assert!(
+        !ehlo.lines.iter().any(|l| l.starts_with("AUTH")),
+        "{ehlo:?}"
+    );
     let auth = c.cmd("AUTH PLAIN AHZyb3BzAHMzY3JldA==").await;
-    assert_eq!((auth.code, auth.text().starts_with("5.7.11")), (538, true), "{auth:?}");
+    assert_eq!(
+        (auth.code, auth.text().starts_with("5.7.11")),
+        (538, true),
+        "{auth:?}"
+    );
     let mail = c.cmd("MAIL FROM:<vrops@example.test>").await;
     assert_eq!(mail.code, 530, "{mail:?}");
     assert_eq!(c.cmd("QUIT").await.code, 221);
@@ -160,9 +220,16 @@ async fn starttls_and_auth_work_with_lettre_and_auth_before_tls_is_refused() {
         .credentials(Credentials::new("vrops".into(), "s3cret".into()))
         .authentication(vec![Mechanism::Login])
         .build();
-    mailer.send(sample_message()).await.expect("send over STARTTLS with AUTH LOGIN");
-    let (tls_flag, user): (bool, String) =
-        gw.db().query_row("SELECT tls, auth_user FROM spool", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+    mailer
+        .send(sample_message())
+        .await
+        .expect("send over STARTTLS with AUTH LOGIN");
+    let (tls_flag, user): (bool, String) = gw
+        .db()
+        .query_row("SELECT tls, auth_user FROM spool", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
     assert!(tls_flag);
     assert_eq!(user, "vrops");
 
@@ -170,7 +237,10 @@ async fn starttls_and_auth_work_with_lettre_and_auth_before_tls_is_refused() {
     let bad = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
         .port(gw.addr.port())
         .tls(Tls::Required(
-            TlsParameters::builder("localhost".into()).dangerous_accept_invalid_certs(true).build_rustls().unwrap(),
+            TlsParameters::builder("localhost".into())
+                .dangerous_accept_invalid_certs(true)
+                .build_rustls()
+                .unwrap(),
         ))
         .credentials(Credentials::new("vrops".into(), "wrong".into()))
         .authentication(vec![Mechanism::Plain])
@@ -190,12 +260,19 @@ async fn plaintext_auth_on_loopback_only_when_allowed() {
     let mut c = RawClient::connect(gw.addr).await;
     c.reply().await.unwrap();
     let ehlo = c.cmd("EHLO x.test").await;
-    assert!(ehlo.lines.iter().any(|l| l == "AUTH PLAIN LOGIN"), "{ehlo:?}");
+    assert!(
+        ehlo.lines.iter().any(|l| l == "AUTH PLAIN LOGIN"),
+        "{ehlo:?}"
+    );
     // AUTH LOGIN: two 334 challenges, then 235.
     let r = c.cmd("AUTH LOGIN").await;
     assert_eq!((r.code, r.text()), (334, "VXNlcm5hbWU6".to_string()));
     assert_eq!(c.cmd("dQ==").await.code, 334);
     assert_eq!(c.cmd("cA==").await.code, 235);
-    assert_eq!(c.cmd("AUTH PLAIN AHUAcA==").await.code, 503, "already authenticated");
+    assert_eq!(
+        c.cmd("AUTH PLAIN AHUAcA==").await.code,
+        503,
+        "already authenticated"
+    );
     gw.shutdown().await;
 }

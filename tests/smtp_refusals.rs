@@ -17,7 +17,13 @@ async fn greeted(gw: &TestGateway) -> RawClient {
 async fn still_serving(gw: &TestGateway) {
     let before = gw.spooled();
     let mut c = greeted(gw).await;
-    let r = c.send_mail("ok@example.test", "glpi@example.test", b"Subject: fine\r\n\r\nbody\r\n").await;
+    let r = c
+        .send_mail(
+            "ok@example.test",
+            "glpi@example.test",
+            b"Subject: fine\r\n\r\nbody\r\n",
+        )
+        .await;
     assert_eq!(r.code, 250, "{r:?}");
     assert_eq!(gw.spooled(), before + 1);
 }
@@ -35,8 +41,13 @@ async fn oversize_by_declared_size_and_by_actual_data() {
     assert_reply(&r, 552, "5.3.4");
 
     // No SIZE= declared, then 10 KB of DATA: drained, refused, nothing kept.
-    let body = format!("Subject: big\r\n\r\n{}", "x".repeat(78).repeat(128).replace("xx", "x\r\n"));
-    let r = c.send_mail("big@example.test", "glpi@example.test", body.as_bytes()).await;
+    let body = format!(
+        "Subject: big\r\n\r\n{}",
+        "x".repeat(78).repeat(128).replace("xx", "x\r\n")
+    );
+    let r = c
+        .send_mail("big@example.test", "glpi@example.test", body.as_bytes())
+        .await;
     assert_reply(&r, 552, "5.3.4");
     // The session is still usable: the drained body was not read as commands.
     assert_reply(&c.cmd("NOOP").await, 250, "2.0.0");
@@ -50,11 +61,23 @@ async fn foreign_recipient_and_too_many_recipients() {
     let gw = TestGateway::start("max_recipients = 2").await;
     let mut c = greeted(&gw).await;
     assert_eq!(c.cmd("MAIL FROM:<a@example.test>").await.code, 250);
-    assert_reply(&c.cmd("RCPT TO:<someone@elsewhere.test>").await, 550, "5.7.1");
-    assert_reply(&c.cmd("RCPT TO:<glpi@example.test.evil>").await, 550, "5.7.1");
+    assert_reply(
+        &c.cmd("RCPT TO:<someone@elsewhere.test>").await,
+        550,
+        "5.7.1",
+    );
+    assert_reply(
+        &c.cmd("RCPT TO:<glpi@example.test.evil>").await,
+        550,
+        "5.7.1",
+    );
     assert_eq!(c.cmd("RCPT TO:<glpi@example.test>").await.code, 250);
     assert_eq!(c.cmd("RCPT TO:<ops@alerts.example.test>").await.code, 250);
-    assert_reply(&c.cmd("RCPT TO:<more@alerts.example.test>").await, 452, "4.5.3");
+    assert_reply(
+        &c.cmd("RCPT TO:<more@alerts.example.test>").await,
+        452,
+        "4.5.3",
+    );
     assert_reply(&c.cmd("RSET").await, 250, "2.0.0");
     assert_eq!(gw.spooled(), 0);
 
@@ -89,7 +112,11 @@ async fn malformed_commands_and_bad_sequence() {
     assert_reply(&c.cmd("RCPT TO:<glpi@example.test>").await, 503, "5.5.1");
     assert_reply(&c.cmd("FROB nicate").await, 500, "5.5.2");
     assert_reply(&c.cmd("MAIL FROM:a@example.test").await, 501, "5.5.4");
-    assert_reply(&c.cmd("MAIL FROM:<a@example.test> FOO=BAR").await, 555, "5.5.4");
+    assert_reply(
+        &c.cmd("MAIL FROM:<a@example.test> FOO=BAR").await,
+        555,
+        "5.5.4",
+    );
     assert_eq!(c.cmd("MAIL FROM:<a@example.test>").await.code, 250);
     assert_reply(&c.cmd("MAIL FROM:<b@example.test>").await, 503, "5.5.1");
     assert_reply(&c.cmd("RCPT TO:<>").await, 501, "5.1.3");
@@ -137,7 +164,10 @@ async fn connections_over_the_limit_get_421() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    assert!(ok, "server serves again once the excess connections are gone");
+    assert!(
+        ok,
+        "server serves again once the excess connections are gone"
+    );
     gw.shutdown().await;
 }
 

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 /// Tunables of the correlation engine. Every field has a default, so an empty
 /// `[correlation]` section (or none) is valid.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(deny_unknown_fields, default)]
 pub struct CorrelationPolicy {
     /// Seconds between reminder mails for a problem that keeps repeating in the
     /// same state. `None` (default): repeats are only counted.

@@ -30,7 +30,10 @@ impl RawClient {
     pub async fn connect(addr: SocketAddr) -> RawClient {
         let stream = TcpStream::connect(addr).await.expect("connect");
         let (r, w) = stream.into_split();
-        RawClient { reader: BufReader::new(r), writer: w }
+        RawClient {
+            reader: BufReader::new(r),
+            writer: w,
+        }
     }
 
     pub async fn send(&mut self, bytes: &[u8]) {
@@ -61,7 +64,9 @@ impl RawClient {
     /// Send a command line and read its reply.
     pub async fn cmd(&mut self, line: &str) -> ServerReply {
         self.send(format!("{line}\r\n").as_bytes()).await;
-        self.reply().await.unwrap_or_else(|| panic!("connection closed after {line:?}"))
+        self.reply()
+            .await
+            .unwrap_or_else(|| panic!("connection closed after {line:?}"))
     }
 
     /// True when the server has closed the connection (EOF).

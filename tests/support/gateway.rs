@@ -29,10 +29,17 @@ path = "{db}"
 
 [rules]
 dirs = ["{rules}"]
+
+[compose]
+from = "alertgate@example.test"
+to = "glpi@example.test"
+hostname = "alertgate.test"
 {sections}
 "#,
         db = dir.join("alertgate.db").display(),
-        rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules").display(),
+        rules = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("rules")
+            .display(),
     )
 }
 
@@ -46,11 +53,20 @@ impl TestGateway {
         let text = config_text(dir.path(), server_extra, sections);
         let cfg_path = dir.path().join("alertgate.toml");
         std::fs::write(&cfg_path, &text).expect("write config");
-        let loaded = LoadedConfig::from_str(&cfg_path, &text).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+        let loaded = LoadedConfig::from_str(&cfg_path, &text)
+            .unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
         let db = loaded.config.store.path.clone();
         let (stop, stop_rx) = watch::channel(false);
-        let running = alertgate::app::start(loaded, stop_rx).await.expect("gateway starts");
-        TestGateway { addr: running.addrs[0], dir, db, stop, running: Some(running) }
+        let running = alertgate::app::start(loaded, stop_rx)
+            .await
+            .expect("gateway starts");
+        TestGateway {
+            addr: running.addrs[0],
+            dir,
+            db,
+            stop,
+            running: Some(running),
+        }
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -63,7 +79,9 @@ impl TestGateway {
 
     /// Number of messages in the spool.
     pub fn spooled(&self) -> i64 {
-        self.db().query_row("SELECT COUNT(*) FROM spool", [], |r| r.get(0)).expect("count")
+        self.db()
+            .query_row("SELECT COUNT(*) FROM spool", [], |r| r.get(0))
+            .expect("count")
     }
 
     pub async fn shutdown(mut self) {
