@@ -1,6 +1,8 @@
 //! The embedded SQLite store: schema and migrations, the inbound spool (one writer thread
 //! with group commit), incidents, and the outbound queue. Every durable fact lives here.
 
+pub mod incidents;
+pub mod outbound;
 pub mod spool;
 
 use rusqlite::Connection;
@@ -75,6 +77,8 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX outbound_state ON outbound(state, next_attempt_at);
      CREATE INDEX outbound_order ON outbound(order_key, id);
      CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+    // 2: which host each alert mail was about, for follow-ups that only cite it.
+    "CREATE TABLE message_hosts (message_id TEXT PRIMARY KEY, host TEXT NOT NULL);",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
