@@ -78,7 +78,8 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX outbound_order ON outbound(order_key, id);
      CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
     // 2: which host each alert mail was about, for follow-ups that only cite it.
-    "CREATE TABLE message_hosts (message_id TEXT PRIMARY KEY, host TEXT NOT NULL);",
+    "CREATE TABLE message_hosts (message_id TEXT PRIMARY KEY, host TEXT NOT NULL);
+     ALTER TABLE outbound ADD COLUMN event TEXT;",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -60,6 +60,13 @@ pub fn enqueue(conn: &Connection, mail: &NewOutbound<'_>, now: i64) -> Result<i6
     Ok(conn.last_insert_rowid())
 }
 
+/// Keep the correlation event a mail was composed from, so a held mail can be composed
+/// again once its ticket id is known.
+pub fn set_event(conn: &Connection, id: i64, event: &str) -> Result<(), StoreError> {
+    conn.prepare_cached("UPDATE outbound SET event = ?2 WHERE id = ?1")?.execute(rusqlite::params![id, event])?;
+    Ok(())
+}
+
 /// One row of the outbound queue, as listed (without the bytes unless asked).
 #[derive(Debug, Clone)]
 pub struct OutboundRow {
