@@ -3,11 +3,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(
-    name = "alertgate",
-    version,
-    about = "SMTP gateway from monitoring mail to GLPI tickets"
-)]
+#[command(name = "alertgate", version, about = "SMTP gateway from monitoring mail to GLPI tickets")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -30,16 +26,8 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Parse {
-            rules,
-            explain,
-            files,
-        } => {
-            let dirs = if rules.is_empty() {
-                vec![PathBuf::from("rules")]
-            } else {
-                rules
-            };
+        Command::Parse { rules, explain, files } => {
+            let dirs = if rules.is_empty() { vec![PathBuf::from("rules")] } else { rules };
             match alertgate::rules::cli::run_parse(&dirs, &files, explain) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::FAILURE,

@@ -6,11 +6,7 @@ pub mod cli {
 
     /// `alertgate parse`: prints one JSON line per alert (or error) per file.
     /// Returns Ok(true) when every file matched.
-    pub fn run_parse(
-        rule_dirs: &[PathBuf],
-        files: &[PathBuf],
-        explain: bool,
-    ) -> anyhow::Result<bool> {
+    pub fn run_parse(rule_dirs: &[PathBuf], files: &[PathBuf], explain: bool) -> anyhow::Result<bool> {
         let _ = (rule_dirs, files, explain);
         anyhow::bail!("not implemented")
     }
