@@ -69,10 +69,8 @@ pub struct Config {
     pub correlation: crate::correlate::CorrelationPolicy,
     /// Required; optional here only so a missing section is reported with the other problems.
     pub compose: Option<crate::compose::ComposeConfig>,
-    #[serde(default)]
-    pub relay: toml::Table,
-    #[serde(default)]
-    pub delivery: toml::Table,
+    /// Required; optional here only so a missing section is reported with the other problems.
+    pub relay: Option<crate::deliver::RelayConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -286,6 +284,7 @@ pub struct LoadedConfig {
     pub config: Config,
     pub policy: ServerPolicy,
     pub compose: crate::compose::ComposeConfig,
+    pub relay: crate::deliver::RelayConfig,
 }
 
 impl LoadedConfig {
@@ -319,12 +318,17 @@ impl LoadedConfig {
             }
         };
         let policy = validate(path, text, &config, &mut problems);
-        match (problems.is_empty(), config.compose.clone()) {
-            (true, Some(compose)) => Ok(LoadedConfig {
+        match (
+            problems.is_empty(),
+            config.compose.clone(),
+            config.relay.clone(),
+        ) {
+            (true, Some(compose), Some(relay)) => Ok(LoadedConfig {
                 path: path.to_path_buf(),
                 config,
                 policy,
                 compose,
+                relay,
             }),
             _ => Err(ConfigError { problems }),
         }
@@ -547,7 +551,7 @@ mod tests {
 
     fn load(text: &str) -> Result<LoadedConfig, ConfigError> {
         let text =
-            format!("{text}\n[compose]\nfrom = \"a@example.test\"\nto = \"glpi@example.test\"\n");
+            format!("{text}\n[compose]\nfrom = \"a@example.test\"\nto = \"glpi@example.test\"\n[relay]\nhost = \"127.0.0.1\"\n");
         LoadedConfig::from_str(Path::new("test.toml"), &text)
     }
 

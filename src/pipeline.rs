@@ -54,7 +54,9 @@ struct StoreContext<'a> {
 
 impl ParseContext for StoreContext<'_> {
     fn host_for_message_id(&self, message_id: &str) -> Option<String> {
-        incidents::host_for_message(self.conn, message_id).ok().flatten()
+        incidents::host_for_message(self.conn, message_id)
+            .ok()
+            .flatten()
     }
 }
 
@@ -62,7 +64,11 @@ impl Pipeline {
     pub fn open(path: &Path, settings: PipelineSettings) -> Result<Pipeline, PipelineError> {
         let conn = crate::store::open(path)?;
         let state = incidents::load_state(&conn)?;
-        Ok(Pipeline { conn, settings, state })
+        Ok(Pipeline {
+            conn,
+            settings,
+            state,
+        })
     }
 
     pub fn state(&self) -> &CorrelationState {
@@ -103,7 +109,10 @@ impl Pipeline {
         f: impl FnOnce(&mut PipelineCore<'_>, &Connection) -> Result<(), PipelineError>,
     ) -> Result<(), PipelineError> {
         let tx = self.conn.unchecked_transaction()?;
-        let mut core = PipelineCore { settings: &self.settings, state: &mut self.state };
+        let mut core = PipelineCore {
+            settings: &self.settings,
+            state: &mut self.state,
+        };
         let outcome = f(&mut core, &tx).and_then(|()| {
             incidents::set_kv(&tx, "next_incident_id", &core.state.next_id().to_string())?;
             tx.commit().map_err(PipelineError::from)
@@ -124,10 +133,18 @@ struct PipelineCore<'a> {
 }
 
 impl PipelineCore<'_> {
-    fn process(&mut self, conn: &Connection, row: &SpoolRow, now: i64) -> Result<StepResult, PipelineError> {
+    fn process(
+        &mut self,
+        conn: &Connection,
+        row: &SpoolRow,
+        now: i64,
+    ) -> Result<StepResult, PipelineError> {
         let raw = row.raw.as_deref().unwrap_or_default();
         if let Some(original) = duplicate_of(conn, row)? {
-            return Ok(StepResult { state: SpoolState::Processed, note: format!("duplicate of spool id {original}, ignored") });
+            return Ok(StepResult {
+                state: SpoolState::Processed,
+                note: format!("duplicate of spool id {original}, ignored"),
+            });
         }
         let ctx = StoreContext { conn };
         match self.settings.rules.parse(raw, &ctx) {
@@ -154,7 +171,10 @@ impl PipelineCore<'_> {
             let decision = correlate::correlate(self.state, alert, now, &self.settings.correlation);
             notes.push(self.apply(conn, &decision, Some((row.id, raw)), now)?);
         }
-        Ok(StepResult { state: SpoolState::Processed, note: notes.join("; ") })
+        Ok(StepResult {
+            state: SpoolState::Processed,
+            note: notes.join("; "),
+        })
     }
 
     /// Persist what correlation changed and enqueue its mails; returns a summary.
@@ -178,7 +198,13 @@ impl PipelineCore<'_> {
         Ok(summary.join(", "))
     }
 
-    fn act(&mut self, conn: &Connection, action: &Action, origin: Option<(i64, &[u8])>, now: i64) -> Result<String, PipelineError> {
+    fn act(
+        &mut self,
+        conn: &Connection,
+        action: &Action,
+        origin: Option<(i64, &[u8])>,
+        now: i64,
+    ) -> Result<String, PipelineError> {
         match action {
             Action::Mail(mail) => {
                 let state = if self.settings.hold_until_ticket_known
@@ -193,8 +219,21 @@ impl PipelineCore<'_> {
                 match compose_incident_mail(&self.settings.compose, mail, original, now) {
                     Ok(composed) => {
                         let event = serde_json::to_string(mail).ok();
-                        enqueue(conn, &composed, &mail.incident.tag, state, origin.map(|o| o.0), event.as_deref(), now)?;
-                        Ok(format!("{} {} ({})", mail_kind_word(mail), mail.incident.tag, composed.message_id))
+                        enqueue(
+                            conn,
+                            &composed,
+                            &mail.incident.tag,
+                            state,
+                            origin.map(|o| o.0),
+                            event.as_deref(),
+                            now,
+                        )?;
+                        Ok(format!(
+                            "{} {} ({})",
+                            mail_kind_word(mail),
+                            mail.incident.tag,
+                            composed.message_id
+                        ))
                     }
                     Err(e) => {
                         tracing::error!(tag = %mail.incident.tag, error = %e, "cannot compose mail");
@@ -207,7 +246,15 @@ impl PipelineCore<'_> {
                 let tag = format!("DIGEST-{}", digest.window_start);
                 match compose::compose_digest(&self.settings.compose, &tag, &alerts, now) {
                     Ok(composed) => {
-                        enqueue(conn, &composed, &tag, OutboundState::Queued, None, None, now)?;
+                        enqueue(
+                            conn,
+                            &composed,
+                            &tag,
+                            OutboundState::Queued,
+                            None,
+                            None,
+                            now,
+                        )?;
                         Ok(format!("digest {tag} of {} alerts", digest.count))
                     }
                     Err(e) => {
@@ -237,19 +284,39 @@ impl PipelineCore<'_> {
             tracing::warn!(spool_id = row.id, error = %why, "mail matched a rule but could not be read");
         }
         match self.settings.unmatched {
-            UnmatchedPolicy::Hold => Ok(StepResult { state: SpoolState::Held, note: format!("held: {why}") }),
+            UnmatchedPolicy::Hold => Ok(StepResult {
+                state: SpoolState::Held,
+                note: format!("held: {why}"),
+            }),
             UnmatchedPolicy::Drop => {
                 tracing::warn!(spool_id = row.id, reason = %why, "unmatched mail dropped by policy");
-                Ok(StepResult { state: SpoolState::Dropped, note: format!("dropped: {why}") })
+                Ok(StepResult {
+                    state: SpoolState::Dropped,
+                    note: format!("dropped: {why}"),
+                })
             }
             UnmatchedPolicy::Forward => {
                 let tag = format!("MAIL-{}", row.id);
                 match compose::compose_unmatched(&self.settings.compose, &tag, raw, now) {
                     Ok(composed) => {
-                        enqueue(conn, &composed, &tag, OutboundState::Queued, Some(row.id), None, now)?;
-                        Ok(StepResult { state: SpoolState::Processed, note: format!("forwarded unmatched as {tag}: {why}") })
+                        enqueue(
+                            conn,
+                            &composed,
+                            &tag,
+                            OutboundState::Queued,
+                            Some(row.id),
+                            None,
+                            now,
+                        )?;
+                        Ok(StepResult {
+                            state: SpoolState::Processed,
+                            note: format!("forwarded unmatched as {tag}: {why}"),
+                        })
                     }
-                    Err(e) => Ok(StepResult { state: SpoolState::Failed, note: format!("cannot forward: {e} ({why})") }),
+                    Err(e) => Ok(StepResult {
+                        state: SpoolState::Failed,
+                        note: format!("cannot forward: {e} ({why})"),
+                    }),
                 }
             }
         }
@@ -294,13 +361,20 @@ pub fn compose_incident_mail(
 ) -> Result<ComposedMail, compose::ComposeError> {
     let kind = match mail.kind {
         correlate::MailKind::Open => compose::MailKind::Open,
-        correlate::MailKind::Update { reason } => compose::MailKind::Update { reason: update_reason_word(reason).into() },
+        correlate::MailKind::Update { reason } => compose::MailKind::Update {
+            reason: update_reason_word(reason).into(),
+        },
         correlate::MailKind::Resolve => compose::MailKind::Resolve,
     };
     let folded: Vec<compose::FoldedService> = mail
         .folded
         .iter()
-        .map(|f| compose::FoldedService { service: f.service.clone(), state: f.state, output: f.output.clone(), time: f.last_seen })
+        .map(|f| compose::FoldedService {
+            service: f.service.clone(),
+            state: f.state,
+            output: f.output.clone(),
+            time: f.last_seen,
+        })
         .collect();
     let incident = &mail.incident;
     let event = MailEvent {
@@ -344,11 +418,21 @@ fn mail_kind_word(mail: &IncidentMail) -> &'static str {
 
 fn describe(action: &Action) -> String {
     match action {
-        Action::Suppress { tag, count, why, .. } => format!("suppressed for {tag} ({why:?}, {count} so far)"),
+        Action::Suppress {
+            tag, count, why, ..
+        } => format!("suppressed for {tag} ({why:?}, {count} so far)"),
         Action::Ignore { why } => format!("ignored: {why}"),
-        Action::Folded { host_tag, service, .. } => format!("folded {service} into {host_tag}"),
-        Action::Deferred { tag, pending_in_digest, .. } => format!("{tag} deferred to digest ({pending_in_digest} pending)"),
-        Action::EndedQuietly { tag, reason, .. } => format!("{tag} ended without mail ({reason:?})"),
+        Action::Folded {
+            host_tag, service, ..
+        } => format!("folded {service} into {host_tag}"),
+        Action::Deferred {
+            tag,
+            pending_in_digest,
+            ..
+        } => format!("{tag} deferred to digest ({pending_in_digest} pending)"),
+        Action::EndedQuietly { tag, reason, .. } => {
+            format!("{tag} ended without mail ({reason:?})")
+        }
         Action::Mail(m) => format!("mail {}", m.incident.tag),
         Action::Digest(d) => format!("digest of {}", d.count),
     }
@@ -358,10 +442,16 @@ fn describe(action: &Action) -> String {
 /// content: that is a duplicate. Same Message-ID with other content is not (some tools
 /// reuse ids for repeats, and a repeat must still be counted).
 fn duplicate_of(conn: &Connection, row: &SpoolRow) -> Result<Option<i64>, StoreError> {
-    let Some(mid) = &row.message_id else { return Ok(None) };
+    let Some(mid) = &row.message_id else {
+        return Ok(None);
+    };
     let raw = row.raw.as_deref().unwrap_or_default();
-    let mut stmt = conn.prepare_cached("SELECT id, raw FROM spool WHERE message_id = ?1 AND id < ?2 ORDER BY id")?;
-    let earlier = stmt.query_map(rusqlite::params![mid, row.id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, raw FROM spool WHERE message_id = ?1 AND id < ?2 ORDER BY id",
+    )?;
+    let earlier = stmt.query_map(rusqlite::params![mid, row.id], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+    })?;
     for found in earlier {
         let (id, other) = found?;
         if after_our_received(&other) == after_our_received(raw) {

@@ -4,7 +4,7 @@ use std::process::Command;
 
 fn check(config_text: &str) -> (bool, String) {
     let config_text =
-        &format!("{config_text}[compose]\nfrom = \"a@example.test\"\nto = \"glpi@example.test\"\n");
+        &format!("{config_text}[compose]\nfrom = \"a@example.test\"\nto = \"glpi@example.test\"\n[relay]\nhost = \"127.0.0.1\"\n");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("alertgate.toml");
     std::fs::write(&path, config_text).unwrap();

@@ -63,7 +63,8 @@ pub fn enqueue(conn: &Connection, mail: &NewOutbound<'_>, now: i64) -> Result<i6
 /// Keep the correlation event a mail was composed from, so a held mail can be composed
 /// again once its ticket id is known.
 pub fn set_event(conn: &Connection, id: i64, event: &str) -> Result<(), StoreError> {
-    conn.prepare_cached("UPDATE outbound SET event = ?2 WHERE id = ?1")?.execute(rusqlite::params![id, event])?;
+    conn.prepare_cached("UPDATE outbound SET event = ?2 WHERE id = ?1")?
+        .execute(rusqlite::params![id, event])?;
     Ok(())
 }
 
@@ -262,5 +263,62 @@ mod tests {
         assert!(due(&conn, 10, 10).unwrap().is_empty());
         assert_eq!(release_held(&conn, "A", 10).unwrap(), 1);
         assert_eq!(due(&conn, 10, 10).unwrap()[0].id, h);
+    }
+}
+
+/// The outbound queue as the delivery worker sees it, on its own connection.
+pub struct SqliteQueue {
+    conn: std::sync::Mutex<Connection>,
+}
+
+impl SqliteQueue {
+    pub fn open(path: &std::path::Path) -> Result<SqliteQueue, StoreError> {
+        Ok(SqliteQueue {
+            conn: std::sync::Mutex::new(super::open(path)?),
+        })
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, QueueError> {
+        let conn = self
+            .conn
+            .lock()
+            .map_err(|_| QueueError::new("queue connection poisoned"))?;
+        f(&conn).map_err(QueueError::new)
+    }
+}
+
+use crate::deliver::{OutboundItem, OutboundQueue, QueueError};
+
+impl OutboundQueue for SqliteQueue {
+    fn due(&self, now: i64, limit: usize) -> Result<Vec<OutboundItem>, QueueError> {
+        let rows = self.with(|c| due(c, now, limit))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| OutboundItem {
+                id: r.id,
+                order_key: r.order_key,
+                envelope_from: r.envelope_from,
+                envelope_to: r.envelope_to,
+                raw: r.raw.unwrap_or_default(),
+                attempts: r.attempts,
+                queued_at: r.queued_at,
+                message_id: r.message_id,
+            })
+            .collect())
+    }
+
+    fn mark_sent(&self, id: i64, now: i64) -> Result<(), QueueError> {
+        self.with(|c| mark_sent(c, id, now))
+    }
+
+    fn mark_retry(&self, id: i64, next_attempt_at: i64, error: &str) -> Result<(), QueueError> {
+        self.with(|c| mark_retry(c, id, next_attempt_at, error))
+    }
+
+    fn mark_dead(&self, id: i64, error: &str) -> Result<(), QueueError> {
+        self.with(|c| mark_dead(c, id, error))
     }
 }
