@@ -44,12 +44,27 @@ fn every_fixture_parses_to_its_expected_alerts() {
         .iter()
         .filter_map(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
         .collect();
-    assert_eq!(tools, ["alertmanager", "centreon", "icinga", "nagios", "vrops", "zabbix"]);
+    assert_eq!(
+        tools,
+        [
+            "alertmanager",
+            "centreon",
+            "icinga",
+            "nagios",
+            "vrops",
+            "zabbix"
+        ]
+    );
     let mut failures = Vec::new();
     let mut checked = 0;
     for dir in &dirs {
         let names = emls(dir);
-        assert!(names.len() >= 5, "{} has only {} fixtures", dir.display(), names.len());
+        assert!(
+            names.len() >= 5,
+            "{} has only {} fixtures",
+            dir.display(),
+            names.len()
+        );
         let output = Command::new(env!("CARGO_BIN_EXE_alertgate"))
             .current_dir(dir)
             .arg("parse")
@@ -68,8 +83,13 @@ fn every_fixture_parses_to_its_expected_alerts() {
         let actual = json_lines(&String::from_utf8_lossy(&output.stdout));
         for name in &names {
             let expected_path = dir.join(name.replace(".eml", ".json"));
-            let expected = json_lines(&std::fs::read_to_string(&expected_path).expect("expected json"));
-            let got: Vec<Value> = actual.iter().filter(|v| v["file"] == name.as_str()).cloned().collect();
+            let expected =
+                json_lines(&std::fs::read_to_string(&expected_path).expect("expected json"));
+            let got: Vec<Value> = actual
+                .iter()
+                .filter(|v| v["file"] == name.as_str())
+                .cloned()
+                .collect();
             if got != expected {
                 failures.push(format!(
                     "{}/{name}\n  expected: {expected:?}\n  got:      {got:?}",
@@ -79,7 +99,12 @@ fn every_fixture_parses_to_its_expected_alerts() {
             checked += 1;
         }
     }
-    assert!(failures.is_empty(), "{} of {checked} fixtures differ:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} fixtures differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -97,7 +122,10 @@ fn unmatched_mail_names_nearest_rules_and_failed_conditions() {
         .arg(&mail)
         .output()
         .expect("run");
-    assert!(!output.status.success(), "unmatched mail must make parse fail");
+    assert!(
+        !output.status.success(),
+        "unmatched mail must make parse fail"
+    );
     let lines = json_lines(&String::from_utf8_lossy(&output.stdout));
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0]["error"], "no rule matched");
@@ -131,6 +159,9 @@ fn extraction_failure_and_undecodable_are_reported_distinctly() {
     let lines = json_lines(&String::from_utf8_lossy(&output.stdout));
     assert_eq!(lines[0]["error"], "extraction failed");
     assert_eq!(lines[0]["rule"], "nagios-service");
-    assert!(lines[0]["why"].as_str().unwrap_or_default().contains("no `host` extracted"));
+    assert!(lines[0]["why"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("no `host` extracted"));
     assert_eq!(lines[1]["error"], "undecodable");
 }

@@ -13,7 +13,10 @@ fn write(dir: &std::path::Path, name: &str, text: &str) -> PathBuf {
 #[test]
 fn shipped_rules_load_cleanly() {
     let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("rules");
-    assert_eq!(check_rule_dirs(std::slice::from_ref(&shipped)), Vec::<String>::new());
+    assert_eq!(
+        check_rule_dirs(std::slice::from_ref(&shipped)),
+        Vec::<String>::new()
+    );
     let set = RuleSet::load(&[shipped]).expect("shipped rules load");
     assert!(set.len() >= 14, "only {} rules", set.len());
 }
@@ -45,7 +48,10 @@ fn broken_regex_unknown_capture_and_duplicate_are_each_named() {
     assert_eq!(messages.len(), 3, "{messages:#?}");
     let expect_prefix = |path: &PathBuf, rest: &str| format!("{}: {rest}", path.display());
     assert!(
-        messages[0].starts_with(&expect_prefix(&broken, "rule `broken-regex`: `extract.body[0]`: invalid regex:")),
+        messages[0].starts_with(&expect_prefix(
+            &broken,
+            "rule `broken-regex`: `extract.body[0]`: invalid regex:"
+        )),
         "{}",
         messages[0]
     );
@@ -61,7 +67,10 @@ fn broken_regex_unknown_capture_and_duplicate_are_each_named() {
         messages[2],
         expect_prefix(
             &second,
-            &format!("rule `twice`: `name`: duplicate rule name, also defined in {}", first.display())
+            &format!(
+                "rule `twice`: `name`: duplicate rule name, also defined in {}",
+                first.display()
+            )
         )
     );
 }
@@ -76,7 +85,11 @@ fn toml_syntax_and_unknown_keys_are_located() {
     );
     let messages = check_rule_dirs(&[dir.path().to_path_buf()]);
     assert_eq!(messages.len(), 1, "{messages:#?}");
-    assert!(messages[0].starts_with(&format!("{}: invalid rule file:", typo.display())), "{}", messages[0]);
+    assert!(
+        messages[0].starts_with(&format!("{}: invalid rule file:", typo.display())),
+        "{}",
+        messages[0]
+    );
     assert!(messages[0].contains("subjet"), "{}", messages[0]);
 }
 
@@ -84,5 +97,9 @@ fn toml_syntax_and_unknown_keys_are_located() {
 fn missing_directory_is_reported() {
     let messages = check_rule_dirs(&[PathBuf::from("/nonexistent/rules.d")]);
     assert_eq!(messages.len(), 1);
-    assert!(messages[0].starts_with("/nonexistent/rules.d: cannot read rule directory"), "{}", messages[0]);
+    assert!(
+        messages[0].starts_with("/nonexistent/rules.d: cannot read rule directory"),
+        "{}",
+        messages[0]
+    );
 }

@@ -9,7 +9,8 @@ use std::sync::OnceLock;
 fn rules() -> &'static RuleSet {
     static RULES: OnceLock<RuleSet> = OnceLock::new();
     RULES.get_or_init(|| {
-        RuleSet::load(&[PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("rules")]).expect("shipped rules load")
+        RuleSet::load(&[PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("rules")])
+            .expect("shipped rules load")
     })
 }
 
@@ -97,7 +98,9 @@ fn apply(mut data: Vec<u8>, m: &Mutation) -> Vec<u8> {
     data
 }
 
-fn well_formed(result: &Result<Vec<alertgate::alert::Alert>, alertgate::rules::ParseError>) -> bool {
+fn well_formed(
+    result: &Result<Vec<alertgate::alert::Alert>, alertgate::rules::ParseError>,
+) -> bool {
     match result {
         Ok(alerts) => !alerts.is_empty(),
         Err(_) => true,

@@ -282,7 +282,7 @@ fn decode_entities(text: &str) -> String {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '#') =>
             {
-                add_html_token(&mut out, candidate[..=end].as_bytes(), false);
+                add_html_token(&mut out, &candidate.as_bytes()[..=end], false);
                 rest = &candidate[end + 1..];
             }
             _ => {
