@@ -52,10 +52,7 @@ pub fn decode(raw: &[u8]) -> Result<DecodedMail, DecodeError> {
     if subject.is_empty() && body.trim().is_empty() {
         return Err(DecodeError::NoText);
     }
-    let headers = message
-        .headers_raw()
-        .map(|(name, value)| (name.to_ascii_lowercase(), unfold(value)))
-        .collect();
+    let headers = raw_headers(&message, raw);
     Ok(DecodedMail {
         from: message.from().map(render_address).unwrap_or_default(),
         subject,
@@ -64,6 +61,22 @@ pub fn decode(raw: &[u8]) -> Result<DecodedMail, DecodeError> {
         message_id: message.message_id().map(str::to_string),
         in_reply_to: first_message_id(message.in_reply_to()),
     })
+}
+
+/// Raw header values, lossily decoded: a raw 8-bit (non UTF-8) header must still be
+/// visible to `match.headers` conditions.
+fn raw_headers(message: &Message<'_>, raw: &[u8]) -> Vec<(String, String)> {
+    message
+        .headers()
+        .iter()
+        .map(|header| {
+            let value = raw
+                .get(header.offset_start as usize..header.offset_end as usize)
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default();
+            (header.name.as_str().to_ascii_lowercase(), unfold(&value))
+        })
+        .collect()
 }
 
 /// The Message-ID header without angle brackets.
@@ -282,7 +295,7 @@ fn decode_entities(text: &str) -> String {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '#') =>
             {
-                add_html_token(&mut out, candidate[..=end].as_bytes(), false);
+                add_html_token(&mut out, &candidate.as_bytes()[..=end], false);
                 rest = &candidate[end + 1..];
             }
             _ => {
@@ -393,5 +406,12 @@ mod tests {
         assert_eq!(mail.in_reply_to.as_deref(), Some("c@d"));
         assert_eq!(mail.body, "body\n");
         assert_eq!(message_id(raw).as_deref(), Some("a@b"));
+    }
+
+    #[test]
+    fn raw_8bit_header_stays_visible_to_header_conditions() {
+        let raw = b"Subject: x\r\nX-Site: Z\xfcrich\r\n\r\nbody\r\n";
+        let mail = decode(raw).expect("decodes");
+        assert_eq!(mail.header("x-site"), Some("Z\u{fffd}rich"));
     }
 }
