@@ -1,7 +1,7 @@
 //! The `alertgate` command line: serve, check, parse, queue.
 
 use alertgate::config::LoadedConfig;
-use alertgate::store::{self, spool};
+use alertgate::store::{self, outbound, spool};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -68,8 +68,12 @@ enum QueueAction {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
-    /// Show one spooled message: envelope, state and raw bytes.
-    Show { id: i64 },
+    /// Show one spooled message (ID) or outbound mail (oID): envelope, state and bytes.
+    Show { id: String },
+    /// Put an outbound mail (oID), or every dead one (`dead`), back in the queue, due now.
+    Retry { target: String },
+    /// Delete an outbound mail (oID), or every `dead` or `sent` one.
+    Purge { target: String },
 }
 
 fn main() -> ExitCode {
@@ -155,83 +159,200 @@ fn queue(config: &Path, action: QueueAction) -> anyhow::Result<bool> {
     let loaded = load(config)?;
     let conn = store::open(&loaded.config.store.path)?;
     match action {
-        QueueAction::List { state, limit } => {
-            let state = match state.as_deref() {
-                None => None,
-                Some(s) => Some(spool::SpoolState::parse(s).ok_or_else(|| {
-                    anyhow::anyhow!("unknown state `{s}` (expected new, processed, held, dropped, feedback, failed)")
-                })?),
+        QueueAction::List { state, limit } => queue_list(&conn, state.as_deref(), limit),
+        QueueAction::Show { id } => match parse_queue_id(&id)? {
+            QueueId::Spool(id) => show_spool(&conn, id),
+            QueueId::Outbound(id) => show_outbound(&conn, id),
+        },
+        QueueAction::Retry { target } => {
+            let id = match target.as_str() {
+                "dead" => None,
+                t => Some(outbound_id(t)?),
             };
-            let counts = spool::counts(&conn)?;
-            let summary: Vec<String> = counts.iter().map(|(s, n)| format!("{s}={n}")).collect();
-            println!(
-                "spool: {}",
-                if summary.is_empty() {
-                    "empty".into()
-                } else {
-                    summary.join(" ")
-                }
-            );
-            println!(
-                "{:>8}  {:<20}  {:<10}  {:>7}  {:<30}  {:<30}  message-id",
-                "id", "received", "state", "size", "from", "to"
-            );
-            for row in spool::list(&conn, state, limit)? {
-                println!(
-                    "{:>8}  {:<20}  {:<10}  {:>7}  {:<30}  {:<30}  {}",
-                    row.id,
-                    format_time(row.envelope.received_at),
-                    row.state,
-                    row.size,
-                    row.envelope.mail_from,
-                    row.envelope.rcpt_to.join(","),
-                    row.message_id.as_deref().unwrap_or("-"),
-                );
-            }
+            let n = outbound::retry(&conn, id, store::unix_now())?;
+            println!("{n} mail(s) queued again");
+            Ok(n > 0 || id.is_none())
+        }
+        QueueAction::Purge { target } => {
+            let n = match target.as_str() {
+                "dead" => outbound::purge(&conn, None, Some(outbound::OutboundState::Dead))?,
+                "sent" => outbound::purge(&conn, None, Some(outbound::OutboundState::Sent))?,
+                t => outbound::purge(&conn, Some(outbound_id(t)?), None)?,
+            };
+            println!("{n} mail(s) deleted");
             Ok(true)
         }
-        QueueAction::Show { id } => match spool::get(&conn, id)? {
-            None => {
-                eprintln!("alertgate: no spooled message with id {id}");
-                Ok(false)
-            }
-            Some(row) => {
-                let e = &row.envelope;
-                println!(
-                    "id: {}\nstate: {}\nnote: {}",
-                    row.id,
-                    row.state,
-                    row.note.as_deref().unwrap_or("-")
-                );
-                println!(
-                    "received: {}\npeer: {}\nhelo: {}",
-                    format_time(e.received_at),
-                    e.peer,
-                    e.helo
-                );
-                println!(
-                    "mail from: <{}>\nrcpt to: {}",
-                    e.mail_from,
-                    e.rcpt_to.join(", ")
-                );
-                println!(
-                    "tls: {}\nauth: {}",
-                    e.tls,
-                    e.auth_user.as_deref().unwrap_or("-")
-                );
-                println!(
-                    "message-id: {}\nsize: {}\n",
-                    row.message_id.as_deref().unwrap_or("-"),
-                    row.size
-                );
-                println!(
-                    "{}",
-                    String::from_utf8_lossy(row.raw.as_deref().unwrap_or_default())
-                );
-                Ok(true)
-            }
-        },
     }
+}
+
+enum QueueId {
+    Spool(i64),
+    Outbound(i64),
+}
+
+fn parse_queue_id(s: &str) -> anyhow::Result<QueueId> {
+    if s.starts_with('o') {
+        return Ok(QueueId::Outbound(outbound_id(s)?));
+    }
+    s.parse().map(QueueId::Spool).map_err(|_| {
+        anyhow::anyhow!(
+            "`{s}` is not a queue id (expected a spool id like 42 or an outbound id like o17)"
+        )
+    })
+}
+
+fn outbound_id(s: &str) -> anyhow::Result<i64> {
+    s.strip_prefix('o')
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "`{s}` is not an outbound id (expected e.g. o17, as shown by `queue list`)"
+            )
+        })
+}
+
+fn queue_list(
+    conn: &rusqlite::Connection,
+    state: Option<&str>,
+    limit: usize,
+) -> anyhow::Result<bool> {
+    let spool_state = match state {
+        None => None,
+        Some(s) => match spool::SpoolState::parse(s) {
+            Some(st) => Some(st),
+            None if ["queued", "sent", "dead"].contains(&s) => None,
+            None => anyhow::bail!("unknown state `{s}` (expected new, processed, held, dropped, feedback, failed, queued, sent, dead)"),
+        },
+    };
+    let summary = |counts: Vec<(String, i64)>| {
+        let parts: Vec<String> = counts.iter().map(|(s, n)| format!("{s}={n}")).collect();
+        if parts.is_empty() {
+            "empty".to_string()
+        } else {
+            parts.join(" ")
+        }
+    };
+    println!("spool: {}", summary(spool::counts(conn)?));
+    println!("outbound: {}", summary(outbound::counts(conn)?));
+    let outbound_only = state.is_some() && spool_state.is_none();
+    if !outbound_only {
+        println!("\nspool messages");
+        println!(
+            "{:>8}  {:<19}  {:<10}  {:>7}  {:<28}  {:<28}  note",
+            "id", "received", "state", "size", "from", "to"
+        );
+        for row in spool::list(conn, spool_state, limit)? {
+            println!(
+                "{:>8}  {:<19}  {:<10}  {:>7}  {:<28}  {:<28}  {}",
+                row.id,
+                format_time(row.envelope.received_at),
+                row.state,
+                row.size,
+                row.envelope.mail_from,
+                row.envelope.rcpt_to.join(","),
+                row.note.as_deref().unwrap_or("-"),
+            );
+        }
+    }
+    if state.is_none() || outbound_only {
+        println!("\noutbound mails");
+        println!(
+            "{:>8}  {:<8}  {:>8}  {:<19}  {:<16}  subject / last error",
+            "id", "state", "attempts", "next attempt", "incident"
+        );
+        for row in outbound::list(conn, state.filter(|_| outbound_only), limit)? {
+            let next = if row.state == "queued" {
+                format_time(row.next_attempt_at)
+            } else {
+                "-".into()
+            };
+            println!(
+                "{:>8}  {:<8}  {:>8}  {:<19}  {:<16}  {}{}",
+                format!("o{}", row.id),
+                row.state,
+                row.attempts,
+                next,
+                row.order_key,
+                row.subject,
+                row.last_error
+                    .map(|e| format!("  [{e}]"))
+                    .unwrap_or_default(),
+            );
+        }
+    }
+    Ok(true)
+}
+
+fn show_spool(conn: &rusqlite::Connection, id: i64) -> anyhow::Result<bool> {
+    let Some(row) = spool::get(conn, id)? else {
+        eprintln!("alertgate: no spooled message with id {id}");
+        return Ok(false);
+    };
+    let e = &row.envelope;
+    println!(
+        "id: {}\nstate: {}\nnote: {}",
+        row.id,
+        row.state,
+        row.note.as_deref().unwrap_or("-")
+    );
+    println!(
+        "received: {}\npeer: {}\nhelo: {}",
+        format_time(e.received_at),
+        e.peer,
+        e.helo
+    );
+    println!(
+        "mail from: <{}>\nrcpt to: {}",
+        e.mail_from,
+        e.rcpt_to.join(", ")
+    );
+    println!(
+        "tls: {}\nauth: {}",
+        e.tls,
+        e.auth_user.as_deref().unwrap_or("-")
+    );
+    println!(
+        "message-id: {}\nsize: {}\n",
+        row.message_id.as_deref().unwrap_or("-"),
+        row.size
+    );
+    println!(
+        "{}",
+        String::from_utf8_lossy(row.raw.as_deref().unwrap_or_default())
+    );
+    Ok(true)
+}
+
+fn show_outbound(conn: &rusqlite::Connection, id: i64) -> anyhow::Result<bool> {
+    let Some(row) = outbound::get(conn, id)? else {
+        eprintln!("alertgate: no outbound mail with id o{id}");
+        return Ok(false);
+    };
+    println!(
+        "id: o{}\nincident: {}\nstate: {}\nattempts: {}",
+        row.id, row.order_key, row.state, row.attempts
+    );
+    println!(
+        "queued: {}\nnext attempt: {}",
+        format_time(row.queued_at),
+        format_time(row.next_attempt_at)
+    );
+    println!(
+        "sent: {}\nlast error: {}",
+        row.sent_at.map(format_time).unwrap_or("-".into()),
+        row.last_error.as_deref().unwrap_or("-")
+    );
+    println!(
+        "mail from: <{}>\nrcpt to: {}\nmessage-id: {}\n",
+        row.envelope_from,
+        row.envelope_to.join(", "),
+        row.message_id
+    );
+    println!(
+        "{}",
+        String::from_utf8_lossy(row.raw.as_deref().unwrap_or_default())
+    );
+    Ok(true)
 }
 
 fn format_time(unix: i64) -> String {
