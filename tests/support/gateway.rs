@@ -76,6 +76,55 @@ impl TestGateway {
         }
     }
 
+    /// A gateway relaying to 127.0.0.1:`relay_port`, retrying after 1 s (2 s at most).
+    pub async fn with_relay(relay_port: u16, server_extra: &str, sections: &str) -> TestGateway {
+        let relay = format!(
+            "[relay]\nhost = \"127.0.0.1\"\nport = {relay_port}\ntls = \"none\"\n[relay.retry]\ninitial_backoff_secs = 1\nmax_backoff_secs = 2\n"
+        );
+        Self::start_with(server_extra, &format!("{relay}\n{sections}")).await
+    }
+
+    /// Send one mail on a fresh connection; panics unless it is accepted.
+    pub async fn send(&self, raw: &[u8]) {
+        let mut c = super::client::RawClient::connect(self.addr).await;
+        c.reply().await.expect("greeting");
+        assert_eq!(c.cmd("EHLO monitor.test").await.code, 250);
+        let r = c
+            .send_mail("centreon@example.test", "glpi@example.test", raw)
+            .await;
+        assert_eq!(r.code, 250, "{r:?}");
+        c.cmd("QUIT").await;
+    }
+
+    /// Wait until the pipeline has processed every spooled message.
+    pub async fn wait_processed(&self) {
+        for _ in 0..600 {
+            let waiting: i64 = self
+                .db()
+                .query_row("SELECT COUNT(*) FROM spool WHERE state = 'new'", [], |r| {
+                    r.get(0)
+                })
+                .unwrap();
+            if waiting == 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("pipeline did not process the spool in 30 s");
+    }
+
+    /// Outbound rows as (state, order key, subject).
+    pub fn outbound(&self) -> Vec<(String, String, String)> {
+        let conn = self.db();
+        let mut stmt = conn
+            .prepare("SELECT state, order_key, subject FROM outbound ORDER BY id")
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect()
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("alertgate.toml")
     }

@@ -1,5 +1,7 @@
 //! Shared helpers for the end-to-end tests.
 #![allow(dead_code)]
 
+pub mod alerts;
 pub mod client;
 pub mod gateway;
+pub mod relay;
