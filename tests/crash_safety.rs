@@ -205,3 +205,67 @@ async fn sigterm_stops_cleanly_with_exit_0() {
         .unwrap();
     assert!(code.success(), "exit status {code:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_between_accept_and_delivery_loses_no_alert() {
+    let mut relay = support::relay::RecordingRelay::start().await;
+    relay.stop().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let relay_section = format!(
+        "[relay]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n[relay.retry]\ninitial_backoff_secs = 1\nmax_backoff_secs = 1\n",
+        relay.port()
+    );
+    let text = support::gateway::config_text(dir.path(), "", &relay_section)
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let cfg = dir.path().join("alertgate.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+
+    let mut child = start_binary(&cfg);
+    wait_listening(addr).await;
+    let mut c = support::client::RawClient::connect(addr).await;
+    c.reply().await.unwrap();
+    c.cmd("EHLO monitor.test").await;
+    for n in 0..30 {
+        let mail = support::alerts::centreon_service(
+            "PROBLEM",
+            &format!("crash-{n}"),
+            "Disk",
+            "CRITICAL",
+            "disk full",
+        );
+        assert_eq!(
+            c.send_mail("centreon@example.test", "glpi@example.test", &mail)
+                .await
+                .code,
+            250
+        );
+    }
+    // Killed right after the last 250: some mails are spooled but not yet processed.
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    relay.restart().await;
+    let mut child = start_binary(&cfg);
+    wait_listening(addr).await;
+    let mails = relay.wait_for(30, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mails_after = relay.received();
+    assert_eq!(
+        mails_after.len(),
+        mails.len(),
+        "no duplicates after the restart"
+    );
+    let hosts: HashSet<String> = mails_after
+        .iter()
+        .filter_map(|m| m.header("X-Alertgate-Host"))
+        .collect();
+    assert_eq!(
+        hosts.len(),
+        30,
+        "every accepted alert delivered exactly once: {hosts:?}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
