@@ -89,7 +89,11 @@ impl GlpiApiConfig {
         if self.user_token.expose().trim().is_empty() {
             return Err(ApiError::Config("glpi_api.user_token is empty".into()));
         }
-        if self.app_token.as_ref().is_some_and(|t| t.expose().trim().is_empty()) {
+        if self
+            .app_token
+            .as_ref()
+            .is_some_and(|t| t.expose().trim().is_empty())
+        {
             return Err(ApiError::Config(
                 "glpi_api.app_token is empty (remove it when GLPI needs none)".into(),
             ));
@@ -290,10 +294,9 @@ impl GlpiApi {
                 .client
                 .get(format!("{}/{path}", self.base))
                 .query(query),
-            Call::Post { path, body } => self
-                .client
-                .post(format!("{}/{path}", self.base))
-                .json(body),
+            Call::Post { path, body } => {
+                self.client.post(format!("{}/{path}", self.base)).json(body)
+            }
         };
         let request = self
             .with_app_token(request)
@@ -347,7 +350,9 @@ impl GlpiApi {
             .and_then(Value::as_str)
             .filter(|t| !t.is_empty())
             .map(Secret::new)
-            .ok_or_else(|| ApiError::BadResponse("initSession answered without session_token".into()))
+            .ok_or_else(|| {
+                ApiError::BadResponse("initSession answered without session_token".into())
+            })
     }
 }
 
@@ -511,7 +516,8 @@ mod tests {
 
     #[test]
     fn search_answers() {
-        let one = json!({"totalcount":1,"count":1,"data":[{"1":"[ALERT-1f3a9c2e] x","2":123,"12":1}]});
+        let one =
+            json!({"totalcount":1,"count":1,"data":[{"1":"[ALERT-1f3a9c2e] x","2":123,"12":1}]});
         assert_eq!(
             parse_search(&one, "ALERT-1f3a9c2e").unwrap(),
             Some((123, TicketStatus::Open))
@@ -523,7 +529,8 @@ mod tests {
             parse_search(&strings, "ALERT-1f3a9c2e").unwrap(),
             Some((130, TicketStatus::Solved))
         );
-        let near_miss = json!({"totalcount":1,"count":1,"data":[{"1":"[alert-1F3A9C2E] x","2":9,"12":1}]});
+        let near_miss =
+            json!({"totalcount":1,"count":1,"data":[{"1":"[alert-1F3A9C2E] x","2":9,"12":1}]});
         assert_eq!(parse_search(&near_miss, "ALERT-1f3a9c2e").unwrap(), None);
         let none = json!({"totalcount":0,"count":0,"sort":[1],"order":["ASC"]});
         assert_eq!(parse_search(&none, "ALERT-1f3a9c2e").unwrap(), None);

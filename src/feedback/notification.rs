@@ -167,9 +167,9 @@ pub fn parse_notification(raw: &[u8], glpi_tag: &str) -> Result<GlpiNotification
     let prefix = subject_prefix_regex(glpi_tag);
     let subject_match = prefix.captures(subject);
     let subject_ticket = match &subject_match {
-        Some(caps) => Some(
-            ticket_number(&caps[1]).ok_or_else(|| NotGlpi::BadTicketId(caps[1].to_owned()))?,
-        ),
+        Some(caps) => {
+            Some(ticket_number(&caps[1]).ok_or_else(|| NotGlpi::BadTicketId(caps[1].to_owned()))?)
+        }
         None => None,
     };
     let id_ticket = own
@@ -206,9 +206,7 @@ pub fn parse_notification(raw: &[u8], glpi_tag: &str) -> Result<GlpiNotification
         .and_then(|m| m.event.clone())
         .unwrap_or_else(|| UNKNOWN_EVENT.to_owned());
     let title = match &subject_match {
-        Some(caps) => caps
-            .get(0)
-            .map_or(subject, |whole| &subject[whole.end()..]),
+        Some(caps) => caps.get(0).map_or(subject, |whole| &subject[whole.end()..]),
         None => subject,
     };
     let thread_tag = thread_tag_regex()
@@ -314,7 +312,10 @@ mod tests {
         assert_eq!(n.glpi_message_id, Some(new_id(42)));
         // The configured tag is required when given...
         let other_tag = parse_notification(&raw, "GLPI").unwrap();
-        assert_eq!(other_tag.ticket_id, 42, "Message-ID alone still identifies the ticket");
+        assert_eq!(
+            other_tag.ticket_id, 42,
+            "Message-ID alone still identifies the ticket"
+        );
         // ...and any tag is accepted when none is configured.
         assert_eq!(parse_notification(&raw, "").unwrap().ticket_id, 42);
     }
@@ -413,10 +414,7 @@ mod tests {
                     "Message-ID",
                     format!("<GLPI_{UUID}-Ticket-5/update.1.2@glpi.example.test>"),
                 ),
-                (
-                    "References",
-                    format!("<other@x.test>\r\n {}", new_id(5)),
-                ),
+                ("References", format!("<other@x.test>\r\n {}", new_id(5))),
             ],
             "[GLPI #0000005] Update of a ticket [ALERT-aaaaaaaa]",
         );

@@ -348,7 +348,11 @@ impl GlpiDouble {
     }
 
     /// Waits until at least `n` notifications were sent (or failed).
-    pub async fn wait_for_notifications(&self, n: usize, timeout: Duration) -> Vec<SentNotification> {
+    pub async fn wait_for_notifications(
+        &self,
+        n: usize,
+        timeout: Duration,
+    ) -> Vec<SentNotification> {
         self.wait_until(timeout, &format!("{n} notifications"), |s| {
             s.notifications.len() >= n
         })
@@ -413,7 +417,9 @@ fn legacy_id_regex() -> &'static Regex {
 
 fn pre10_id_regex() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();
-    RE.get_or_init(|| Regex::new(r"(?i)GLPI(-[a-z]+)?(-[0-9]+)?\.[0-9]+\.[0-9]+@.+").expect("regex"))
+    RE.get_or_init(|| {
+        Regex::new(r"(?i)GLPI(-[a-z]+)?(-[0-9]+)?\.[0-9]+\.[0-9]+@.+").expect("regex")
+    })
 }
 
 /// GLPI's own subject regex: greedy and unanchored, the last `#digits]` wins.
@@ -423,7 +429,9 @@ fn subject_ticket_regex() -> &'static Regex {
 }
 
 fn looks_like_glpi_message_id(id: &str) -> bool {
-    modern_id_regex().is_match(id) || legacy_id_regex().is_match(id) || pre10_id_regex().is_match(id)
+    modern_id_regex().is_match(id)
+        || legacy_id_regex().is_match(id)
+        || pre10_id_regex().is_match(id)
 }
 
 /// The ticket a header value names, when it holds a GLPI Message-ID of this instance.
@@ -468,7 +476,9 @@ fn collect(inner: &Arc<Inner>, mail: &ReceivedMail) {
     };
     let from = first_address(message.from());
     let subject = message.subject().unwrap_or_default().to_owned();
-    let message_id = message.header_raw(HeaderName::MessageId).map(|v| v.trim().to_owned());
+    let message_id = message
+        .header_raw(HeaderName::MessageId)
+        .map(|v| v.trim().to_owned());
     let refuse = |state: &mut State, reason| {
         state.refused.push(Refused {
             from: from.clone(),
@@ -481,7 +491,10 @@ fn collect(inner: &Arc<Inner>, mail: &ReceivedMail) {
     if from == config.collector_address.to_ascii_lowercase() {
         return refuse(&mut state, RefuseReason::OwnAddress);
     }
-    if message_id.as_deref().is_some_and(looks_like_glpi_message_id) {
+    if message_id
+        .as_deref()
+        .is_some_and(looks_like_glpi_message_id)
+    {
         return refuse(&mut state, RefuseReason::GlpiMessageId);
     }
     let auto_submitted = message
@@ -747,7 +760,13 @@ fn html_escape(text: &str) -> String {
 
 async fn send_notification(inner: Arc<Inner>, notice: Notice) {
     let (addr, rcpt) = &notice.target;
-    let result = smtp_send(*addr, &inner.config.notification_from, &[rcpt.as_str()], &notice.raw).await;
+    let result = smtp_send(
+        *addr,
+        &inner.config.notification_from,
+        &[rcpt.as_str()],
+        &notice.raw,
+    )
+    .await;
     inner.state().notifications.push(SentNotification {
         ticket_id: notice.ticket_id,
         event: notice.event,
@@ -809,7 +828,9 @@ async fn smtp_session(
             if rcpt_to.is_empty() {
                 b"503 5.5.1 RCPT first\r\n"
             } else {
-                write.write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n").await?;
+                write
+                    .write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+                    .await?;
                 let data = read_data(&mut reader).await?;
                 handler(ReceivedMail {
                     mail_from: mail_from.take().unwrap_or_default(),
@@ -853,12 +874,18 @@ async fn read_data<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R) -> std::i
         if line == b".\r\n" || line == b".\n" {
             return Ok(data);
         }
-        let unstuffed = if line.starts_with(b"..") { &line[1..] } else { &line[..] };
+        let unstuffed = if line.starts_with(b"..") {
+            &line[1..]
+        } else {
+            &line[..]
+        };
         data.extend_from_slice(unstuffed);
     }
 }
 
-async fn read_reply<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R) -> Result<(u16, String), String> {
+async fn read_reply<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut R,
+) -> Result<(u16, String), String> {
     let mut text = String::new();
     loop {
         let mut line = String::new();
@@ -908,9 +935,15 @@ pub async fn smtp_send(
             .map_err(|e| e.to_string())?;
         expect(read_reply(&mut reader).await?, 2)?;
     }
-    write.write_all(b"DATA\r\n").await.map_err(|e| e.to_string())?;
+    write
+        .write_all(b"DATA\r\n")
+        .await
+        .map_err(|e| e.to_string())?;
     expect(read_reply(&mut reader).await?, 3)?;
-    write.write_all(&dot_stuff(raw)).await.map_err(|e| e.to_string())?;
+    write
+        .write_all(&dot_stuff(raw))
+        .await
+        .map_err(|e| e.to_string())?;
     expect(read_reply(&mut reader).await?, 2)?;
     let _ = write.write_all(b"QUIT\r\n").await;
     Ok(())
@@ -918,7 +951,10 @@ pub async fn smtp_send(
 
 fn dot_stuff(raw: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(raw.len() + 8);
-    let text = raw.strip_suffix(b"\r\n").or_else(|| raw.strip_suffix(b"\n")).unwrap_or(raw);
+    let text = raw
+        .strip_suffix(b"\r\n")
+        .or_else(|| raw.strip_suffix(b"\n"))
+        .unwrap_or(raw);
     for line in text.split(|&b| b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.starts_with(b".") {
@@ -994,7 +1030,9 @@ struct HttpRequest {
 
 impl HttpRequest {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map(String::as_str)
     }
 
     fn query_value(&self, name: &str) -> Option<&str> {
@@ -1111,7 +1149,11 @@ fn route(inner: &Arc<Inner>, request: &HttpRequest) -> (u16, Value) {
     let config = &inner.config;
     let mut state = inner.state();
     let Some(endpoint) = request.path.strip_prefix("/apirest.php/") else {
-        return glpi_error(400, "ERROR_RESOURCE_NOT_FOUND_NOR_COMMONDBTM", "resource not found");
+        return glpi_error(
+            400,
+            "ERROR_RESOURCE_NOT_FOUND_NOR_COMMONDBTM",
+            "resource not found",
+        );
     };
     let endpoint = endpoint.trim_end_matches('/').to_owned();
     *state.api_calls.entry(endpoint.clone()).or_default() += 1;
@@ -1120,17 +1162,29 @@ fn route(inner: &Arc<Inner>, request: &HttpRequest) -> (u16, Value) {
     }
     if let Some(expected) = &config.app_token {
         if request.header("app-token") != Some(expected.as_str()) {
-            return glpi_error(400, "ERROR_WRONG_APP_TOKEN_PARAMETER", "parameter app_token seems wrong");
+            return glpi_error(
+                400,
+                "ERROR_WRONG_APP_TOKEN_PARAMETER",
+                "parameter app_token seems wrong",
+            );
         }
     }
     if endpoint == "initSession" {
         return init_session(config, &mut state, request);
     }
     let Some(session) = request.header("session-token") else {
-        return glpi_error(400, "ERROR_SESSION_TOKEN_MISSING", "parameter session_token is missing or empty");
+        return glpi_error(
+            400,
+            "ERROR_SESSION_TOKEN_MISSING",
+            "parameter session_token is missing or empty",
+        );
     };
     if !state.sessions.contains(session) {
-        return glpi_error(401, "ERROR_SESSION_TOKEN_INVALID", "session_token seems invalid");
+        return glpi_error(
+            401,
+            "ERROR_SESSION_TOKEN_INVALID",
+            "session_token seems invalid",
+        );
     }
     let session = session.to_owned();
     match (request.method.as_str(), endpoint.as_str()) {
@@ -1154,7 +1208,11 @@ fn route(inner: &Arc<Inner>, request: &HttpRequest) -> (u16, Value) {
             Ok((id, content)) => api_followup(&mut state, id, content),
             Err(e) => e,
         },
-        _ => glpi_error(400, "ERROR_RESOURCE_NOT_FOUND_NOR_COMMONDBTM", "resource not found"),
+        _ => glpi_error(
+            400,
+            "ERROR_RESOURCE_NOT_FOUND_NOR_COMMONDBTM",
+            "resource not found",
+        ),
     }
 }
 
@@ -1168,7 +1226,11 @@ fn init_session(config: &GlpiConfig, state: &mut State, request: &HttpRequest) -
     };
     let token = authorization.strip_prefix("user_token ").map(str::trim);
     if token != Some(config.user_token.as_str()) {
-        return glpi_error(401, "ERROR_GLPI_LOGIN_USER_TOKEN", "parameter user_token seems invalid");
+        return glpi_error(
+            401,
+            "ERROR_GLPI_LOGIN_USER_TOKEN",
+            "parameter user_token seems invalid",
+        );
     }
     state.next_session += 1;
     let session = format!("{:016x}{:08x}", rand::random::<u64>(), state.next_session);
@@ -1182,10 +1244,18 @@ fn search_tickets(state: &State, request: &HttpRequest) -> (u16, Value) {
     let field = request.query_value("criteria[0][field]");
     let searchtype = request.query_value("criteria[0][searchtype]");
     let Some(value) = request.query_value("criteria[0][value]") else {
-        return glpi_error(400, "ERROR", "the double only supports criteria[0] searches");
+        return glpi_error(
+            400,
+            "ERROR",
+            "the double only supports criteria[0] searches",
+        );
     };
     if field != Some("1") || searchtype != Some("contains") {
-        return glpi_error(400, "ERROR", "the double only supports title contains searches");
+        return glpi_error(
+            400,
+            "ERROR",
+            "the double only supports title contains searches",
+        );
     }
     let needle = value.to_lowercase();
     let rows: Vec<Value> = state
@@ -1224,15 +1294,28 @@ fn search_tickets(state: &State, request: &HttpRequest) -> (u16, Value) {
 
 /// `{"input":{"itemtype":"Ticket","items_id":N,"content":"…"}}`
 fn itil_input(request: &HttpRequest) -> Result<(u64, String), (u16, Value)> {
-    let bad = || glpi_error(400, "ERROR_BAD_ARRAY", "input parameter must be an array of objects");
+    let bad = || {
+        glpi_error(
+            400,
+            "ERROR_BAD_ARRAY",
+            "input parameter must be an array of objects",
+        )
+    };
     let body: Value = serde_json::from_slice(&request.body).map_err(|_| {
-        glpi_error(400, "ERROR_JSON_PAYLOAD_INVALID", "JSON payload seems not valid")
+        glpi_error(
+            400,
+            "ERROR_JSON_PAYLOAD_INVALID",
+            "JSON payload seems not valid",
+        )
     })?;
     let input = body.get("input").ok_or_else(bad)?;
     if input.get("itemtype").and_then(Value::as_str) != Some("Ticket") {
         return Err(bad());
     }
-    let id = input.get("items_id").and_then(Value::as_u64).ok_or_else(bad)?;
+    let id = input
+        .get("items_id")
+        .and_then(Value::as_u64)
+        .ok_or_else(bad)?;
     let content = input
         .get("content")
         .and_then(Value::as_str)
@@ -1253,11 +1336,22 @@ fn api_solve(
     content: String,
 ) -> ((u16, Value), Option<Notice>) {
     let Some(ticket) = state.tickets.iter_mut().find(|t| t.id == id) else {
-        return (glpi_error(400, "ERROR_GLPI_ADD", "You don't have permission to perform this action."), None);
+        return (
+            glpi_error(
+                400,
+                "ERROR_GLPI_ADD",
+                "You don't have permission to perform this action.",
+            ),
+            None,
+        );
     };
     if matches!(ticket.status, STATUS_SOLVED | STATUS_CLOSED) {
         return (
-            glpi_error(400, "ERROR_GLPI_ADD", "The item is already solved, did anyone pushed a solution before you?"),
+            glpi_error(
+                400,
+                "ERROR_GLPI_ADD",
+                "The item is already solved, did anyone pushed a solution before you?",
+            ),
             None,
         );
     }
@@ -1270,10 +1364,18 @@ fn api_solve(
 
 fn api_followup(state: &mut State, id: u64, content: String) -> (u16, Value) {
     let Some(ticket) = state.tickets.iter_mut().find(|t| t.id == id) else {
-        return glpi_error(400, "ERROR_GLPI_ADD", "You don't have permission to perform this action.");
+        return glpi_error(
+            400,
+            "ERROR_GLPI_ADD",
+            "You don't have permission to perform this action.",
+        );
     };
     if ticket.status == STATUS_CLOSED {
-        return glpi_error(400, "ERROR_GLPI_ADD", "You don't have permission to perform this action.");
+        return glpi_error(
+            400,
+            "ERROR_GLPI_ADD",
+            "You don't have permission to perform this action.",
+        );
     }
     let from = ticket.requester.clone();
     add_followup(
