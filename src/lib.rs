@@ -6,6 +6,7 @@ pub mod compose;
 pub mod config;
 pub mod correlate;
 pub mod deliver;
+pub mod feedback;
 pub mod pipeline;
 pub mod rules;
 pub mod smtp;

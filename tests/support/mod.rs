@@ -4,4 +4,5 @@
 pub mod alerts;
 pub mod client;
 pub mod gateway;
+pub mod glpi;
 pub mod relay;
