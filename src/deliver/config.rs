@@ -38,7 +38,7 @@ pub struct RelayConfig {
     /// Name sent in EHLO; defaults to this machine's host name.
     #[serde(default)]
     pub helo_name: Option<String>,
-    /// Timeout of the connection and of each SMTP command, in seconds.
+    /// Seconds allowed for connecting (TCP, TLS, EHLO, AUTH), and again for sending one mail.
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
     /// Skip certificate and host name checks (self-signed relays, tests). Never in production.
