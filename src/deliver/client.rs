@@ -51,7 +51,11 @@ impl DeliverError {
 
     fn from_smtp(err: &lettre::transport::smtp::Error) -> DeliverError {
         let code = err.status().and_then(|c| c.to_string().parse::<u16>().ok());
-        let reason = describe_smtp_error(err);
+        let reason = match (code, std::error::Error::source(err)) {
+            // The relay's own reply, as it would appear in its log: "451 4.3.0 Try later".
+            (Some(code), Some(text)) => format!("{code} {text}"),
+            _ => describe_smtp_error(err),
+        };
         // Everything but an explicit 5xx reply is retried: network and TLS trouble,
         // 4xx replies, unparsable replies, and client-side refusals (e.g. no common AUTH
         // mechanism) that an operator can fix before the mail expires.
