@@ -1,16 +1,15 @@
-//! The upstream relay client: one pooled lettre SMTP transport built from `[relay]`,
+//! The upstream relay client: lettre SMTP connections built from `[relay]`, kept in a small pool,
 //! sending already composed raw mail, and the classification of its failures into
 //! transient (try again later) and permanent (dead letter).
 
 use super::config::{RelayConfig, RelayTls};
 use lettre::address::{Address, Envelope};
-use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, Tls, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
 use lettre::transport::smtp::response::Response;
-use lettre::transport::smtp::PoolConfig;
-use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Why a mail was not handed to the relay.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -52,16 +51,27 @@ impl DeliverError {
 
     fn from_smtp(err: &lettre::transport::smtp::Error) -> DeliverError {
         let code = err.status().and_then(|c| c.to_string().parse::<u16>().ok());
-        let reason = describe_smtp_error(err);
+        let reason = match (code, std::error::Error::source(err)) {
+            // The relay's own reply, as it would appear in its log: "451 4.3.0 Try later".
+            (Some(code), Some(text)) => format!("{code} {text}"),
+            _ => describe_smtp_error(err),
+        };
         // Everything but an explicit 5xx reply is retried: network and TLS trouble,
         // 4xx replies, unparsable replies, and client-side refusals (e.g. no common AUTH
         // mechanism) that an operator can fix before the mail expires.
-        if err.is_permanent() {
+        if err.is_permanent() && !code.is_some_and(is_auth_failure) {
             DeliverError::Permanent { code, reason }
         } else {
             DeliverError::Transient { code, reason }
         }
     }
+}
+
+/// 5xx replies about authentication (RFC 4954: 530 required, 534 mechanism too weak,
+/// 535 bad credentials, 538 encryption required) say the gateway's configuration is
+/// wrong, not the mail: retrying keeps the mail until an operator fixes it.
+fn is_auth_failure(code: u16) -> bool {
+    matches!(code, 530 | 534 | 535 | 538)
 }
 
 /// lettre's Display stops at the first source; walk the chain so that the log shows
@@ -80,18 +90,41 @@ fn describe_smtp_error(err: &lettre::transport::smtp::Error) -> String {
     text
 }
 
-/// A connection pool to the relay; cheap to clone, shares the pool.
+/// How to open a ready-to-send connection to the relay.
+struct Endpoint {
+    host: String,
+    port: u16,
+    hello_name: ClientId,
+    tls: Tls,
+    credentials: Option<Credentials>,
+    timeout: Duration,
+}
+
+/// Idle connections kept for reuse, most recently used last.
+struct Pool {
+    idle: Mutex<Vec<(AsyncSmtpConnection, Instant)>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+}
+
+/// The relay client: connection settings plus a small pool of open connections.
+/// Cheap to clone; clones share the pool.
+///
+/// lettre's own pool is not used because its async transport has no timeout on SMTP
+/// commands and recycles a connection abandoned mid-command; here every phase is
+/// bounded and a connection that timed out is closed, never reused.
 #[derive(Clone)]
 pub struct RelayClient {
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    endpoint: Arc<Endpoint>,
+    pool: Arc<Pool>,
     max_parallel: usize,
-    endpoint: String,
+    label: String,
 }
 
 impl std::fmt::Debug for RelayClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RelayClient")
-            .field("endpoint", &self.endpoint)
+            .field("endpoint", &self.label)
             .field("max_parallel", &self.max_parallel)
             .finish()
     }
@@ -113,34 +146,41 @@ impl RelayClient {
                 "timeout_secs must be at least 1".into(),
             ));
         }
-        let pool = PoolConfig::new()
-            .max_size(config.pool_max_idle.max(1))
-            .idle_timeout(Duration::from_secs(config.pool_idle_timeout_secs));
-        let mut builder =
-            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(config.host.as_str())
-                .port(config.port)
-                .timeout(Some(config.timeout()))
-                .tls(tls_setting(config)?)
-                .pool_config(pool);
-        if let Some(name) = &config.helo_name {
-            builder = builder.hello_name(ClientId::Domain(name.clone()));
-        }
-        match (&config.username, &config.password) {
-            (Some(user), Some(password)) => {
-                builder = builder.credentials(Credentials::new(user.clone(), password.clone()));
-            }
-            (None, None) => {}
+        let credentials = match (&config.username, &config.password) {
+            (Some(user), Some(password)) => Some(Credentials::new(user.clone(), password.clone())),
+            (None, None) => None,
             (Some(_), None) => {
                 return Err(DeliverError::Config("username without password".into()))
             }
             (None, Some(_)) => {
                 return Err(DeliverError::Config("password without username".into()))
             }
-        }
+        };
+        let hello_name = match &config.helo_name {
+            Some(name) if name.trim().is_empty() => {
+                return Err(DeliverError::Config("helo_name is empty".into()))
+            }
+            Some(name) => ClientId::Domain(name.trim().to_string()),
+            None => ClientId::default(),
+        };
+        let endpoint = Endpoint {
+            host: config.host.trim().to_string(),
+            port: config.port,
+            hello_name,
+            tls: tls_setting(config)?,
+            credentials,
+            timeout: config.timeout(),
+        };
+        let pool = Pool {
+            idle: Mutex::new(Vec::new()),
+            max_idle: config.pool_max_idle as usize,
+            idle_timeout: Duration::from_secs(config.pool_idle_timeout_secs),
+        };
         Ok(RelayClient {
-            transport: builder.build(),
+            label: format!("{}:{}", endpoint.host, endpoint.port),
+            endpoint: Arc::new(endpoint),
+            pool: Arc::new(pool),
             max_parallel: config.max_parallel,
-            endpoint: format!("{}:{}", config.host, config.port),
         })
     }
 
@@ -151,11 +191,12 @@ impl RelayClient {
 
     /// `host:port` of the relay, for logs.
     pub fn endpoint(&self) -> &str {
-        &self.endpoint
+        &self.label
     }
 
     /// Sends one mail as is. `envelope_from` may be empty (or `<>`) for a null sender.
     /// Returns the relay's final reply, e.g. "250 2.0.0 Ok: queued as 4F2A".
+    /// Connecting (TCP, TLS, EHLO, AUTH) and sending are each bounded by `timeout_secs`.
     pub async fn send(
         &self,
         envelope_from: &str,
@@ -163,15 +204,107 @@ impl RelayClient {
         raw: &[u8],
     ) -> Result<String, DeliverError> {
         let envelope = build_envelope(envelope_from, envelope_to)?;
-        match self.transport.send_raw(&envelope, raw).await {
-            Ok(response) => Ok(format_reply(&response)),
-            Err(err) => Err(DeliverError::from_smtp(&err)),
+        let mut conn = self.connection().await?;
+        let timeout = self.endpoint.timeout;
+        // lettre always ends DATA with CRLF "." CRLF; without this the relay would
+        // see an extra empty line at the end of a mail that ends with CRLF.
+        let body = raw.strip_suffix(b"\r\n").unwrap_or(raw);
+        match tokio::time::timeout(timeout, conn.send(&envelope, body)).await {
+            Ok(Ok(response)) => {
+                self.recycle(conn);
+                Ok(format_reply(&response))
+            }
+            Ok(Err(err)) => {
+                self.recycle(conn);
+                Err(DeliverError::from_smtp(&err))
+            }
+            // Dropping the connection closes it: its state mid-command is unknown.
+            Err(_) => Err(timed_out("sending the mail", timeout)),
         }
     }
 
-    /// Closes pooled connections (QUIT is not waited for).
+    /// Closes the idle connections politely (QUIT).
     pub async fn shutdown(&self) {
-        self.transport.shutdown().await;
+        let idle = std::mem::take(&mut *self.pool.lock());
+        for (mut conn, _) in idle {
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn.abort()).await;
+        }
+    }
+
+    /// An idle connection that still answers NOOP, or a new one.
+    async fn connection(&self) -> Result<AsyncSmtpConnection, DeliverError> {
+        while let Some(mut conn) = self.take_idle() {
+            let alive = tokio::time::timeout(self.endpoint.timeout, conn.test_connected()).await;
+            if alive == Ok(true) {
+                return Ok(conn);
+            }
+        }
+        let timeout = self.endpoint.timeout;
+        match tokio::time::timeout(timeout, self.connect()).await {
+            Ok(result) => result.map_err(|e| DeliverError::from_smtp(&e)),
+            Err(_) => Err(timed_out("connecting", timeout)),
+        }
+    }
+
+    async fn connect(&self) -> Result<AsyncSmtpConnection, lettre::transport::smtp::Error> {
+        let ep = &*self.endpoint;
+        let wrapper = match &ep.tls {
+            Tls::Wrapper(parameters) => Some(parameters.clone()),
+            _ => None,
+        };
+        let mut conn = AsyncSmtpConnection::connect_tokio1(
+            (ep.host.as_str(), ep.port),
+            Some(ep.timeout),
+            &ep.hello_name,
+            wrapper,
+            None,
+        )
+        .await?;
+        if let Tls::Required(parameters) = &ep.tls {
+            conn.starttls(parameters.clone(), &ep.hello_name).await?;
+        }
+        if let Some(credentials) = &ep.credentials {
+            conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials)
+                .await?;
+        }
+        Ok(conn)
+    }
+
+    fn take_idle(&self) -> Option<AsyncSmtpConnection> {
+        let mut idle = self.pool.lock();
+        let idle_timeout = self.pool.idle_timeout;
+        idle.retain(|(_, since)| since.elapsed() < idle_timeout);
+        idle.pop().map(|(conn, _)| conn)
+    }
+
+    fn recycle(&self, conn: AsyncSmtpConnection) {
+        // lettre marks a connection broken after any failed command (and has sent QUIT).
+        if conn.has_broken() {
+            return;
+        }
+        let mut idle = self.pool.lock();
+        if idle.len() < self.pool.max_idle {
+            idle.push((conn, Instant::now()));
+        }
+    }
+}
+
+impl Pool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(AsyncSmtpConnection, Instant)>> {
+        // The lock is never held across a panic-prone section; take it even if poisoned.
+        self.idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn timed_out(phase: &str, after: Duration) -> DeliverError {
+    DeliverError::Transient {
+        code: None,
+        reason: format!(
+            "relay did not answer within {} s while {phase}",
+            after.as_secs()
+        ),
     }
 }
 
