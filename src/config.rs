@@ -71,6 +71,10 @@ pub struct Config {
     pub compose: Option<crate::compose::ComposeConfig>,
     /// Required; optional here only so a missing section is reported with the other problems.
     pub relay: Option<crate::deliver::RelayConfig>,
+    #[serde(default)]
+    pub feedback: FeedbackConfig,
+    /// GLPI's REST API, to look tickets up and solve them (optional).
+    pub glpi_api: Option<crate::feedback::GlpiApiConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -173,6 +177,29 @@ impl Default for StoreConfig {
             path: PathBuf::from("./var/alertgate.db"),
             group_commit_max: 512,
         }
+    }
+}
+
+/// Learning GLPI ticket ids (from notifications sent to `server.feedback_addresses`,
+/// or from `[glpi_api]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FeedbackConfig {
+    /// How long an incident's updates wait for its ticket id before they are sent
+    /// unthreaded (and how long the API looks the ticket up).
+    pub ticket_lookup_timeout_secs: u64,
+}
+
+impl Default for FeedbackConfig {
+    fn default() -> Self {
+        FeedbackConfig { ticket_lookup_timeout_secs: 900 }
+    }
+}
+
+impl Config {
+    /// A ticket id can be learned, so updates are held until it is.
+    pub fn feedback_enabled(&self) -> bool {
+        !self.server.feedback_addresses.is_empty() || self.glpi_api.is_some()
     }
 }
 

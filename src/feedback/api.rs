@@ -45,19 +45,12 @@ pub struct GlpiApiConfig {
     /// Solve the ticket through the API when alertgate sees the incident recover.
     #[serde(default)]
     pub solve_on_recovery: bool,
-    /// How long to keep looking a new incident's ticket up before giving up.
-    #[serde(default = "default_lookup_timeout")]
-    pub ticket_lookup_timeout_secs: u64,
     /// Timeout of one HTTP request.
     #[serde(default = "default_request_timeout")]
     pub timeout_secs: u64,
     /// Accept a self-signed or otherwise invalid certificate (test installs only).
     #[serde(default)]
     pub accept_invalid_certs: bool,
-}
-
-fn default_lookup_timeout() -> u64 {
-    900
 }
 
 fn default_request_timeout() -> u64 {
@@ -72,7 +65,6 @@ impl GlpiApiConfig {
             app_token: None,
             user_token: Secret::new(user_token),
             solve_on_recovery: false,
-            ticket_lookup_timeout_secs: default_lookup_timeout(),
             timeout_secs: default_request_timeout(),
             accept_invalid_certs: false,
         }
@@ -484,7 +476,6 @@ mod tests {
             "url = \"https://glpi.example.test/apirest.php\"\nuser_token = \"u-secret\"\n",
         )
         .unwrap();
-        assert_eq!(cfg.ticket_lookup_timeout_secs, 900);
         assert_eq!(cfg.timeout_secs, 10);
         assert!(!cfg.solve_on_recovery);
         assert!(!cfg.accept_invalid_certs);

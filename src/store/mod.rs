@@ -80,6 +80,20 @@ const MIGRATIONS: &[&str] = &[
     // 2: which host each alert mail was about, for follow-ups that only cite it.
     "CREATE TABLE message_hosts (message_id TEXT PRIMARY KEY, host TEXT NOT NULL);
      ALTER TABLE outbound ADD COLUMN event TEXT;",
+    // 3: actions on GLPI tickets through its API (solve on recovery).
+    "CREATE TABLE glpi_actions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        tag TEXT NOT NULL,
+        ticket_id INTEGER NOT NULL,
+        action TEXT NOT NULL,
+        content TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at INTEGER NOT NULL,
+        last_error TEXT,
+        created_at INTEGER NOT NULL
+     );
+     CREATE INDEX glpi_actions_state ON glpi_actions(state, next_attempt_at);",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
