@@ -200,6 +200,7 @@ impl DeliveryWorker {
         }
 
         self.drain(in_flight).await;
+        self.client.shutdown().await;
         tracing::info!("delivery worker stopped");
     }
 
