@@ -74,7 +74,10 @@ Date/Time: 2024-03-12 Additional Info : CRITICAL - check failed\r\n",
     );
     if m.len() < size {
         let pad = size - m.len();
-        m = format!("X-Padding: {}\r\n{m}", "x".repeat(pad.saturating_sub(13).max(1)));
+        m = format!(
+            "X-Padding: {}\r\n{m}",
+            "x".repeat(pad.saturating_sub(13).max(1))
+        );
     }
     m.into_bytes()
 }
@@ -86,12 +89,19 @@ async fn read_code(r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> std::io
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
         if line.as_bytes().get(3) != Some(&b'-') {
-            return line.get(..3).and_then(|c| c.parse().ok()).ok_or_else(|| std::io::ErrorKind::InvalidData.into());
+            return line
+                .get(..3)
+                .and_then(|c| c.parse().ok())
+                .ok_or_else(|| std::io::ErrorKind::InvalidData.into());
         }
     }
 }
 
-async fn session(args: Arc<Args>, next: Arc<AtomicUsize>, start: Instant) -> std::io::Result<(Vec<Duration>, usize)> {
+async fn session(
+    args: Arc<Args>,
+    next: Arc<AtomicUsize>,
+    start: Instant,
+) -> std::io::Result<(Vec<Duration>, usize)> {
     let stream = TcpStream::connect(args.addr).await?;
     stream.set_nodelay(true)?;
     let (r, mut w) = stream.into_split();
@@ -111,7 +121,8 @@ async fn session(args: Arc<Args>, next: Arc<AtomicUsize>, start: Instant) -> std
             tokio::time::sleep_until(due.into()).await;
         }
         // Envelope pipelined in one write, as Postfix does.
-        w.write_all(b"MAIL FROM:<bench@loadgen.test>\r\nRCPT TO:<glpi@example.test>\r\nDATA\r\n").await?;
+        w.write_all(b"MAIL FROM:<bench@loadgen.test>\r\nRCPT TO:<glpi@example.test>\r\nDATA\r\n")
+            .await?;
         for _ in 0..3 {
             read_code(&mut r).await?;
         }
@@ -149,7 +160,9 @@ async fn main() {
     };
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
-    let tasks: Vec<_> = (0..args.sessions).map(|_| tokio::spawn(session(args.clone(), next.clone(), start))).collect();
+    let tasks: Vec<_> = (0..args.sessions)
+        .map(|_| tokio::spawn(session(args.clone(), next.clone(), start)))
+        .collect();
     let mut latencies = Vec::new();
     let mut refused = 0;
     let mut errors = 0;

@@ -3,7 +3,9 @@
 
 use crate::config::LoadedConfig;
 use crate::deliver::{DeliveryWorker, RelayClient};
-use crate::pipeline::{Pipeline, PipelineSettings};
+use crate::feedback::worker::ApiWorker;
+use crate::feedback::GlpiApi;
+use crate::pipeline::{Pipeline, PipelineSettings, TicketInfo};
 use crate::rules::RuleSet;
 use crate::smtp::Server;
 use crate::store::outbound::SqliteQueue;
@@ -12,7 +14,7 @@ use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::watch;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 
 /// Run `alertgate serve` until a signal asks us to stop.
 pub async fn serve(loaded: LoadedConfig) -> anyhow::Result<()> {
@@ -59,12 +61,36 @@ pub async fn start(loaded: LoadedConfig, stop: watch::Receiver<bool>) -> anyhow:
         compose: loaded.compose.clone(),
         correlation: loaded.config.correlation.clone(),
         unmatched: loaded.config.rules.unmatched,
-        hold_until_ticket_known: false,
+        hold_until_ticket_known: loaded.config.feedback_enabled(),
+        ticket_timeout_secs: loaded.config.feedback.ticket_lookup_timeout_secs as i64,
+        solve_on_recovery: loaded
+            .config
+            .glpi_api
+            .as_ref()
+            .is_some_and(|a| a.solve_on_recovery),
+        feedback_addresses: loaded.policy.feedback_addresses.clone(),
     };
     let pipeline = Pipeline::open(&store_path, settings).context("starting the pipeline")?;
     let outbound_wake = Arc::new(Notify::new());
     let client = RelayClient::new(&loaded.relay).map_err(|e| anyhow::anyhow!("relay: {e}"))?;
-    let queue = Arc::new(SqliteQueue::open(&store_path)?);
+    let (opened_tx, opened_rx) = mpsc::unbounded_channel();
+    let (found_tx, found_rx) = mpsc::unbounded_channel();
+    let mut queue = SqliteQueue::open(&store_path)?;
+    let api_worker = match &loaded.config.glpi_api {
+        Some(api_config) => {
+            queue = queue.notify_opened(opened_tx);
+            let api = GlpiApi::new(api_config).map_err(|e| anyhow::anyhow!("glpi_api: {e}"))?;
+            Some(ApiWorker {
+                api,
+                store: store_path.clone(),
+                lookup_timeout_secs: loaded.config.feedback.ticket_lookup_timeout_secs as i64,
+                opened: opened_rx,
+                found: found_tx,
+            })
+        }
+        None => None,
+    };
+    let queue = Arc::new(queue);
     let delivery = DeliveryWorker::new(
         queue,
         client,
@@ -79,14 +105,19 @@ pub async fn start(loaded: LoadedConfig, stop: watch::Receiver<bool>) -> anyhow:
         pipeline,
         spool.committed.clone(),
         outbound_wake,
+        found_rx,
         stop.clone(),
     ));
+    let api = api_worker.map(|w| tokio::spawn(w.run(stop.clone())));
     let delivery = tokio::spawn(delivery.run(stop.clone()));
     let server = tokio::spawn(server.serve(stop));
     let all = tokio::spawn(async move {
         let _ = server.await;
         let _ = pipeline.await;
         let _ = delivery.await;
+        if let Some(api) = api {
+            let _ = api.await;
+        }
     });
     Ok(Running { addrs, server: all })
 }
@@ -97,13 +128,21 @@ async fn run_pipeline(
     mut pipeline: Pipeline,
     committed: Arc<Notify>,
     outbound_wake: Arc<Notify>,
+    mut found: mpsc::UnboundedReceiver<TicketInfo>,
     stop: watch::Receiver<bool>,
 ) {
     let mut last_tick = 0;
     loop {
         let now = unix_now();
+        let mut tickets = Vec::new();
+        while let Ok(info) = found.try_recv() {
+            tickets.push(info);
+        }
         let tick_due = now != last_tick;
         let joined = tokio::task::spawn_blocking(move || {
+            if let Err(e) = pipeline.learn_tickets(&tickets, now) {
+                tracing::error!(error = %e, "recording ticket ids failed");
+            }
             let processed = pipeline.run_batch(now);
             let ticked = if tick_due { pipeline.tick(now) } else { Ok(()) };
             (pipeline, processed, ticked)

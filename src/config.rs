@@ -192,7 +192,9 @@ pub struct FeedbackConfig {
 
 impl Default for FeedbackConfig {
     fn default() -> Self {
-        FeedbackConfig { ticket_lookup_timeout_secs: 900 }
+        FeedbackConfig {
+            ticket_lookup_timeout_secs: 900,
+        }
     }
 }
 

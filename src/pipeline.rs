@@ -4,12 +4,15 @@
 
 use crate::alert::Alert;
 use crate::compose::{self, ComposeConfig, ComposedMail, MailEvent};
-use crate::config::UnmatchedPolicy;
-use crate::correlate::{self, Action, CorrelationPolicy, CorrelationState, Decision, IncidentMail};
+use crate::config::{RecipientPattern, UnmatchedPolicy};
+use crate::correlate::{
+    self, Action, CorrelationPolicy, CorrelationState, Decision, Incident, IncidentMail,
+    TicketStatus,
+};
 use crate::rules::{ParseContext, ParseError, RuleSet};
 use crate::store::outbound::{self, NewOutbound, OutboundState};
 use crate::store::spool::{self, SpoolRow, SpoolState};
-use crate::store::{incidents, StoreError};
+use crate::store::{actions, incidents, StoreError};
 use rusqlite::Connection;
 use std::path::Path;
 use std::sync::Arc;
@@ -33,6 +36,21 @@ pub struct PipelineSettings {
     pub unmatched: UnmatchedPolicy,
     /// Hold an incident's updates until its GLPI ticket id is known.
     pub hold_until_ticket_known: bool,
+    /// How long updates wait for the ticket id before going out unthreaded.
+    pub ticket_timeout_secs: i64,
+    /// Solve the ticket through the API on recovery instead of mailing the recovery.
+    pub solve_on_recovery: bool,
+    /// Recipients whose mail is GLPI's notifications.
+    pub feedback_addresses: Vec<RecipientPattern>,
+}
+
+/// A ticket id learned for one of our incidents (from a notification or the API).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TicketInfo {
+    pub tag: String,
+    pub ticket_id: u64,
+    pub glpi_message_id: Option<String>,
+    pub status: Option<TicketStatus>,
 }
 
 pub struct Pipeline {
@@ -97,6 +115,31 @@ impl Pipeline {
         self.in_transaction(now, |p, conn| {
             let decision = correlate::tick(&mut p.state, now, &p.settings.correlation);
             p.apply(conn, &decision, None, now)?;
+            let expired = outbound::release_expired_holds(conn, now)?;
+            if !expired.is_empty() {
+                let total = incidents::get_kv(conn, "unthreaded_after_timeout")?
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+                    + expired.len() as u64;
+                incidents::set_kv(conn, "unthreaded_after_timeout", &total.to_string())?;
+                for tag in &expired {
+                    tracing::warn!(tag = %tag, unthreaded_total = total, "no GLPI ticket id in time: held updates sent unthreaded");
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Record ticket ids learned from GLPI's API, releasing the mails that waited for them.
+    pub fn learn_tickets(&mut self, infos: &[TicketInfo], now: i64) -> Result<(), PipelineError> {
+        if infos.is_empty() {
+            return Ok(());
+        }
+        self.in_transaction(now, |p, conn| {
+            for info in infos {
+                let note = p.learn_ticket(conn, info, now)?;
+                tracing::info!(tag = %info.tag, ticket = info.ticket_id, outcome = %note, "ticket learned from the API");
+            }
             Ok(())
         })
     }
@@ -145,6 +188,9 @@ impl PipelineCore<'_> {
                 state: SpoolState::Processed,
                 note: format!("duplicate of spool id {original}, ignored"),
             });
+        }
+        if self.is_feedback(row) {
+            return self.feedback(conn, raw, now);
         }
         let ctx = StoreContext { conn };
         match self.settings.rules.parse(raw, &ctx) {
@@ -206,55 +252,13 @@ impl PipelineCore<'_> {
         now: i64,
     ) -> Result<String, PipelineError> {
         match action {
-            Action::Mail(mail) => {
-                let state = if self.settings.hold_until_ticket_known
-                    && !matches!(mail.kind, correlate::MailKind::Open)
-                    && mail.incident.ticket_id.is_none()
-                {
-                    OutboundState::Held
-                } else {
-                    OutboundState::Queued
-                };
-                let original = origin.map(|(_, raw)| raw);
-                match compose_incident_mail(&self.settings.compose, mail, original, now) {
-                    Ok(composed) => {
-                        let event = serde_json::to_string(mail).ok();
-                        enqueue(
-                            conn,
-                            &composed,
-                            &mail.incident.tag,
-                            state,
-                            origin.map(|o| o.0),
-                            event.as_deref(),
-                            now,
-                        )?;
-                        Ok(format!(
-                            "{} {} ({})",
-                            mail_kind_word(mail),
-                            mail.incident.tag,
-                            composed.message_id
-                        ))
-                    }
-                    Err(e) => {
-                        tracing::error!(tag = %mail.incident.tag, error = %e, "cannot compose mail");
-                        Ok(format!("compose failed for {}: {e}", mail.incident.tag))
-                    }
-                }
-            }
+            Action::Mail(mail) => self.mail_action(conn, mail, origin, now),
             Action::Digest(digest) => {
                 let alerts: Vec<Alert> = digest.entries.iter().map(|e| e.alert.clone()).collect();
                 let tag = format!("DIGEST-{}", digest.window_start);
                 match compose::compose_digest(&self.settings.compose, &tag, &alerts, now) {
                     Ok(composed) => {
-                        enqueue(
-                            conn,
-                            &composed,
-                            &tag,
-                            OutboundState::Queued,
-                            None,
-                            None,
-                            now,
-                        )?;
+                        enqueue(conn, &composed, &tag, Queueing::now(), None, None, now)?;
                         Ok(format!("digest {tag} of {} alerts", digest.count))
                     }
                     Err(e) => {
@@ -269,6 +273,213 @@ impl PipelineCore<'_> {
                 Ok(text)
             }
         }
+    }
+
+    /// Enqueue an incident's mail: now, or held until its ticket id is known; or, for a
+    /// recovery with `solve_on_recovery`, solve the ticket through the API instead.
+    fn mail_action(
+        &mut self,
+        conn: &Connection,
+        mail: &IncidentMail,
+        origin: Option<(i64, &[u8])>,
+        now: i64,
+    ) -> Result<String, PipelineError> {
+        let tag = &mail.incident.tag;
+        if let (true, Some(ticket)) = (self.solves_instead(mail), mail.incident.ticket_id) {
+            actions::add(conn, tag, ticket, actions::SOLVE, &solution_text(mail), now)?;
+            return Ok(format!(
+                "resolve {tag}: ticket {ticket} to be solved through the API"
+            ));
+        }
+        let hold_until = mail.incident.first_seen + self.settings.ticket_timeout_secs;
+        let queueing = if self.settings.hold_until_ticket_known
+            && !matches!(mail.kind, correlate::MailKind::Open)
+            && mail.incident.ticket_id.is_none()
+            && hold_until > now
+        {
+            Queueing {
+                state: OutboundState::Held,
+                not_before: hold_until,
+            }
+        } else {
+            Queueing::now()
+        };
+        let held = queueing.state == OutboundState::Held;
+        let original = origin.map(|(_, raw)| raw);
+        match compose_incident_mail(&self.settings.compose, mail, original, now) {
+            Ok(composed) => {
+                let event = serde_json::to_string(mail).ok();
+                enqueue(
+                    conn,
+                    &composed,
+                    tag,
+                    queueing,
+                    origin.map(|o| o.0),
+                    event.as_deref(),
+                    now,
+                )?;
+                let held = if held {
+                    ", held until the ticket id is known"
+                } else {
+                    ""
+                };
+                Ok(format!(
+                    "{} {tag} ({}){held}",
+                    mail_kind_word(mail),
+                    composed.message_id
+                ))
+            }
+            Err(e) => {
+                tracing::error!(tag = %tag, error = %e, "cannot compose mail");
+                Ok(format!("compose failed for {tag}: {e}"))
+            }
+        }
+    }
+
+    fn solves_instead(&self, mail: &IncidentMail) -> bool {
+        self.settings.solve_on_recovery && matches!(mail.kind, correlate::MailKind::Resolve)
+    }
+
+    fn is_feedback(&self, row: &SpoolRow) -> bool {
+        !self.settings.feedback_addresses.is_empty()
+            && row.envelope.rcpt_to.iter().all(|r| {
+                self.settings
+                    .feedback_addresses
+                    .iter()
+                    .any(|p| p.matches(r))
+            })
+    }
+
+    /// A mail to a feedback address: GLPI telling us a ticket's id or status. It is
+    /// never forwarded (GLPI would refuse its own mail anyway), only read and kept.
+    fn feedback(
+        &mut self,
+        conn: &Connection,
+        raw: &[u8],
+        now: i64,
+    ) -> Result<StepResult, PipelineError> {
+        let note = match crate::feedback::parse_notification(raw, &self.settings.compose.glpi_tag) {
+            Err(e) => {
+                tracing::warn!(reason = %e, "mail to a feedback address is not a GLPI notification; kept");
+                format!("not a GLPI notification: {e}")
+            }
+            Ok(n) => match n.thread_tag.clone() {
+                None => {
+                    tracing::info!(
+                        ticket = n.ticket_id,
+                        "GLPI notification names no alertgate incident; kept"
+                    );
+                    format!(
+                        "GLPI ticket {} ({}): no alertgate tag in its title",
+                        n.ticket_id, n.event
+                    )
+                }
+                Some(tag) => {
+                    let info = TicketInfo {
+                        tag,
+                        ticket_id: n.ticket_id,
+                        glpi_message_id: n.glpi_message_id,
+                        status: n.status,
+                    };
+                    self.learn_ticket(conn, &info, now)?
+                }
+            },
+        };
+        Ok(StepResult {
+            state: SpoolState::Feedback,
+            note,
+        })
+    }
+
+    /// Record a ticket id (and status) on its incident and release the held mails.
+    fn learn_ticket(
+        &mut self,
+        conn: &Connection,
+        info: &TicketInfo,
+        now: i64,
+    ) -> Result<String, PipelineError> {
+        let open = correlate::apply_ticket_info(
+            self.state,
+            &info.tag,
+            info.ticket_id,
+            info.glpi_message_id.clone(),
+            info.status,
+        );
+        let incident = match open {
+            Some(_) => self.state.incident_by_tag(&info.tag).cloned(),
+            // An ended incident may still have mails waiting for this ticket id.
+            None => incidents::by_tag(conn, &info.tag)?.map(|mut inc| {
+                inc.ticket_id = Some(info.ticket_id);
+                if info.glpi_message_id.is_some() {
+                    inc.glpi_message_id = info.glpi_message_id.clone();
+                }
+                if let Some(status) = info.status {
+                    inc.ticket_status = status;
+                }
+                inc
+            }),
+        };
+        let Some(incident) = incident else {
+            tracing::info!(tag = %info.tag, ticket = info.ticket_id, "GLPI ticket names an incident alertgate does not know; kept");
+            return Ok(format!(
+                "GLPI ticket {} names unknown incident {}",
+                info.ticket_id, info.tag
+            ));
+        };
+        incidents::save(conn, &incident, now)?;
+        let released = self.release_held(conn, &incident, now)?;
+        Ok(format!(
+            "ticket {} ({:?}) recorded for {}; {released} held mail(s) released",
+            info.ticket_id, incident.ticket_status, incident.tag
+        ))
+    }
+
+    /// Compose the incident's held mails again, now with the ticket id, and queue them.
+    fn release_held(
+        &mut self,
+        conn: &Connection,
+        incident: &Incident,
+        now: i64,
+    ) -> Result<usize, PipelineError> {
+        let held = outbound::held_for(conn, &incident.tag)?;
+        for h in &held {
+            let Some(mut mail) = h
+                .event
+                .as_deref()
+                .and_then(|e| serde_json::from_str::<IncidentMail>(e).ok())
+            else {
+                outbound::release_held(conn, &incident.tag, now)?;
+                continue;
+            };
+            mail.incident.ticket_id = incident.ticket_id;
+            mail.incident.glpi_message_id = incident.glpi_message_id.clone();
+            if let (true, Some(ticket)) = (self.solves_instead(&mail), incident.ticket_id) {
+                outbound::delete(conn, h.id)?;
+                actions::add(
+                    conn,
+                    &incident.tag,
+                    ticket,
+                    actions::SOLVE,
+                    &solution_text(&mail),
+                    now,
+                )?;
+                continue;
+            }
+            let original = match h.spool_id {
+                Some(id) => spool::get(conn, id)?.and_then(|r| r.raw),
+                None => None,
+            };
+            match compose_incident_mail(&self.settings.compose, &mail, original.as_deref(), now) {
+                Ok(composed) => {
+                    outbound::requeue_composed(conn, h.id, &composed.subject, &composed.bytes, now)?
+                }
+                Err(e) => {
+                    tracing::error!(tag = %incident.tag, error = %e, "cannot compose a held mail again; sending it as it was");
+                    outbound::release_held(conn, &incident.tag, now)?;
+                }
+            }
+        }
+        Ok(held.len())
     }
 
     fn unmatched(
@@ -303,7 +514,7 @@ impl PipelineCore<'_> {
                             conn,
                             &composed,
                             &tag,
-                            OutboundState::Queued,
+                            Queueing::now(),
                             Some(row.id),
                             None,
                             now,
@@ -323,11 +534,26 @@ impl PipelineCore<'_> {
     }
 }
 
+/// Whether a mail goes out now or waits for its ticket id (and until when).
+struct Queueing {
+    state: OutboundState,
+    not_before: i64,
+}
+
+impl Queueing {
+    fn now() -> Queueing {
+        Queueing {
+            state: OutboundState::Queued,
+            not_before: 0,
+        }
+    }
+}
+
 fn enqueue(
     conn: &Connection,
     mail: &ComposedMail,
     order_key: &str,
-    state: OutboundState,
+    queueing: Queueing,
     spool_id: Option<i64>,
     event: Option<&str>,
     now: i64,
@@ -341,8 +567,9 @@ fn enqueue(
             envelope_from: &mail.envelope_from,
             envelope_to: &mail.envelope_to,
             raw: &mail.bytes,
-            state,
+            state: queueing.state,
             spool_id,
+            not_before: queueing.not_before,
         },
         now,
     )?;
@@ -393,6 +620,23 @@ pub fn compose_incident_mail(
         now,
     };
     compose::compose(cfg, &event)
+}
+
+/// What the ITILSolution says when alertgate solves a ticket on recovery.
+fn solution_text(mail: &IncidentMail) -> String {
+    let a = &mail.alert;
+    let what = if a.service.is_empty() {
+        a.host.clone()
+    } else {
+        format!("{} / {}", a.host, a.service)
+    };
+    format!(
+        "Recovered: {what} is {} ({} source {}). {}",
+        a.state.as_str().to_uppercase(),
+        mail.incident.tag,
+        a.source,
+        a.output.lines().next().unwrap_or("")
+    )
 }
 
 fn update_reason_word(reason: correlate::UpdateReason) -> &'static str {

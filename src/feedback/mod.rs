@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod notification;
+pub mod worker;
 
 pub use api::{lookup_backoff, ticket_status_from_code, ApiError, GlpiApi, GlpiApiConfig, Secret};
 pub use notification::{parse_notification, status_for_event, GlpiNotification, NotGlpi};

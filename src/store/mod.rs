@@ -1,6 +1,7 @@
 //! The embedded SQLite store: schema and migrations, the inbound spool (one writer thread
 //! with group commit), incidents, and the outbound queue. Every durable fact lives here.
 
+pub mod actions;
 pub mod incidents;
 pub mod outbound;
 pub mod spool;

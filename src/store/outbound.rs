@@ -2,6 +2,7 @@
 //! retry times and dead letters; also the queue the delivery worker reads through a trait.
 
 use super::StoreError;
+use crate::deliver::{OutboundItem, OutboundQueue, QueueError};
 use rusqlite::{params, Connection, OptionalExtension};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +38,8 @@ pub struct NewOutbound<'a> {
     pub raw: &'a [u8],
     pub state: OutboundState,
     pub spool_id: Option<i64>,
+    /// Not sent before this time; for a held mail, when it is released unthreaded.
+    pub not_before: i64,
 }
 
 pub fn enqueue(conn: &Connection, mail: &NewOutbound<'_>, now: i64) -> Result<i64, StoreError> {
@@ -44,7 +47,7 @@ pub fn enqueue(conn: &Connection, mail: &NewOutbound<'_>, now: i64) -> Result<i6
         serde_json::to_string(mail.envelope_to).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     conn.prepare_cached(
         "INSERT INTO outbound (order_key, message_id, subject, envelope_from, envelope_to, raw, state, queued_at, next_attempt_at, spool_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?10, ?9)",
     )?
     .execute(params![
         mail.order_key,
@@ -55,7 +58,8 @@ pub fn enqueue(conn: &Connection, mail: &NewOutbound<'_>, now: i64) -> Result<i6
         mail.raw,
         mail.state.as_str(),
         now,
-        mail.spool_id
+        mail.spool_id,
+        mail.not_before.max(now)
     ])?;
     Ok(conn.last_insert_rowid())
 }
@@ -202,12 +206,139 @@ pub fn purge(
     Ok(n)
 }
 
-/// Release an incident's held mails (its ticket id is now known, or we gave up waiting).
+/// Release an incident's held mails as they are (its ticket id is now known).
 pub fn release_held(conn: &Connection, order_key: &str, now: i64) -> Result<usize, StoreError> {
     Ok(conn.execute(
         "UPDATE outbound SET state = 'queued', next_attempt_at = ?2 WHERE order_key = ?1 AND state = 'held'",
         params![order_key, now],
     )?)
+}
+
+/// A held mail, with what it was composed from.
+#[derive(Debug, Clone)]
+pub struct HeldMail {
+    pub id: i64,
+    pub event: Option<String>,
+    pub spool_id: Option<i64>,
+}
+
+pub fn held_for(conn: &Connection, order_key: &str) -> Result<Vec<HeldMail>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT id, event, spool_id FROM outbound WHERE order_key = ?1 AND state = 'held' ORDER BY id")?;
+    let rows = stmt
+        .query_map([order_key], |r| {
+            Ok(HeldMail {
+                id: r.get(0)?,
+                event: r.get(1)?,
+                spool_id: r.get(2)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// Replace a held mail by its threaded version and queue it now.
+pub fn requeue_composed(
+    conn: &Connection,
+    id: i64,
+    subject: &str,
+    raw: &[u8],
+    now: i64,
+) -> Result<(), StoreError> {
+    conn.prepare_cached("UPDATE outbound SET subject = ?2, raw = ?3, state = 'queued', next_attempt_at = ?4 WHERE id = ?1")?
+        .execute(params![id, subject, raw, now])?;
+    Ok(())
+}
+
+pub fn delete(conn: &Connection, id: i64) -> Result<(), StoreError> {
+    conn.prepare_cached("DELETE FROM outbound WHERE id = ?1")?
+        .execute([id])?;
+    Ok(())
+}
+
+/// Held mails whose wait for a ticket id is over go out unthreaded; returns their keys.
+pub fn release_expired_holds(conn: &Connection, now: i64) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT DISTINCT order_key FROM outbound WHERE state = 'held' AND next_attempt_at <= ?1",
+    )?;
+    let keys = stmt
+        .query_map([now], |r| r.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    if !keys.is_empty() {
+        conn.execute("UPDATE outbound SET state = 'queued', next_attempt_at = ?1 WHERE state = 'held' AND next_attempt_at <= ?1", [now])?;
+    }
+    Ok(keys)
+}
+
+/// The outbound queue as the delivery worker sees it, on its own connection.
+pub struct SqliteQueue {
+    conn: std::sync::Mutex<Connection>,
+    /// Told the tag of each incident whose first mail was delivered (ticket lookup).
+    opened: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+}
+
+impl SqliteQueue {
+    pub fn open(path: &std::path::Path) -> Result<SqliteQueue, StoreError> {
+        Ok(SqliteQueue {
+            conn: std::sync::Mutex::new(super::open(path)?),
+            opened: None,
+        })
+    }
+
+    pub fn notify_opened(mut self, tx: tokio::sync::mpsc::UnboundedSender<String>) -> SqliteQueue {
+        self.opened = Some(tx);
+        self
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, QueueError> {
+        let conn = self
+            .conn
+            .lock()
+            .map_err(|_| QueueError::new("queue connection poisoned"))?;
+        f(&conn).map_err(QueueError::new)
+    }
+}
+
+impl OutboundQueue for SqliteQueue {
+    fn due(&self, now: i64, limit: usize) -> Result<Vec<OutboundItem>, QueueError> {
+        let rows = self.with(|c| due(c, now, limit))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| OutboundItem {
+                id: r.id,
+                order_key: r.order_key,
+                envelope_from: r.envelope_from,
+                envelope_to: r.envelope_to,
+                raw: r.raw.unwrap_or_default(),
+                attempts: r.attempts,
+                queued_at: r.queued_at,
+                message_id: r.message_id,
+            })
+            .collect())
+    }
+
+    fn mark_sent(&self, id: i64, now: i64) -> Result<(), QueueError> {
+        self.with(|c| mark_sent(c, id, now))
+    }
+
+    fn mark_retry(&self, id: i64, next_attempt_at: i64, error: &str) -> Result<(), QueueError> {
+        self.with(|c| mark_retry(c, id, next_attempt_at, error))
+    }
+
+    fn mark_dead(&self, id: i64, error: &str) -> Result<(), QueueError> {
+        self.with(|c| mark_dead(c, id, error))
+    }
+
+    fn on_delivered(&self, item: &OutboundItem) {
+        // The open mail is seq 0 of its incident: `<alert-xxxxxxxx.0@host>`.
+        if let Some(tx) = &self.opened {
+            if item.order_key.starts_with("ALERT-") && item.message_id.contains(".0@") {
+                let _ = tx.send(item.order_key.clone());
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -224,6 +355,7 @@ mod tests {
             raw: b"Subject: s\r\n\r\nx\r\n",
             state: OutboundState::Queued,
             spool_id: None,
+            not_before: 0,
         }
     }
 
@@ -263,62 +395,5 @@ mod tests {
         assert!(due(&conn, 10, 10).unwrap().is_empty());
         assert_eq!(release_held(&conn, "A", 10).unwrap(), 1);
         assert_eq!(due(&conn, 10, 10).unwrap()[0].id, h);
-    }
-}
-
-/// The outbound queue as the delivery worker sees it, on its own connection.
-pub struct SqliteQueue {
-    conn: std::sync::Mutex<Connection>,
-}
-
-impl SqliteQueue {
-    pub fn open(path: &std::path::Path) -> Result<SqliteQueue, StoreError> {
-        Ok(SqliteQueue {
-            conn: std::sync::Mutex::new(super::open(path)?),
-        })
-    }
-
-    fn with<T>(
-        &self,
-        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
-    ) -> Result<T, QueueError> {
-        let conn = self
-            .conn
-            .lock()
-            .map_err(|_| QueueError::new("queue connection poisoned"))?;
-        f(&conn).map_err(QueueError::new)
-    }
-}
-
-use crate::deliver::{OutboundItem, OutboundQueue, QueueError};
-
-impl OutboundQueue for SqliteQueue {
-    fn due(&self, now: i64, limit: usize) -> Result<Vec<OutboundItem>, QueueError> {
-        let rows = self.with(|c| due(c, now, limit))?;
-        Ok(rows
-            .into_iter()
-            .map(|r| OutboundItem {
-                id: r.id,
-                order_key: r.order_key,
-                envelope_from: r.envelope_from,
-                envelope_to: r.envelope_to,
-                raw: r.raw.unwrap_or_default(),
-                attempts: r.attempts,
-                queued_at: r.queued_at,
-                message_id: r.message_id,
-            })
-            .collect())
-    }
-
-    fn mark_sent(&self, id: i64, now: i64) -> Result<(), QueueError> {
-        self.with(|c| mark_sent(c, id, now))
-    }
-
-    fn mark_retry(&self, id: i64, next_attempt_at: i64, error: &str) -> Result<(), QueueError> {
-        self.with(|c| mark_retry(c, id, next_attempt_at, error))
-    }
-
-    fn mark_dead(&self, id: i64, error: &str) -> Result<(), QueueError> {
-        self.with(|c| mark_dead(c, id, error))
     }
 }

@@ -1,0 +1,174 @@
+//! The GLPI API worker: looks each new incident's ticket up by its tag once the open mail
+//! was delivered (bounded backoff, until found or the lookup timeout), and carries out the
+//! API actions the pipeline stored (solving tickets on recovery), retrying through outages.
+
+use super::api::{lookup_backoff, ApiError, GlpiApi};
+use crate::pipeline::TicketInfo;
+use crate::store::{actions, incidents, unix_now};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// A ticket still being looked up.
+struct Lookup {
+    attempts: u32,
+    next_at: i64,
+    deadline: i64,
+}
+
+pub struct ApiWorker {
+    pub api: GlpiApi,
+    pub store: PathBuf,
+    pub lookup_timeout_secs: i64,
+    /// Tags whose open mail was delivered.
+    pub opened: mpsc::UnboundedReceiver<String>,
+    /// Where found tickets go (the pipeline records them).
+    pub found: mpsc::UnboundedSender<TicketInfo>,
+}
+
+impl ApiWorker {
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let mut lookups = self.pending_at_start().await;
+        loop {
+            let now = unix_now();
+            while let Ok(tag) = self.opened.try_recv() {
+                lookups.entry(tag).or_insert(Lookup {
+                    attempts: 0,
+                    next_at: now,
+                    deadline: now + self.lookup_timeout_secs,
+                });
+            }
+            self.run_lookups(&mut lookups, now).await;
+            self.run_actions(now).await;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                tag = self.opened.recv() => {
+                    if let Some(tag) = tag {
+                        lookups.entry(tag).or_insert(Lookup { attempts: 0, next_at: now, deadline: now + self.lookup_timeout_secs });
+                    }
+                }
+                _ = stop.wait_for(|s| *s) => break,
+            }
+        }
+        self.api.close().await;
+    }
+
+    /// After a restart: open incidents without a ticket id, still within the timeout.
+    async fn pending_at_start(&self) -> HashMap<String, Lookup> {
+        let store = self.store.clone();
+        let timeout = self.lookup_timeout_secs;
+        let loaded = tokio::task::spawn_blocking(move || {
+            let conn = crate::store::open(&store)?;
+            incidents::load(&conn, false)
+        })
+        .await;
+        let now = unix_now();
+        match loaded {
+            Ok(Ok(list)) => list
+                .into_iter()
+                .filter(|i| i.ticket_id.is_none() && i.first_seen + timeout > now)
+                .map(|i| {
+                    (
+                        i.tag,
+                        Lookup {
+                            attempts: 0,
+                            next_at: now,
+                            deadline: i.first_seen + timeout,
+                        },
+                    )
+                })
+                .collect(),
+            _ => HashMap::new(),
+        }
+    }
+
+    async fn run_lookups(&self, lookups: &mut HashMap<String, Lookup>, now: i64) {
+        let due: Vec<String> = lookups
+            .iter()
+            .filter(|(_, l)| l.next_at <= now)
+            .map(|(t, _)| t.clone())
+            .collect();
+        for tag in due {
+            let result = self.api.find_ticket_by_tag(&tag).await;
+            let Some(lookup) = lookups.get_mut(&tag) else {
+                continue;
+            };
+            match result {
+                Ok(Some((ticket_id, status))) => {
+                    tracing::info!(tag = %tag, ticket = ticket_id, "GLPI ticket found through the API");
+                    let _ = self.found.send(TicketInfo {
+                        tag: tag.clone(),
+                        ticket_id,
+                        glpi_message_id: None,
+                        status: Some(status),
+                    });
+                    lookups.remove(&tag);
+                    continue;
+                }
+                Ok(None) => {
+                    tracing::debug!(tag = %tag, attempts = lookup.attempts, "no GLPI ticket yet")
+                }
+                Err(e) => log_api_error(&e, &tag),
+            }
+            lookup.attempts += 1;
+            lookup.next_at = now + lookup_backoff(lookup.attempts) as i64;
+            if lookup.next_at > lookup.deadline {
+                tracing::warn!(tag = %tag, attempts = lookup.attempts, "GLPI ticket not found before the lookup timeout; giving up");
+                lookups.remove(&tag);
+            }
+        }
+    }
+
+    async fn run_actions(&self, now: i64) {
+        let store = self.store.clone();
+        let due = tokio::task::spawn_blocking(move || {
+            let conn = crate::store::open(&store)?;
+            actions::due(&conn, now, 16)
+        })
+        .await;
+        let Ok(Ok(due)) = due else { return };
+        for action in due {
+            let result = match action.action.as_str() {
+                actions::SOLVE => {
+                    self.api
+                        .solve_ticket(action.ticket_id, &action.content)
+                        .await
+                }
+                other => Err(ApiError::Config(format!("unknown GLPI action `{other}`"))),
+            };
+            let (state, next_at, error) = match &result {
+                Ok(()) => {
+                    tracing::info!(tag = %action.tag, ticket = action.ticket_id, "GLPI ticket solved on recovery");
+                    ("done", now, None)
+                }
+                Err(e) if e.is_transient() => {
+                    log_api_error(e, &action.tag);
+                    (
+                        "pending",
+                        now + lookup_backoff(action.attempts + 1) as i64,
+                        Some(e.to_string()),
+                    )
+                }
+                Err(e) => {
+                    tracing::error!(tag = %action.tag, ticket = action.ticket_id, error = %e, "GLPI refused the action; giving up");
+                    ("failed", now, Some(e.to_string()))
+                }
+            };
+            let store = self.store.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                let conn = crate::store::open(&store)?;
+                actions::finish(&conn, action.id, state, next_at, error.as_deref())
+            })
+            .await;
+        }
+    }
+}
+
+fn log_api_error(e: &ApiError, tag: &str) {
+    if e.is_transient() {
+        tracing::warn!(tag = %tag, error = %e, "GLPI API unavailable; will retry");
+    } else {
+        tracing::error!(tag = %tag, error = %e, "GLPI API error");
+    }
+}

@@ -1,0 +1,78 @@
+//! Actions alertgate owes a GLPI ticket through the REST API (solving it on recovery),
+//! kept in the store so a GLPI outage or a restart delays them but never loses them.
+
+use super::StoreError;
+use rusqlite::{params, Connection};
+
+/// One pending API action.
+#[derive(Debug, Clone)]
+pub struct GlpiAction {
+    pub id: i64,
+    pub tag: String,
+    pub ticket_id: u64,
+    pub action: String,
+    pub content: String,
+    pub attempts: u32,
+}
+
+pub const SOLVE: &str = "solve";
+
+pub fn add(
+    conn: &Connection,
+    tag: &str,
+    ticket_id: u64,
+    action: &str,
+    content: &str,
+    now: i64,
+) -> Result<i64, StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO glpi_actions (tag, ticket_id, action, content, next_attempt_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+    )?
+    .execute(params![tag, ticket_id as i64, action, content, now])?;
+    Ok(conn.last_insert_rowid())
+}
+
+pub fn due(conn: &Connection, now: i64, limit: usize) -> Result<Vec<GlpiAction>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, tag, ticket_id, action, content, attempts FROM glpi_actions
+         WHERE state = 'pending' AND next_attempt_at <= ?1 ORDER BY id LIMIT ?2",
+    )?;
+    let rows = stmt
+        .query_map(params![now, limit as i64], |r| {
+            Ok(GlpiAction {
+                id: r.get(0)?,
+                tag: r.get(1)?,
+                ticket_id: r.get::<_, i64>(2)? as u64,
+                action: r.get(3)?,
+                content: r.get(4)?,
+                attempts: r.get::<_, i64>(5)? as u32,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// Record the outcome: `Ok` done, `Err((retry_at, error))` retry later, or failed for good.
+pub fn finish(
+    conn: &Connection,
+    id: i64,
+    state: &str,
+    next_attempt_at: i64,
+    error: Option<&str>,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE glpi_actions SET state = ?2, attempts = attempts + 1, next_attempt_at = ?3, last_error = ?4 WHERE id = ?1",
+    )?
+    .execute(params![id, state, next_attempt_at, error])?;
+    Ok(())
+}
+
+pub fn counts(conn: &Connection) -> Result<Vec<(String, i64)>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT action || ':' || state, COUNT(*) FROM glpi_actions GROUP BY 1 ORDER BY 1",
+    )?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
