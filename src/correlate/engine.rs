@@ -135,12 +135,15 @@ fn on_open_incident(
     policy: &CorrelationPolicy,
     decision: &mut Decision,
 ) {
-    let ticket_closed = state
-        .open
-        .get(&key)
-        .is_some_and(|i| i.ticket_status == TicketStatus::Closed);
+    // Only a worse state makes a closed ticket's problem news: repeats stay quiet until
+    // the recovery, and the next problem after that opens a new incident anyway.
+    let worse_after_close = state.open.get(&key).is_some_and(|i| {
+        i.ticket_status == TicketStatus::Closed
+            && alert.state.severity() > i.state.severity()
+            && policy.reopen_on_worse
+    });
     match event {
-        Event::Problem if ticket_closed => {
+        Event::Problem if worse_after_close => {
             // GLPI would open a new ticket anyway; make it a new incident with its own thread.
             end_quietly(
                 state,

@@ -986,9 +986,19 @@ fn closed_ticket_next_problem_opens_new_incident() {
             status: TicketStatus::Closed
         }
     );
+    // A repeat of the same state is not news: nothing is mailed to the closed ticket.
     let d = correlate(
         &mut st,
         &svc("web01", "cpu", State::Warning, N::Problem),
+        T0 + 8,
+        &policy(),
+    );
+    assert!(d.mails().next().is_none());
+    assert!(d.ended.is_empty());
+    // A worse state is: GLPI would open a new ticket, so it becomes a new incident.
+    let d = correlate(
+        &mut st,
+        &svc("web01", "cpu", State::Critical, N::Problem),
         T0 + 10,
         &policy(),
     );
