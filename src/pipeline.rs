@@ -113,7 +113,7 @@ impl Pipeline {
     /// Let time-driven decisions (storm digests) happen.
     pub fn tick(&mut self, now: i64) -> Result<(), PipelineError> {
         self.in_transaction(now, |p, conn| {
-            let decision = correlate::tick(&mut p.state, now, &p.settings.correlation);
+            let decision = correlate::tick(p.state, now, &p.settings.correlation);
             p.apply(conn, &decision, None, now)?;
             let expired = outbound::release_expired_holds(conn, now)?;
             if !expired.is_empty() {

@@ -69,8 +69,10 @@ async fn client(addr: SocketAddr, client_no: usize, count: usize, acked: Arc<Mut
     }
     for n in 0..count {
         let id = format!("c{client_no}-{n}@crash.test");
-        let mail =
-            format!("MAIL FROM:<nagios@crash.test>\r\nRCPT TO:<glpi@example.test>\r\nDATA\r\n");
+        let mail = "MAIL FROM:<nagios@crash.test>
+RCPT TO:<glpi@example.test>
+DATA
+";
         if w.write_all(mail.as_bytes()).await.is_err() {
             return;
         }

@@ -425,7 +425,9 @@ async fn a_storm_is_capped_and_digested_without_losing_an_alert() {
                 .filter(|m| subject(&m.raw).starts_with("[ALERT-"))
             {
                 let date = header(&m.raw, "Date").unwrap();
-                let minute = date.rsplitn(2, ':').nth(1).unwrap_or(&date).to_string();
+                let minute = date
+                    .rsplit_once(':')
+                    .map_or(date.clone(), |x| x.0.to_string());
                 *per_minute.entry(minute).or_default() += 1;
             }
             assert!(
