@@ -151,7 +151,11 @@ impl Pipeline {
         now: i64,
         f: impl FnOnce(&mut PipelineCore<'_>, &Connection) -> Result<(), PipelineError>,
     ) -> Result<(), PipelineError> {
-        let tx = self.conn.unchecked_transaction()?;
+        // IMMEDIATE: take the write lock up front. A deferred transaction that reads first
+        // fails with SQLITE_BUSY when the spool writer commits in between.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut core = PipelineCore {
             settings: &self.settings,
             state: &mut self.state,

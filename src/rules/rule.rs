@@ -4,6 +4,9 @@
 
 use crate::alert::{AlertKind, NotificationType, State};
 use regex::{Regex, RegexBuilder};
+
+/// Lazy-DFA cache per compiled rule regex (and per thread using it).
+const REGEX_DFA_CACHE_BYTES: usize = 128 * 1024;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -330,7 +333,13 @@ impl RuleContext<'_> {
     }
 
     fn regex(&mut self, field: &str, pattern: &str) -> Option<Regex> {
-        match RegexBuilder::new(pattern).multi_line(true).build() {
+        // The lazy DFA's cache is per regex and per thread; with a hundred rule regexes
+        // the 2 MiB default lets varied mail grow the process by hundreds of MB.
+        match RegexBuilder::new(pattern)
+            .multi_line(true)
+            .dfa_size_limit(REGEX_DFA_CACHE_BYTES)
+            .build()
+        {
             Ok(regex) => Some(regex),
             Err(e) => {
                 self.error(field, format!("invalid regex: {e}"));
