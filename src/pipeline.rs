@@ -18,7 +18,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// Messages processed per transaction: one fsync for many steps.
-const BATCH: usize = 256;
+const BATCH: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
