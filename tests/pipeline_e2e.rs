@@ -445,3 +445,120 @@ async fn a_storm_is_capped_and_digested_without_losing_an_alert() {
     );
     gw.shutdown().await;
 }
+
+const UNKNOWN_FORMAT: &[u8] =
+    b"From: backup@example.test\r\nTo: glpi@example.test\r\nSubject: Nightly backup report\r\nMessage-ID: <backup.1@example.test>\r\n\r\nAll 12 jobs finished.\r\n";
+
+#[tokio::test]
+async fn unmatched_mail_is_forwarded_tagged_by_default() {
+    let relay = RecordingRelay::start().await;
+    let gw = TestGateway::with_relay(relay.port(), "", "").await;
+    gw.send(UNKNOWN_FORMAT).await;
+    let mails = relay.wait_for(1, Duration::from_secs(20)).await;
+    let subj = subject(&mails[0].raw);
+    assert!(
+        subj.starts_with("[MAIL-") && subj.ends_with("] Nightly backup report"),
+        "{subj}"
+    );
+    assert!(mails[0].raw_str().contains("All 12 jobs finished."));
+    assert_eq!(
+        mails[0].from, "alertgate@example.test",
+        "still written as the GLPI requester"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn unmatched_mail_is_held_or_dropped_by_policy_and_never_silently() {
+    for (policy, state) in [("hold", "held"), ("drop", "dropped")] {
+        let relay = RecordingRelay::start().await;
+        let gw = TestGateway::start_full(
+            "",
+            &format!("unmatched = \"{policy}\""),
+            &format!(
+                "[relay]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n",
+                relay.port()
+            ),
+        )
+        .await;
+        gw.send(UNKNOWN_FORMAT).await;
+        gw.wait_processed().await;
+        let (got, note): (String, String) = gw
+            .db()
+            .query_row("SELECT state, note FROM spool", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!(got, state);
+        assert!(note.contains("no rule matched"), "{note}");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_alertgate"))
+            .args(["queue", "-c"])
+            .arg(gw.config_path())
+            .args(["list", "--state", state])
+            .output()
+            .unwrap();
+        let listing = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            listing.contains("backup@example.test") || listing.contains("centreon@example.test"),
+            "{listing}"
+        );
+        assert!(listing.contains(state), "{listing}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(relay.received().is_empty(), "{policy}: nothing forwarded");
+        gw.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn dead_letters_can_be_retried_and_purged_from_the_cli() {
+    let relay = RecordingRelay::start().await;
+    relay.set_mode(RelayMode::RejectData);
+    let gw = TestGateway::with_relay(relay.port(), "", "").await;
+    gw.send(&centreon_service(
+        "PROBLEM", "web-10", "HTTP", "CRITICAL", "down",
+    ))
+    .await;
+    for _ in 0..200 {
+        if gw.outbound().iter().any(|(state, _, _)| state == "dead") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let queue = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_alertgate"))
+            .args(["queue", "-c"])
+            .arg(gw.config_path())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    let id: i64 = gw
+        .db()
+        .query_row("SELECT id FROM outbound", [], |r| r.get(0))
+        .unwrap();
+    let (ok, shown) = queue(&["show", &format!("o{id}")]);
+    assert!(
+        ok && shown.contains("state: dead") && shown.contains("550"),
+        "{shown}"
+    );
+    relay.set_mode(RelayMode::Accept);
+    let (ok, said) = queue(&["retry", &format!("o{id}")]);
+    assert!(ok && said.contains("1 mail(s) queued again"), "{said}");
+    relay.wait_for(1, Duration::from_secs(20)).await;
+    for _ in 0..100 {
+        if gw.outbound().iter().all(|(state, _, _)| state == "sent") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (ok, said) = queue(&["purge", "sent"]);
+    assert!(ok && said.contains("1 mail(s) deleted"), "{said}");
+    assert!(gw.outbound().is_empty());
+    let (ok, _) = queue(&["show", "x1"]);
+    assert!(!ok, "a bad id is an error");
+    gw.shutdown().await;
+}

@@ -17,6 +17,16 @@ pub struct TestGateway {
 
 /// The config used by tests: `[server]` keys in `server_extra`, whole sections in `sections`.
 pub fn config_text(dir: &Path, server_extra: &str, sections: &str) -> String {
+    config_text_with(dir, server_extra, "", sections)
+}
+
+/// As `config_text`, with extra `[rules]` keys (e.g. `unmatched = "hold"`).
+pub fn config_text_with(
+    dir: &Path,
+    server_extra: &str,
+    rules_extra: &str,
+    sections: &str,
+) -> String {
     // Without a relay of its own, a test relays to a closed port: mail just waits.
     let relay = if sections.contains("[relay]") {
         ""
@@ -35,6 +45,7 @@ path = "{db}"
 
 [rules]
 dirs = ["{rules}"]
+{rules_extra}
 
 [compose]
 from = "alertgate@example.test"
@@ -56,8 +67,12 @@ impl TestGateway {
     }
 
     pub async fn start_with(server_extra: &str, sections: &str) -> TestGateway {
+        Self::start_full(server_extra, "", sections).await
+    }
+
+    pub async fn start_full(server_extra: &str, rules_extra: &str, sections: &str) -> TestGateway {
         let dir = tempfile::tempdir().expect("tempdir");
-        let text = config_text(dir.path(), server_extra, sections);
+        let text = config_text_with(dir.path(), server_extra, rules_extra, sections);
         let cfg_path = dir.path().join("alertgate.toml");
         std::fs::write(&cfg_path, &text).expect("write config");
         let loaded = LoadedConfig::from_str(&cfg_path, &text)
