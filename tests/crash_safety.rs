@@ -19,6 +19,16 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A config for the real binary on a fixed free port; returns its path and address.
+fn binary_config(dir: &std::path::Path, sections: &str) -> (std::path::PathBuf, SocketAddr) {
+    let port = free_port();
+    let text = support::gateway::config_text(dir, "", sections)
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let cfg = dir.join("alertgate.toml");
+    std::fs::write(&cfg, text).unwrap();
+    (cfg, SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
 fn start_binary(config: &std::path::Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_alertgate"))
         .args(["serve", "-c"])
@@ -98,12 +108,7 @@ DATA
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_acknowledged_mail_survives_sigkill() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let text = support::gateway::config_text(dir.path(), "", "")
-        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
-    let cfg = dir.path().join("alertgate.toml");
-    std::fs::write(&cfg, text).unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (cfg, addr) = binary_config(dir.path(), "");
 
     let mut child = start_binary(&cfg);
     wait_listening(addr).await;
@@ -165,12 +170,7 @@ async fn every_acknowledged_mail_survives_sigkill() {
 #[tokio::test]
 async fn sigterm_stops_cleanly_with_exit_0() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let text = support::gateway::config_text(dir.path(), "", "")
-        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
-    let cfg = dir.path().join("alertgate.toml");
-    std::fs::write(&cfg, text).unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (cfg, addr) = binary_config(dir.path(), "");
     let mut child = start_binary(&cfg);
     wait_listening(addr).await;
 
@@ -213,16 +213,11 @@ async fn sigkill_between_accept_and_delivery_loses_no_alert() {
     let mut relay = support::relay::RecordingRelay::start().await;
     relay.stop().await;
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     let relay_section = format!(
         "[relay]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n[relay.retry]\ninitial_backoff_secs = 1\nmax_backoff_secs = 1\n",
         relay.port()
     );
-    let text = support::gateway::config_text(dir.path(), "", &relay_section)
-        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
-    let cfg = dir.path().join("alertgate.toml");
-    std::fs::write(&cfg, text).unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (cfg, addr) = binary_config(dir.path(), &relay_section);
 
     let mut child = start_binary(&cfg);
     wait_listening(addr).await;

@@ -18,6 +18,20 @@ fn glpi_subject_ticket(subject: &str) -> Option<String> {
         .map(|c| c[1].to_string())
 }
 
+/// Poll the outbound queue until `done` holds (10 s at most); returns whether it did.
+async fn outbound_until(
+    gw: &TestGateway,
+    done: impl Fn(&[(String, String, String)]) -> bool,
+) -> bool {
+    for _ in 0..200 {
+        if done(&gw.outbound()) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
 /// No mail arrives beyond what is expected within `quiet`.
 async fn no_more_than(relay: &RecordingRelay, n: usize, quiet: Duration) {
     tokio::time::sleep(quiet).await;
@@ -333,14 +347,7 @@ async fn a_550_from_the_relay_dead_letters_the_mail_visibly() {
         "PROBLEM", "web-09", "HTTP", "CRITICAL", "down",
     ))
     .await;
-    let mut dead = false;
-    for _ in 0..200 {
-        if gw.outbound().iter().any(|(state, _, _)| state == "dead") {
-            dead = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let dead = outbound_until(&gw, |rows| rows.iter().any(|(state, _, _)| state == "dead")).await;
     assert!(dead, "{:?}", gw.outbound());
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_alertgate"))
         .args(["queue", "-c"])
@@ -518,12 +525,7 @@ async fn dead_letters_can_be_retried_and_purged_from_the_cli() {
         "PROBLEM", "web-10", "HTTP", "CRITICAL", "down",
     ))
     .await;
-    for _ in 0..200 {
-        if gw.outbound().iter().any(|(state, _, _)| state == "dead") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert!(outbound_until(&gw, |rows| rows.iter().any(|(state, _, _)| state == "dead")).await);
     let queue = |args: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_alertgate"))
             .args(["queue", "-c"])
@@ -549,12 +551,7 @@ async fn dead_letters_can_be_retried_and_purged_from_the_cli() {
     let (ok, said) = queue(&["retry", &format!("o{id}")]);
     assert!(ok && said.contains("1 mail(s) queued again"), "{said}");
     relay.wait_for(1, Duration::from_secs(20)).await;
-    for _ in 0..100 {
-        if gw.outbound().iter().all(|(state, _, _)| state == "sent") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert!(outbound_until(&gw, |rows| rows.iter().all(|(state, _, _)| state == "sent")).await);
     let (ok, said) = queue(&["purge", "sent"]);
     assert!(ok && said.contains("1 mail(s) deleted"), "{said}");
     assert!(gw.outbound().is_empty());
