@@ -1,1 +1,602 @@
-pub struct X;
+//! `alertgate.toml`: the schema, its defaults, and validation that reports every problem
+//! at once with the file, the key (and line when we can find it), what is wrong and what is
+//! expected. Unknown keys are errors, collected rather than stopping at the first.
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+/// One problem found in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(
+                f,
+                "{}:{}: `{}`: {}",
+                self.file.display(),
+                line,
+                self.key,
+                self.message
+            ),
+            None => write!(
+                f,
+                "{}: `{}`: {}",
+                self.file.display(),
+                self.key,
+                self.message
+            ),
+        }
+    }
+}
+
+/// Every problem of one configuration file.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub problems: Vec<ConfigProblem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub rules: RulesConfig,
+    #[serde(default)]
+    pub correlation: crate::correlate::CorrelationPolicy,
+    /// Required; optional here only so a missing section is reported with the other problems.
+    pub compose: Option<crate::compose::ComposeConfig>,
+    /// Required; optional here only so a missing section is reported with the other problems.
+    pub relay: Option<crate::deliver::RelayConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ServerConfig {
+    /// Addresses to listen on, e.g. "127.0.0.1:2525" or "[::1]:2525".
+    pub listen: Vec<String>,
+    /// Name used in the greeting, EHLO reply and `Received:` header.
+    pub hostname: String,
+    /// Client networks allowed to connect (CIDR); everything else gets 554 at connect.
+    pub allowed_networks: Vec<String>,
+    /// Accepted recipients: full addresses or `@domain`.
+    pub accepted_recipients: Vec<String>,
+    /// Addresses GLPI's notifications come back to (learned ticket ids).
+    pub feedback_addresses: Vec<String>,
+    pub max_message_size: usize,
+    pub max_recipients: usize,
+    pub max_connections: usize,
+    /// Errors in one session before 421 and close.
+    pub max_errors: u32,
+    /// Longest accepted command line, CRLF included (RFC 5321 says 512 at least).
+    pub max_line_length: usize,
+    /// Seconds to wait for the next command (RFC 5321 4.5.3.2.7: 5 minutes).
+    pub command_timeout_secs: u64,
+    /// Seconds to wait for each chunk of DATA (RFC 5321 4.5.3.2.5: 3 minutes per block).
+    pub data_timeout_secs: u64,
+    /// On shutdown, how long sessions in DATA may take to finish.
+    pub shutdown_grace_secs: u64,
+    pub tls: Option<TlsConfig>,
+    pub auth: AuthConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: vec!["127.0.0.1:2525".into()],
+            hostname: default_hostname(),
+            allowed_networks: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            accepted_recipients: Vec::new(),
+            feedback_addresses: Vec::new(),
+            max_message_size: 10 * 1024 * 1024,
+            max_recipients: 100,
+            max_connections: 200,
+            max_errors: 10,
+            max_line_length: 2048,
+            command_timeout_secs: 300,
+            data_timeout_secs: 180,
+            shutdown_grace_secs: 30,
+            tls: None,
+            auth: AuthConfig::default(),
+        }
+    }
+}
+
+fn default_hostname() -> String {
+    hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct AuthConfig {
+    /// Users allowed to AUTH (vROps "Requires Authentication").
+    pub users: Vec<AuthUser>,
+    /// Refuse MAIL from clients that did not authenticate.
+    pub required: bool,
+    /// Offer AUTH without TLS to loopback clients (for tests and same-host tools only).
+    pub allow_plaintext_on_loopback: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthUser {
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct StoreConfig {
+    /// SQLite database file; its directory is created when missing.
+    pub path: PathBuf,
+    /// Most messages committed together by the spool writer.
+    pub group_commit_max: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: PathBuf::from("./var/alertgate.db"),
+            group_commit_max: 512,
+        }
+    }
+}
+
+/// What happens to a mail no rule matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UnmatchedPolicy {
+    /// Passed through to GLPI unchanged but tagged: today's behaviour is the floor.
+    #[default]
+    Forward,
+    /// Kept in the store, listed by `alertgate queue`.
+    Hold,
+    /// Logged and dropped.
+    Drop,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct RulesConfig {
+    /// Rule directories, later ones override earlier ones by rule name.
+    pub dirs: Vec<PathBuf>,
+    pub unmatched: UnmatchedPolicy,
+}
+
+impl Default for RulesConfig {
+    fn default() -> Self {
+        RulesConfig {
+            dirs: vec![PathBuf::from("rules")],
+            unmatched: UnmatchedPolicy::Forward,
+        }
+    }
+}
+
+/// A recipient pattern: a whole address or every address of a domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecipientPattern {
+    Address(String),
+    Domain(String),
+}
+
+impl RecipientPattern {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim().to_ascii_lowercase();
+        if let Some(domain) = s.strip_prefix('@') {
+            if domain.is_empty() || domain.contains('@') || domain.contains(' ') {
+                return Err(format!(
+                    "`{s}` is not a domain pattern (expected `@example.org`)"
+                ));
+            }
+            return Ok(RecipientPattern::Domain(domain.to_string()));
+        }
+        match s.split_once('@') {
+            Some((local, domain))
+                if !local.is_empty()
+                    && !domain.is_empty()
+                    && !domain.contains('@')
+                    && !s.contains(' ') =>
+            {
+                Ok(RecipientPattern::Address(s))
+            }
+            _ => Err(format!(
+                "`{s}` is not an address (expected `user@example.org` or `@example.org`)"
+            )),
+        }
+    }
+
+    pub fn matches(&self, address: &str) -> bool {
+        let address = address.to_ascii_lowercase();
+        match self {
+            RecipientPattern::Address(a) => *a == address,
+            RecipientPattern::Domain(d) => {
+                address.rsplit_once('@').is_some_and(|(_, dom)| dom == d)
+            }
+        }
+    }
+}
+
+/// The parts of the config that need parsing beyond serde, checked once at load.
+#[derive(Debug, Clone)]
+pub struct ServerPolicy {
+    pub listen: Vec<SocketAddr>,
+    pub allowed_networks: Vec<IpNet>,
+    pub accepted_recipients: Vec<RecipientPattern>,
+    pub feedback_addresses: Vec<RecipientPattern>,
+}
+
+impl ServerPolicy {
+    pub fn client_allowed(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        self.allowed_networks.iter().any(|net| net.contains(&ip))
+    }
+
+    pub fn is_feedback(&self, address: &str) -> bool {
+        self.feedback_addresses.iter().any(|p| p.matches(address))
+    }
+
+    pub fn recipient_accepted(&self, address: &str) -> bool {
+        self.accepted_recipients.iter().any(|p| p.matches(address)) || self.is_feedback(address)
+    }
+}
+
+/// A loaded, validated configuration.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    pub path: PathBuf,
+    pub config: Config,
+    pub policy: ServerPolicy,
+    pub compose: crate::compose::ComposeConfig,
+    pub relay: crate::deliver::RelayConfig,
+}
+
+impl LoadedConfig {
+    pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| single(path, "", None, format!("cannot read file: {e}")))?;
+        Self::from_str(path, &text)
+    }
+
+    pub fn from_str(path: &Path, text: &str) -> Result<LoadedConfig, ConfigError> {
+        let mut problems = Vec::new();
+        let mut unknown = Vec::new();
+        let de = toml::Deserializer::parse(text).map_err(|e| toml_error(path, text, &e))?;
+        let parsed: Result<Config, _> =
+            serde_ignored::deserialize(de, |p| unknown.push(p.to_string()));
+        for key in unknown {
+            problems.push(ConfigProblem {
+                file: path.to_path_buf(),
+                line: find_key_line(text, &key),
+                message:
+                    "unknown key (check the spelling; see examples/alertgate.toml for every key)"
+                        .into(),
+                key,
+            });
+        }
+        let config = match parsed {
+            Ok(c) => c,
+            Err(e) => {
+                problems.push(toml_problem(path, text, &e));
+                return Err(ConfigError { problems });
+            }
+        };
+        let policy = validate(path, text, &config, &mut problems);
+        match (
+            problems.is_empty(),
+            config.compose.clone(),
+            config.relay.clone(),
+        ) {
+            (true, Some(compose), Some(relay)) => Ok(LoadedConfig {
+                path: path.to_path_buf(),
+                config,
+                policy,
+                compose,
+                relay,
+            }),
+            _ => Err(ConfigError { problems }),
+        }
+    }
+}
+
+fn single(path: &Path, key: &str, line: Option<usize>, message: String) -> ConfigError {
+    ConfigError {
+        problems: vec![ConfigProblem {
+            file: path.to_path_buf(),
+            line,
+            key: key.into(),
+            message,
+        }],
+    }
+}
+
+fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
+    ConfigError {
+        problems: vec![toml_problem(path, text, e)],
+    }
+}
+
+fn toml_problem(path: &Path, text: &str, e: &toml::de::Error) -> ConfigProblem {
+    let line = e.span().map(|s| line_of_offset(text, s.start));
+    ConfigProblem {
+        file: path.to_path_buf(),
+        line,
+        key: String::new(),
+        message: e.message().trim().to_string(),
+    }
+}
+
+fn line_of_offset(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Line of `section.key` (best effort: the key assigned inside its `[section]`).
+fn find_key_line(text: &str, dotted: &str) -> Option<usize> {
+    let (section, key) = match dotted.rsplit_once('.') {
+        Some((s, k)) => (s, k),
+        None => ("", dotted),
+    };
+    let mut current = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            current = t.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+            if current == dotted {
+                return Some(i + 1);
+            }
+            continue;
+        }
+        let assigned = t.split('=').next().map(str::trim).unwrap_or("");
+        if current == section && (assigned == key || assigned.trim_matches('"') == key) {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+fn find_value_line(text: &str, value: &str) -> Option<usize> {
+    let quoted = format!("\"{value}\"");
+    text.lines()
+        .position(|l| l.contains(&quoted))
+        .map(|i| i + 1)
+}
+
+fn validate(
+    path: &Path,
+    text: &str,
+    config: &Config,
+    problems: &mut Vec<ConfigProblem>,
+) -> ServerPolicy {
+    let server = &config.server;
+    let mut push = |key: &str, value: Option<&str>, message: String| {
+        let line = value
+            .and_then(|v| find_value_line(text, v))
+            .or_else(|| find_key_line(text, key));
+        problems.push(ConfigProblem {
+            file: path.to_path_buf(),
+            line,
+            key: key.into(),
+            message,
+        });
+    };
+
+    let mut listen = Vec::new();
+    if server.listen.is_empty() {
+        push(
+            "server.listen",
+            None,
+            "no listen address (expected e.g. [\"127.0.0.1:2525\"])".into(),
+        );
+    }
+    for addr in &server.listen {
+        match addr.parse::<SocketAddr>() {
+            Ok(a) => listen.push(a),
+            Err(_) => push(
+                "server.listen",
+                Some(addr),
+                format!("`{addr}` is not a socket address (expected IP:PORT, e.g. \"127.0.0.1:2525\" or \"[::1]:2525\")"),
+            ),
+        }
+    }
+    let mut seen = HashSet::new();
+    for a in &listen {
+        if !seen.insert(*a) {
+            push("server.listen", None, format!("`{a}` is listed twice"));
+        }
+    }
+
+    let mut allowed_networks = Vec::new();
+    for net in &server.allowed_networks {
+        match parse_network(net) {
+            Ok(n) => allowed_networks.push(n),
+            Err(msg) => push("server.allowed_networks", Some(net), msg),
+        }
+    }
+
+    let mut patterns = |key: &str, list: &[String]| {
+        let mut out = Vec::new();
+        for r in list {
+            match RecipientPattern::parse(r) {
+                Ok(p) => out.push(p),
+                Err(msg) => push(key, Some(r), msg),
+            }
+        }
+        out
+    };
+    let accepted_recipients = patterns("server.accepted_recipients", &server.accepted_recipients);
+    let feedback_addresses = patterns("server.feedback_addresses", &server.feedback_addresses);
+    if accepted_recipients.is_empty()
+        && problems
+            .iter()
+            .all(|p| p.key != "server.accepted_recipients")
+    {
+        problems.push(ConfigProblem {
+            file: path.to_path_buf(),
+            line: find_key_line(text, "server.accepted_recipients").or_else(|| find_key_line(text, "server")),
+            key: "server.accepted_recipients".into(),
+            message: "no accepted recipient: the gateway would refuse every mail (expected e.g. [\"glpi@example.org\"])".into(),
+        });
+    }
+
+    let mut check_positive = |key: &str, v: u64| {
+        if v == 0 {
+            problems.push(ConfigProblem {
+                file: path.to_path_buf(),
+                line: find_key_line(text, key),
+                key: key.into(),
+                message: "must be greater than 0".into(),
+            });
+        }
+    };
+    check_positive("server.max_message_size", server.max_message_size as u64);
+    check_positive("server.max_recipients", server.max_recipients as u64);
+    check_positive("server.max_connections", server.max_connections as u64);
+    check_positive("server.max_errors", server.max_errors as u64);
+    check_positive("server.command_timeout_secs", server.command_timeout_secs);
+    check_positive("server.data_timeout_secs", server.data_timeout_secs);
+    check_positive(
+        "store.group_commit_max",
+        config.store.group_commit_max as u64,
+    );
+    if server.max_line_length < 512 {
+        problems.push(ConfigProblem {
+            file: path.to_path_buf(),
+            line: find_key_line(text, "server.max_line_length"),
+            key: "server.max_line_length".into(),
+            message: format!(
+                "{} is below RFC 5321's minimum of 512",
+                server.max_line_length
+            ),
+        });
+    }
+    if let Some(tls) = &server.tls {
+        for (key, file) in [("server.tls.cert", &tls.cert), ("server.tls.key", &tls.key)] {
+            if !file.is_file() {
+                problems.push(ConfigProblem {
+                    file: path.to_path_buf(),
+                    line: find_key_line(text, key),
+                    key: key.into(),
+                    message: format!(
+                        "`{}` is not a readable file (expected a PEM file)",
+                        file.display()
+                    ),
+                });
+            }
+        }
+    }
+
+    ServerPolicy {
+        listen,
+        allowed_networks,
+        accepted_recipients,
+        feedback_addresses,
+    }
+}
+
+/// A CIDR, or a bare address meaning a single host.
+fn parse_network(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    if let Ok(net) = s.parse::<IpNet>() {
+        return Ok(net);
+    }
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(IpNet::from(ip));
+    }
+    Err(format!("`{s}` is not a network (expected CIDR like \"192.0.2.0/24\" or \"::1/128\", or a single address)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<LoadedConfig, ConfigError> {
+        let text =
+            format!("{text}\n[compose]\nfrom = \"a@example.test\"\nto = \"glpi@example.test\"\n[relay]\nhost = \"127.0.0.1\"\n");
+        LoadedConfig::from_str(Path::new("test.toml"), &text)
+    }
+
+    #[test]
+    fn minimal_config_loads_with_defaults() {
+        let c = load("[server]\naccepted_recipients = [\"glpi@example.test\"]\n").expect("valid");
+        assert_eq!(c.policy.listen.len(), 1);
+        assert!(c.policy.client_allowed("127.0.0.1".parse().unwrap()));
+        assert!(!c.policy.client_allowed("192.0.2.1".parse().unwrap()));
+        assert!(c.policy.recipient_accepted("GLPI@example.test"));
+        assert!(!c.policy.recipient_accepted("other@example.test"));
+    }
+
+    #[test]
+    fn unknown_key_and_bad_cidr_are_both_reported() {
+        let text = "[server]\naccepted_recipients = [\"glpi@example.test\"]\nallowed_networks = [\"10.0.0.0/33\"]\nlisten_adress = 1\n";
+        let err = load(text).expect_err("invalid");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("test.toml:4: `server.listen_adress`: unknown key"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("test.toml:3: `server.allowed_networks`: `10.0.0.0/33` is not a network"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn domain_patterns_match_only_their_domain() {
+        let p = RecipientPattern::parse("@Example.test").unwrap();
+        assert!(p.matches("a@example.test"));
+        assert!(!p.matches("a@example.test.evil"));
+        assert!(RecipientPattern::parse("no-at-sign").is_err());
+    }
+
+    #[test]
+    fn syntax_error_names_the_line() {
+        let err = load("[server]\nlisten = [\n").expect_err("invalid");
+        assert!(err.to_string().contains("test.toml:"), "{err}");
+    }
+
+    #[test]
+    fn ipv4_mapped_clients_match_ipv4_networks() {
+        let c = load("[server]\naccepted_recipients = [\"g@x.test\"]\n").unwrap();
+        assert!(c.policy.client_allowed("::ffff:127.0.0.1".parse().unwrap()));
+    }
+}

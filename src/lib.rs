@@ -1,8 +1,12 @@
 //! alertgate: an SMTP gateway between monitoring tools and GLPI's mail collector.
 
 pub mod alert;
+pub mod app;
 pub mod compose;
 pub mod config;
 pub mod correlate;
 pub mod deliver;
+pub mod pipeline;
 pub mod rules;
+pub mod smtp;
+pub mod store;

@@ -1,16 +1,43 @@
-use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+//! The `alertgate` command line: serve, check, parse, queue.
+
+use alertgate::config::LoadedConfig;
+use alertgate::store::{self, outbound, spool};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "alertgate", version, about = "SMTP gateway from monitoring mail to GLPI tickets")]
+#[command(
+    name = "alertgate",
+    version,
+    about = "SMTP gateway from monitoring mail to GLPI tickets"
+)]
 struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Run the gateway.
+    Serve {
+        #[arg(short, long, default_value = "alertgate.toml")]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and its rule directories.
+    Check {
+        #[arg(short, long, default_value = "alertgate.toml")]
+        config: PathBuf,
+    },
     /// Parse .eml files with the rules and print one JSON line per alert.
     Parse {
         /// Rule directory (repeatable; later ones override earlier ones by rule name).
@@ -19,23 +46,323 @@ enum Command {
         /// Show, per rule tried, which condition passed or failed.
         #[arg(long)]
         explain: bool,
+        #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Inspect the spool and the outbound queue.
+    Queue {
+        #[arg(short, long, default_value = "alertgate.toml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: QueueAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueAction {
+    /// List spooled messages and their state.
+    List {
+        /// Only messages in this state (new, processed, held, dropped, feedback, failed).
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Show one spooled message (ID) or outbound mail (oID): envelope, state and bytes.
+    Show { id: String },
+    /// Put an outbound mail (oID), or every dead one (`dead`), back in the queue, due now.
+    Retry { target: String },
+    /// Delete an outbound mail (oID), or every `dead` or `sent` one.
+    Purge { target: String },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Parse { rules, explain, files } => {
-            let dirs = if rules.is_empty() { vec![PathBuf::from("rules")] } else { rules };
-            match alertgate::rules::cli::run_parse(&dirs, &files, explain) {
-                Ok(true) => ExitCode::SUCCESS,
-                Ok(false) => ExitCode::FAILURE,
-                Err(e) => {
-                    eprintln!("alertgate parse: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+    init_logging(cli.log_format);
+    let result = match cli.command {
+        Command::Serve { config } => serve(&config),
+        Command::Check { config } => check(&config),
+        Command::Parse {
+            rules,
+            explain,
+            files,
+        } => parse(rules, explain, &files),
+        Command::Queue { config, action } => queue(&config, action),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("alertgate: {e:#}");
+            ExitCode::FAILURE
         }
     }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ALERTGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn load(path: &Path) -> anyhow::Result<LoadedConfig> {
+    LoadedConfig::load(path).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))
+}
+
+fn serve(config: &Path) -> anyhow::Result<bool> {
+    let loaded = load(config)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(alertgate::app::serve(loaded))?;
+    Ok(true)
+}
+
+fn check(config: &Path) -> anyhow::Result<bool> {
+    let mut problems: Vec<String> = Vec::new();
+    let loaded = match LoadedConfig::load(config) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            problems.extend(e.problems.iter().map(|p| p.to_string()));
+            None
+        }
+    };
+    if let Some(l) = &loaded {
+        problems.extend(alertgate::rules::cli::check_rule_dirs(&l.config.rules.dirs));
+    }
+    if problems.is_empty() {
+        println!("{}: ok", config.display());
+        Ok(true)
+    } else {
+        for p in &problems {
+            println!("{p}");
+        }
+        println!("{} problem(s) found", problems.len());
+        Ok(false)
+    }
+}
+
+fn parse(rules: Vec<PathBuf>, explain: bool, files: &[PathBuf]) -> anyhow::Result<bool> {
+    let dirs = if rules.is_empty() {
+        vec![PathBuf::from("rules")]
+    } else {
+        rules
+    };
+    alertgate::rules::cli::run_parse(&dirs, files, explain)
+}
+
+fn queue(config: &Path, action: QueueAction) -> anyhow::Result<bool> {
+    let loaded = load(config)?;
+    let conn = store::open(&loaded.config.store.path)?;
+    match action {
+        QueueAction::List { state, limit } => queue_list(&conn, state.as_deref(), limit),
+        QueueAction::Show { id } => match parse_queue_id(&id)? {
+            QueueId::Spool(id) => show_spool(&conn, id),
+            QueueId::Outbound(id) => show_outbound(&conn, id),
+        },
+        QueueAction::Retry { target } => {
+            let id = match target.as_str() {
+                "dead" => None,
+                t => Some(outbound_id(t)?),
+            };
+            let n = outbound::retry(&conn, id, store::unix_now())?;
+            println!("{n} mail(s) queued again");
+            Ok(n > 0 || id.is_none())
+        }
+        QueueAction::Purge { target } => {
+            let n = match target.as_str() {
+                "dead" => outbound::purge(&conn, None, Some(outbound::OutboundState::Dead))?,
+                "sent" => outbound::purge(&conn, None, Some(outbound::OutboundState::Sent))?,
+                t => outbound::purge(&conn, Some(outbound_id(t)?), None)?,
+            };
+            println!("{n} mail(s) deleted");
+            Ok(true)
+        }
+    }
+}
+
+enum QueueId {
+    Spool(i64),
+    Outbound(i64),
+}
+
+fn parse_queue_id(s: &str) -> anyhow::Result<QueueId> {
+    if s.starts_with('o') {
+        return Ok(QueueId::Outbound(outbound_id(s)?));
+    }
+    s.parse().map(QueueId::Spool).map_err(|_| {
+        anyhow::anyhow!(
+            "`{s}` is not a queue id (expected a spool id like 42 or an outbound id like o17)"
+        )
+    })
+}
+
+fn outbound_id(s: &str) -> anyhow::Result<i64> {
+    s.strip_prefix('o')
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "`{s}` is not an outbound id (expected e.g. o17, as shown by `queue list`)"
+            )
+        })
+}
+
+fn queue_list(
+    conn: &rusqlite::Connection,
+    state: Option<&str>,
+    limit: usize,
+) -> anyhow::Result<bool> {
+    let spool_state = match state {
+        None => None,
+        Some(s) => match spool::SpoolState::parse(s) {
+            Some(st) => Some(st),
+            None if ["queued", "sent", "dead"].contains(&s) => None,
+            None => anyhow::bail!("unknown state `{s}` (expected new, processed, held, dropped, feedback, failed, queued, sent, dead)"),
+        },
+    };
+    let summary = |counts: Vec<(String, i64)>| {
+        let parts: Vec<String> = counts.iter().map(|(s, n)| format!("{s}={n}")).collect();
+        if parts.is_empty() {
+            "empty".to_string()
+        } else {
+            parts.join(" ")
+        }
+    };
+    println!("spool: {}", summary(spool::counts(conn)?));
+    println!("outbound: {}", summary(outbound::counts(conn)?));
+    let outbound_only = state.is_some() && spool_state.is_none();
+    if !outbound_only {
+        println!("\nspool messages");
+        println!(
+            "{:>8}  {:<19}  {:<10}  {:>7}  {:<28}  {:<28}  note",
+            "id", "received", "state", "size", "from", "to"
+        );
+        for row in spool::list(conn, spool_state, limit)? {
+            println!(
+                "{:>8}  {:<19}  {:<10}  {:>7}  {:<28}  {:<28}  {}",
+                row.id,
+                format_time(row.envelope.received_at),
+                row.state,
+                row.size,
+                row.envelope.mail_from,
+                row.envelope.rcpt_to.join(","),
+                row.note.as_deref().unwrap_or("-"),
+            );
+        }
+    }
+    if state.is_none() || outbound_only {
+        println!("\noutbound mails");
+        println!(
+            "{:>8}  {:<8}  {:>8}  {:<19}  {:<16}  subject / last error",
+            "id", "state", "attempts", "next attempt", "incident"
+        );
+        for row in outbound::list(conn, state.filter(|_| outbound_only), limit)? {
+            let next = if row.state == "queued" {
+                format_time(row.next_attempt_at)
+            } else {
+                "-".into()
+            };
+            println!(
+                "{:>8}  {:<8}  {:>8}  {:<19}  {:<16}  {}{}",
+                format!("o{}", row.id),
+                row.state,
+                row.attempts,
+                next,
+                row.order_key,
+                row.subject,
+                row.last_error
+                    .map(|e| format!("  [{e}]"))
+                    .unwrap_or_default(),
+            );
+        }
+    }
+    Ok(true)
+}
+
+fn show_spool(conn: &rusqlite::Connection, id: i64) -> anyhow::Result<bool> {
+    let Some(row) = spool::get(conn, id)? else {
+        eprintln!("alertgate: no spooled message with id {id}");
+        return Ok(false);
+    };
+    let e = &row.envelope;
+    println!(
+        "id: {}\nstate: {}\nnote: {}",
+        row.id,
+        row.state,
+        row.note.as_deref().unwrap_or("-")
+    );
+    println!(
+        "received: {}\npeer: {}\nhelo: {}",
+        format_time(e.received_at),
+        e.peer,
+        e.helo
+    );
+    println!(
+        "mail from: <{}>\nrcpt to: {}",
+        e.mail_from,
+        e.rcpt_to.join(", ")
+    );
+    println!(
+        "tls: {}\nauth: {}",
+        e.tls,
+        e.auth_user.as_deref().unwrap_or("-")
+    );
+    println!(
+        "message-id: {}\nsize: {}\n",
+        row.message_id.as_deref().unwrap_or("-"),
+        row.size
+    );
+    println!(
+        "{}",
+        String::from_utf8_lossy(row.raw.as_deref().unwrap_or_default())
+    );
+    Ok(true)
+}
+
+fn show_outbound(conn: &rusqlite::Connection, id: i64) -> anyhow::Result<bool> {
+    let Some(row) = outbound::get(conn, id)? else {
+        eprintln!("alertgate: no outbound mail with id o{id}");
+        return Ok(false);
+    };
+    println!(
+        "id: o{}\nincident: {}\nstate: {}\nattempts: {}",
+        row.id, row.order_key, row.state, row.attempts
+    );
+    println!(
+        "queued: {}\nnext attempt: {}",
+        format_time(row.queued_at),
+        format_time(row.next_attempt_at)
+    );
+    println!(
+        "sent: {}\nlast error: {}",
+        row.sent_at.map(format_time).unwrap_or("-".into()),
+        row.last_error.as_deref().unwrap_or("-")
+    );
+    println!(
+        "mail from: <{}>\nrcpt to: {}\nmessage-id: {}\n",
+        row.envelope_from,
+        row.envelope_to.join(", "),
+        row.message_id
+    );
+    println!(
+        "{}",
+        String::from_utf8_lossy(row.raw.as_deref().unwrap_or_default())
+    );
+    Ok(true)
+}
+
+fn format_time(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::macros::format_description!(
+                "[year]-[month]-[day] [hour]:[minute]:[second]"
+            ))
+            .ok()
+        })
+        .unwrap_or_else(|| unix.to_string())
 }

@@ -1,0 +1,272 @@
+//! The `[relay]` configuration section (upstream SMTP relay, TLS, credentials, pool)
+//! and the retry policy of the delivery worker (`[relay.retry]`), with its pure
+//! backoff and expiry arithmetic.
+
+use serde::Deserialize;
+use std::fmt;
+use std::time::Duration;
+
+/// How the connection to the relay is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayTls {
+    /// Plain text only (a trusted relay on localhost or the same host).
+    None,
+    /// Plain text connection upgraded with STARTTLS; fails if the relay does not offer it.
+    /// The default: relays such as Exchange listen on port 25 with STARTTLS.
+    #[default]
+    Starttls,
+    /// TLS from the first byte ("SMTPS", usually port 465).
+    Tls,
+}
+
+/// The `[relay]` section: where normalized mail is sent.
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Host name or IP address of the relay; also the name its TLS certificate is checked against.
+    pub host: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    #[serde(default)]
+    pub tls: RelayTls,
+    /// With `password`, enables AUTH (PLAIN, then LOGIN).
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Name sent in EHLO; defaults to this machine's host name.
+    #[serde(default)]
+    pub helo_name: Option<String>,
+    /// Timeout of the connection and of each SMTP command, in seconds.
+    #[serde(default = "default_timeout_secs")]
+    pub timeout_secs: u64,
+    /// Skip certificate and host name checks (self-signed relays, tests). Never in production.
+    #[serde(default)]
+    pub accept_invalid_certs: bool,
+    /// Idle connections kept open for reuse.
+    #[serde(default = "default_pool_max_idle")]
+    pub pool_max_idle: u32,
+    /// Seconds an unused pooled connection is kept before being closed.
+    #[serde(default = "default_pool_idle_timeout_secs")]
+    pub pool_idle_timeout_secs: u64,
+    /// Mails sent at the same time (each to a different incident).
+    #[serde(default = "default_max_parallel")]
+    pub max_parallel: usize,
+    #[serde(default)]
+    pub retry: RetryPolicy,
+}
+
+fn default_port() -> u16 {
+    25
+}
+fn default_timeout_secs() -> u64 {
+    30
+}
+fn default_pool_max_idle() -> u32 {
+    4
+}
+fn default_pool_idle_timeout_secs() -> u64 {
+    60
+}
+fn default_max_parallel() -> usize {
+    4
+}
+
+impl RelayConfig {
+    /// A configuration with every default, for `host:port` (used by tests and examples).
+    pub fn new(host: impl Into<String>, port: u16) -> RelayConfig {
+        RelayConfig {
+            host: host.into(),
+            port,
+            tls: RelayTls::default(),
+            username: None,
+            password: None,
+            helo_name: None,
+            timeout_secs: default_timeout_secs(),
+            accept_invalid_certs: false,
+            pool_max_idle: default_pool_max_idle(),
+            pool_idle_timeout_secs: default_pool_idle_timeout_secs(),
+            max_parallel: default_max_parallel(),
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs)
+    }
+}
+
+// Hand-written so that the password never reaches a log line.
+impl fmt::Debug for RelayConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RelayConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("tls", &self.tls)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("helo_name", &self.helo_name)
+            .field("timeout_secs", &self.timeout_secs)
+            .field("accept_invalid_certs", &self.accept_invalid_certs)
+            .field("pool_max_idle", &self.pool_max_idle)
+            .field("pool_idle_timeout_secs", &self.pool_idle_timeout_secs)
+            .field("max_parallel", &self.max_parallel)
+            .field("retry", &self.retry)
+            .finish()
+    }
+}
+
+/// When a mail the relay did not take is tried again, and when the worker gives up.
+/// All times are Unix seconds.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryPolicy {
+    /// Delay after the first failed attempt; doubled after each further failure.
+    pub initial_backoff_secs: u64,
+    /// Upper bound of the delay between two attempts.
+    pub max_backoff_secs: u64,
+    /// A mail still undelivered this long after it was queued becomes a dead letter.
+    pub max_queue_age_secs: u64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            initial_backoff_secs: 60,
+            max_backoff_secs: 1800,
+            max_queue_age_secs: 2 * 24 * 3600,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The backoff after `failed_attempts` failures (1 = the first failure).
+    pub fn backoff_secs(&self, failed_attempts: u32) -> u64 {
+        let doublings = failed_attempts.saturating_sub(1);
+        let factor = 1u64.checked_shl(doublings).unwrap_or(u64::MAX);
+        self.initial_backoff_secs
+            .saturating_mul(factor)
+            .min(self.max_backoff_secs.max(self.initial_backoff_secs))
+    }
+
+    /// When to try again after `failed_attempts` failures, the last one at `now`.
+    pub fn next_attempt_at(&self, failed_attempts: u32, now: i64) -> i64 {
+        let backoff = i64::try_from(self.backoff_secs(failed_attempts)).unwrap_or(i64::MAX);
+        now.saturating_add(backoff)
+    }
+
+    /// Whether a mail queued at `queued_at` is too old to be tried again.
+    pub fn expired(&self, queued_at: i64, now: i64) -> bool {
+        let max_age = i64::try_from(self.max_queue_age_secs).unwrap_or(i64::MAX);
+        now.saturating_sub(queued_at) >= max_age
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_initial_up_to_max() {
+        let policy = RetryPolicy::default();
+        let delays: Vec<i64> = (1..=8)
+            .map(|n| policy.next_attempt_at(n, 1000) - 1000)
+            .collect();
+        assert_eq!(delays, vec![60, 120, 240, 480, 960, 1800, 1800, 1800]);
+    }
+
+    #[test]
+    fn zero_attempts_counts_as_first_failure() {
+        let policy = RetryPolicy::default();
+        assert_eq!(policy.next_attempt_at(0, 0), 60);
+    }
+
+    #[test]
+    fn huge_attempt_counts_saturate_at_max_backoff() {
+        let policy = RetryPolicy::default();
+        assert_eq!(policy.next_attempt_at(u32::MAX, 10), 1810);
+        assert_eq!(policy.next_attempt_at(64, 10), 1810);
+        let unbounded = RetryPolicy {
+            initial_backoff_secs: u64::MAX,
+            max_backoff_secs: u64::MAX,
+            max_queue_age_secs: u64::MAX,
+        };
+        assert_eq!(unbounded.next_attempt_at(3, 10), i64::MAX);
+        assert!(!unbounded.expired(i64::MIN, i64::MAX - 1));
+    }
+
+    #[test]
+    fn max_below_initial_keeps_initial() {
+        let policy = RetryPolicy {
+            initial_backoff_secs: 100,
+            max_backoff_secs: 10,
+            max_queue_age_secs: 1000,
+        };
+        assert_eq!(policy.backoff_secs(1), 100);
+        assert_eq!(policy.backoff_secs(5), 100);
+    }
+
+    #[test]
+    fn expiry_is_measured_from_queue_time() {
+        let policy = RetryPolicy::default();
+        let queued = 1_700_000_000;
+        assert!(!policy.expired(queued, queued));
+        assert!(!policy.expired(queued, queued + 172_799));
+        assert!(policy.expired(queued, queued + 172_800));
+        // A clock that went backwards never expires a mail.
+        assert!(!policy.expired(queued, queued - 50));
+    }
+
+    #[test]
+    fn relay_section_defaults() {
+        let cfg: RelayConfig = toml::from_str(r#"host = "relay.example.org""#).expect("parses");
+        assert_eq!(cfg, RelayConfig::new("relay.example.org", 25));
+        assert_eq!(cfg.tls, RelayTls::Starttls);
+        assert_eq!(cfg.timeout(), Duration::from_secs(30));
+        assert_eq!(cfg.max_parallel, 4);
+        assert_eq!(cfg.retry, RetryPolicy::default());
+    }
+
+    #[test]
+    fn relay_section_full() {
+        let cfg: RelayConfig = toml::from_str(
+            r#"
+            host = "10.0.0.5"
+            port = 465
+            tls = "tls"
+            username = "alertgate"
+            password = "s3cret"
+            helo_name = "gw1.example.org"
+            timeout_secs = 10
+            accept_invalid_certs = true
+            pool_max_idle = 2
+            pool_idle_timeout_secs = 5
+            max_parallel = 8
+            [retry]
+            initial_backoff_secs = 1
+            max_backoff_secs = 4
+            max_queue_age_secs = 60
+            "#,
+        )
+        .expect("parses");
+        assert_eq!(cfg.tls, RelayTls::Tls);
+        assert_eq!(cfg.port, 465);
+        assert_eq!(cfg.password.as_deref(), Some("s3cret"));
+        assert_eq!(cfg.retry.max_backoff_secs, 4);
+        assert!(!format!("{cfg:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn relay_section_rejects_unknown_and_bad_values() {
+        let unknown = toml::from_str::<RelayConfig>("host = \"h\"\nhots = \"x\"");
+        assert!(unknown.is_err_and(|e| e.to_string().contains("hots")));
+        let bad_tls = toml::from_str::<RelayConfig>("host = \"h\"\ntls = \"ssl\"");
+        assert!(bad_tls.is_err_and(|e| e.to_string().contains("ssl")));
+        let no_host = toml::from_str::<RelayConfig>("port = 25");
+        assert!(no_host.is_err_and(|e| e.to_string().contains("host")));
+        let retry_typo =
+            toml::from_str::<RelayConfig>("host = \"h\"\n[retry]\ninitial_backoff = 1");
+        assert!(retry_typo.is_err());
+    }
+}

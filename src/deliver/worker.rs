@@ -1,0 +1,401 @@
+//! The delivery worker: takes due mail from the outbound queue (implemented by the
+//! store), sends it through the relay with bounded parallelism, one mail per incident
+//! at a time, and records each outcome: sent, retry later, or dead letter.
+
+use super::client::{DeliverError, RelayClient};
+use super::config::RetryPolicy;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
+
+/// One queued outbound mail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundItem {
+    pub id: i64,
+    /// Mails with the same key (the incident tag) must reach the relay in queue order.
+    pub order_key: String,
+    pub envelope_from: String,
+    pub envelope_to: Vec<String>,
+    pub raw: Vec<u8>,
+    /// Attempts already made before this one (0 for a fresh mail).
+    pub attempts: u32,
+    /// Unix seconds.
+    pub queued_at: i64,
+    pub message_id: String,
+}
+
+/// A failure of the queue's storage.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("outbound queue: {0}")]
+pub struct QueueError(pub String);
+
+impl QueueError {
+    pub fn new(message: impl std::fmt::Display) -> QueueError {
+        QueueError(message.to_string())
+    }
+}
+
+impl From<rusqlite::Error> for QueueError {
+    fn from(err: rusqlite::Error) -> Self {
+        QueueError::new(err)
+    }
+}
+
+/// The outbound queue as the worker needs it. Calls are blocking (SQLite); the worker
+/// runs them on the blocking thread pool.
+pub trait OutboundQueue: Send + Sync + 'static {
+    /// Items due at `now`, at most one per order_key (the head of each key's queue), oldest first.
+    fn due(&self, now: i64, limit: usize) -> Result<Vec<OutboundItem>, QueueError>;
+    fn mark_sent(&self, id: i64, now: i64) -> Result<(), QueueError>;
+    /// The attempt failed; try again at `next_attempt_at`. Must increment the item's `attempts`.
+    fn mark_retry(&self, id: i64, next_attempt_at: i64, error: &str) -> Result<(), QueueError>;
+    fn mark_dead(&self, id: i64, error: &str) -> Result<(), QueueError>;
+    /// Called when the item was delivered, so feedback (ticket lookup) can start. Default no-op.
+    fn on_delivered(&self, _item: &OutboundItem) {}
+}
+
+/// The current time in Unix seconds; replaceable in tests.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+/// The wall clock.
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+            .unwrap_or(0)
+    })
+}
+
+/// What happened to one mail, for the worker's bookkeeping and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Sent { reply: String },
+    Retry { next_attempt_at: i64, error: String },
+    Dead { error: String },
+}
+
+/// Decides the queue transition for a send result. Pure.
+pub fn decide(
+    item: &OutboundItem,
+    result: Result<String, DeliverError>,
+    policy: &RetryPolicy,
+    now: i64,
+) -> Outcome {
+    match result {
+        Ok(reply) => Outcome::Sent { reply },
+        Err(err) if err.is_permanent() => Outcome::Dead {
+            error: err.to_string(),
+        },
+        Err(err) if policy.expired(item.queued_at, now) => Outcome::Dead {
+            error: format!(
+                "gave up after {} attempts over {} s: {err}",
+                item.attempts.saturating_add(1),
+                now.saturating_sub(item.queued_at)
+            ),
+        },
+        Err(err) => Outcome::Retry {
+            next_attempt_at: policy.next_attempt_at(item.attempts.saturating_add(1), now),
+            error: err.to_string(),
+        },
+    }
+}
+
+/// Wait between two looks at the queue when nothing wakes the worker.
+const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// How long in-flight sends may finish after shutdown was asked for.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// The delivery worker; build it, then `run` it on its own task.
+pub struct DeliveryWorker {
+    queue: Arc<dyn OutboundQueue>,
+    client: RelayClient,
+    policy: RetryPolicy,
+    wake: Arc<Notify>,
+    clock: Clock,
+    poll_interval: Duration,
+}
+
+impl DeliveryWorker {
+    pub fn new(
+        queue: Arc<dyn OutboundQueue>,
+        client: RelayClient,
+        policy: RetryPolicy,
+        wake: Arc<Notify>,
+    ) -> DeliveryWorker {
+        DeliveryWorker {
+            queue,
+            client,
+            policy,
+            wake,
+            clock: system_clock(),
+            poll_interval: DEFAULT_POLL_INTERVAL,
+        }
+    }
+
+    pub fn with_clock(mut self, clock: Clock) -> DeliveryWorker {
+        self.clock = clock;
+        self
+    }
+
+    pub fn with_poll_interval(mut self, interval: Duration) -> DeliveryWorker {
+        self.poll_interval = interval;
+        self
+    }
+
+    /// Runs until `shutdown` turns true (or its sender is dropped), then lets in-flight
+    /// sends finish for a short grace period. Wake it with `wake.notify_one()` after
+    /// enqueueing mail.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let max_parallel = self.client.max_parallel().max(1);
+        let mut in_flight: JoinSet<()> = JoinSet::new();
+        // The order key of each in-flight send: its key's next mail must wait for it.
+        let mut busy_keys: HashMap<tokio::task::Id, String> = HashMap::new();
+        tracing::info!(
+            relay = self.client.endpoint(),
+            max_parallel,
+            "delivery worker started"
+        );
+
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let free = max_parallel.saturating_sub(in_flight.len());
+            if free > 0 {
+                for item in self.fetch_due(free + busy_keys.len()).await {
+                    if in_flight.len() >= max_parallel {
+                        break;
+                    }
+                    if busy_keys.values().any(|key| *key == item.order_key) {
+                        continue;
+                    }
+                    let key = item.order_key.clone();
+                    let task = in_flight.spawn(self.job(item));
+                    busy_keys.insert(task.id(), key);
+                }
+            }
+
+            tokio::select! {
+                Some(joined) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
+                    let task_id = match joined {
+                        Ok((task_id, ())) => task_id,
+                        Err(err) => {
+                            tracing::error!(error = %err, "delivery task failed");
+                            err.id()
+                        }
+                    };
+                    busy_keys.remove(&task_id);
+                }
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(self.poll_interval) => {}
+                changed = shutdown.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+
+        self.drain(in_flight).await;
+        tracing::info!("delivery worker stopped");
+    }
+
+    async fn drain(&self, mut in_flight: JoinSet<()>) {
+        if in_flight.is_empty() {
+            return;
+        }
+        let pending = in_flight.len();
+        let finish = async { while in_flight.join_next().await.is_some() {} };
+        if tokio::time::timeout(SHUTDOWN_GRACE, finish).await.is_err() {
+            // Unmarked items stay queued and are sent again after restart (at-least-once).
+            tracing::warn!(pending, "shutdown: abandoning in-flight deliveries");
+        }
+    }
+
+    async fn fetch_due(&self, limit: usize) -> Vec<OutboundItem> {
+        let queue = Arc::clone(&self.queue);
+        let now = (self.clock)();
+        match tokio::task::spawn_blocking(move || queue.due(now, limit)).await {
+            Ok(Ok(items)) => items,
+            Ok(Err(err)) => {
+                tracing::error!(error = %err, "cannot read the outbound queue");
+                Vec::new()
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "outbound queue read panicked");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Sends one item and records the outcome.
+    fn job(&self, item: OutboundItem) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let queue = Arc::clone(&self.queue);
+        let client = self.client.clone();
+        let policy = self.policy.clone();
+        let clock = Arc::clone(&self.clock);
+        async move {
+            let result = client
+                .send(&item.envelope_from, &item.envelope_to, &item.raw)
+                .await;
+            let outcome = decide(&item, result, &policy, clock());
+            log_outcome(&item, &outcome);
+            let now = clock();
+            let recorded =
+                tokio::task::spawn_blocking(move || record(&*queue, &item, &outcome, now)).await;
+            match recorded {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => tracing::error!(error = %err, "cannot record delivery outcome"),
+                Err(err) => tracing::error!(error = %err, "recording delivery outcome panicked"),
+            }
+        }
+    }
+}
+
+fn record(
+    queue: &dyn OutboundQueue,
+    item: &OutboundItem,
+    outcome: &Outcome,
+    now: i64,
+) -> Result<(), QueueError> {
+    match outcome {
+        Outcome::Sent { .. } => {
+            queue.mark_sent(item.id, now)?;
+            queue.on_delivered(item);
+            Ok(())
+        }
+        Outcome::Retry {
+            next_attempt_at,
+            error,
+        } => queue.mark_retry(item.id, *next_attempt_at, error),
+        Outcome::Dead { error } => queue.mark_dead(item.id, error),
+    }
+}
+
+fn log_outcome(item: &OutboundItem, outcome: &Outcome) {
+    match outcome {
+        Outcome::Sent { reply } => tracing::info!(
+            id = item.id,
+            message_id = %item.message_id,
+            incident = %item.order_key,
+            attempts = item.attempts + 1,
+            relay_reply = %reply,
+            "delivered"
+        ),
+        Outcome::Retry {
+            next_attempt_at,
+            error,
+        } => tracing::warn!(
+            id = item.id,
+            message_id = %item.message_id,
+            incident = %item.order_key,
+            attempts = item.attempts + 1,
+            next_attempt_at,
+            error = %error,
+            "delivery deferred"
+        ),
+        Outcome::Dead { error } => tracing::error!(
+            id = item.id,
+            message_id = %item.message_id,
+            incident = %item.order_key,
+            attempts = item.attempts + 1,
+            error = %error,
+            "delivery failed for good: dead letter"
+        ),
+    }
+}
+
+/// Runs the delivery worker with the wall clock until `shutdown` turns true.
+pub async fn run_delivery(
+    queue: Arc<dyn OutboundQueue>,
+    client: RelayClient,
+    policy: RetryPolicy,
+    wake: Arc<Notify>,
+    shutdown: watch::Receiver<bool>,
+) {
+    DeliveryWorker::new(queue, client, policy, wake)
+        .run(shutdown)
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(attempts: u32, queued_at: i64) -> OutboundItem {
+        OutboundItem {
+            id: 7,
+            order_key: "INC-1".into(),
+            envelope_from: "gw@example.org".into(),
+            envelope_to: vec!["glpi@example.org".into()],
+            raw: b"Subject: t\r\n\r\nx\r\n".to_vec(),
+            attempts,
+            queued_at,
+            message_id: "<m1@gw>".into(),
+        }
+    }
+
+    fn transient() -> DeliverError {
+        DeliverError::Transient {
+            code: Some(451),
+            reason: "451 4.3.0 try later".into(),
+        }
+    }
+
+    #[test]
+    fn success_is_sent_with_reply() {
+        let out = decide(&item(0, 0), Ok("250 ok".into()), &RetryPolicy::default(), 5);
+        assert_eq!(
+            out,
+            Outcome::Sent {
+                reply: "250 ok".into()
+            }
+        );
+    }
+
+    #[test]
+    fn permanent_error_is_dead_at_once() {
+        let err = DeliverError::Permanent {
+            code: Some(550),
+            reason: "550 5.7.1 no".into(),
+        };
+        let out = decide(&item(0, 0), Err(err), &RetryPolicy::default(), 5);
+        assert!(
+            matches!(out, Outcome::Dead { ref error } if error.contains("550 5.7.1 no")),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn transient_error_backs_off_by_attempt_count() {
+        let policy = RetryPolicy::default();
+        let first = decide(&item(0, 100), Err(transient()), &policy, 100);
+        assert!(
+            matches!(
+                first,
+                Outcome::Retry {
+                    next_attempt_at: 160,
+                    ..
+                }
+            ),
+            "{first:?}"
+        );
+        let third = decide(&item(2, 100), Err(transient()), &policy, 1000);
+        assert!(
+            matches!(third, Outcome::Retry { next_attempt_at: 1240, ref error } if error.contains("451"))
+        );
+    }
+
+    #[test]
+    fn transient_error_on_expired_item_is_dead() {
+        let policy = RetryPolicy::default();
+        let out = decide(&item(40, 0), Err(transient()), &policy, 172_800);
+        assert!(
+            matches!(out, Outcome::Dead { ref error } if error.contains("gave up after 41 attempts")),
+            "{out:?}"
+        );
+    }
+}

@@ -1,0 +1,224 @@
+//! Inbound SMTP: the listeners, the connection policy applied at connect (client networks,
+//! connection limit), TLS setup, and graceful shutdown. Sessions live in `session`.
+
+pub mod reply;
+pub mod session;
+
+use crate::config::{Config, ServerPolicy};
+use crate::store::SpoolHandle;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SmtpError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS: cannot read {path}: {source}")]
+    TlsFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// What every session of the server shares.
+pub struct Shared {
+    pub config: Config,
+    pub policy: ServerPolicy,
+    pub spool: SpoolHandle,
+    pub tls: Option<TlsAcceptor>,
+}
+
+impl Shared {
+    fn command_timeout(&self) -> Duration {
+        Duration::from_secs(self.config.server.command_timeout_secs)
+    }
+    fn data_timeout(&self) -> Duration {
+        Duration::from_secs(self.config.server.data_timeout_secs)
+    }
+}
+
+/// A bound SMTP server, ready to serve.
+pub struct Server {
+    shared: Arc<Shared>,
+    listeners: Vec<TcpListener>,
+}
+
+impl Server {
+    pub async fn bind(
+        config: Config,
+        policy: ServerPolicy,
+        spool: SpoolHandle,
+    ) -> Result<Server, SmtpError> {
+        let tls = match &config.server.tls {
+            Some(t) => Some(load_tls(&t.cert, &t.key)?),
+            None => None,
+        };
+        let mut listeners = Vec::new();
+        for addr in &policy.listen {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| SmtpError::Bind {
+                    addr: *addr,
+                    source,
+                })?;
+            listeners.push(listener);
+        }
+        Ok(Server {
+            shared: Arc::new(Shared {
+                config,
+                policy,
+                spool,
+                tls,
+            }),
+            listeners,
+        })
+    }
+
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// Serve until `shutdown` turns true; then stop accepting, give sessions in DATA up to
+    /// `shutdown_grace_secs` to finish (the others are told 421), and return.
+    pub async fn serve(self, shutdown: watch::Receiver<bool>) {
+        let limit = Arc::new(Semaphore::new(self.shared.config.server.max_connections));
+        let mut accepts = JoinSet::new();
+        for listener in self.listeners {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "listening");
+            }
+            accepts.spawn(accept_loop(
+                listener,
+                self.shared.clone(),
+                limit.clone(),
+                shutdown.clone(),
+            ));
+        }
+        let mut stop = shutdown.clone();
+        let _ = stop.wait_for(|s| *s).await;
+        accepts.abort_all();
+        while accepts.join_next().await.is_some() {}
+        let grace = Duration::from_secs(self.shared.config.server.shutdown_grace_secs);
+        tracing::info!(
+            grace_secs = grace.as_secs(),
+            "shutting down: no new connections, waiting for sessions"
+        );
+        let max = self.shared.config.server.max_connections;
+        if tokio::time::timeout(grace, wait_for_sessions(&limit, max))
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown grace period over; abandoning remaining sessions");
+        }
+    }
+}
+
+/// All permits back means every session has ended.
+async fn wait_for_sessions(limit: &Semaphore, max: usize) {
+    let _ = limit.acquire_many(max as u32).await;
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    limit: Arc<Semaphore>,
+    shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        match limit.clone().try_acquire_owned() {
+            Ok(permit) => {
+                tokio::spawn(async move {
+                    handle_connection(stream, peer, shared, shutdown).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                tracing::warn!(%peer, "refused: too many connections");
+                tokio::spawn(refuse(stream, reply::too_many_connections()));
+            }
+        }
+    }
+}
+
+async fn handle_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) {
+    if !shared.policy.client_allowed(peer.ip()) {
+        tracing::info!(%peer, "refused: client not in allowed_networks");
+        refuse(stream, reply::client_refused(&peer.ip().to_string())).await;
+        return;
+    }
+    session::Session::new(Box::new(stream), shared, peer, shutdown)
+        .run()
+        .await;
+}
+
+async fn refuse(mut stream: TcpStream, r: reply::Reply) {
+    let mut out = Vec::new();
+    r.write_to(&mut out);
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = stream.write_all(&out).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+fn load_tls(cert: &std::path::Path, key: &std::path::Path) -> Result<TlsAcceptor, SmtpError> {
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|source| SmtpError::TlsFile {
+            path: p.display().to_string(),
+            source,
+        })
+    };
+    let cert_pem = read(cert)?;
+    let key_pem = read(key)?;
+    let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| SmtpError::Tls(format!("{}: {e}", cert.display())))?;
+    if certs.is_empty() {
+        return Err(SmtpError::Tls(format!(
+            "{}: no certificate found",
+            cert.display()
+        )));
+    }
+    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .map_err(|e| SmtpError::Tls(format!("{}: {e}", key.display())))?
+        .ok_or_else(|| SmtpError::Tls(format!("{}: no private key found", key.display())))?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| SmtpError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| SmtpError::Tls(e.to_string()))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}

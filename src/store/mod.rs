@@ -1,0 +1,165 @@
+//! The embedded SQLite store: schema and migrations, the inbound spool (one writer thread
+//! with group commit), incidents, and the outbound queue. Every durable fact lives here.
+
+pub mod incidents;
+pub mod outbound;
+pub mod spool;
+
+use rusqlite::Connection;
+use std::path::Path;
+use std::time::Duration;
+
+pub use spool::{Envelope, SpoolHandle, SpoolRow, SpoolState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("store: cannot create directory {path}: {source}")]
+    CreateDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("store: database schema version {found} is newer than this alertgate knows ({known})")]
+    TooNew { found: i64, known: i64 },
+    #[error("store: the spool writer has stopped")]
+    WriterGone,
+    #[error("store: {0}")]
+    Corrupt(String),
+}
+
+/// Each migration moves the schema from version `index` to `index + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: spool, incidents, outbound queue, key/value state.
+    "CREATE TABLE spool (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        received_at INTEGER NOT NULL,
+        peer TEXT NOT NULL,
+        helo TEXT NOT NULL,
+        mail_from TEXT NOT NULL,
+        rcpt_to TEXT NOT NULL,
+        tls INTEGER NOT NULL,
+        auth_user TEXT,
+        message_id TEXT,
+        size INTEGER NOT NULL,
+        raw BLOB NOT NULL,
+        state TEXT NOT NULL DEFAULT 'new',
+        note TEXT,
+        processed_at INTEGER
+     );
+     CREATE INDEX spool_state ON spool(state, id);
+     CREATE INDEX spool_message_id ON spool(message_id);
+     CREATE TABLE incidents (
+        id INTEGER PRIMARY KEY,
+        tag TEXT NOT NULL UNIQUE,
+        alert_key TEXT NOT NULL,
+        open INTEGER NOT NULL,
+        data TEXT NOT NULL,
+        updated_at INTEGER NOT NULL
+     );
+     CREATE INDEX incidents_open ON incidents(open);
+     CREATE TABLE outbound (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        order_key TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        envelope_from TEXT NOT NULL,
+        envelope_to TEXT NOT NULL,
+        raw BLOB NOT NULL,
+        state TEXT NOT NULL DEFAULT 'queued',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        queued_at INTEGER NOT NULL,
+        next_attempt_at INTEGER NOT NULL,
+        last_error TEXT,
+        sent_at INTEGER,
+        spool_id INTEGER
+     );
+     CREATE INDEX outbound_state ON outbound(state, next_attempt_at);
+     CREATE INDEX outbound_order ON outbound(order_key, id);
+     CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+    // 2: which host each alert mail was about, for follow-ups that only cite it.
+    "CREATE TABLE message_hosts (message_id TEXT PRIMARY KEY, host TEXT NOT NULL);
+     ALTER TABLE outbound ADD COLUMN event TEXT;",
+];
+
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Open (creating when needed) the database with durable settings and an up-to-date schema.
+pub fn open(path: &Path) -> Result<Connection, StoreError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
+    }
+    let conn = Connection::open(path)?;
+    configure(&conn)?;
+    migrate(&conn)?;
+    Ok(conn)
+}
+
+fn configure(conn: &Connection) -> Result<(), StoreError> {
+    conn.busy_timeout(Duration::from_secs(30))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // FULL: a commit is on disk before we answer 250, even across power loss.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(())
+}
+
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::TooNew {
+            found: version,
+            known: SCHEMA_VERSION,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_run_once_and_reopen_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/db.sqlite");
+        drop(open(&path).unwrap());
+        let conn = open(&path).unwrap();
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let conn = open(&path).unwrap();
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        drop(conn);
+        assert!(matches!(open(&path), Err(StoreError::TooNew { .. })));
+    }
+}

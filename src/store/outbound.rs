@@ -1,0 +1,324 @@
+//! The outbound queue: composed mails waiting for the relay, in order per incident, with
+//! retry times and dead letters; also the queue the delivery worker reads through a trait.
+
+use super::StoreError;
+use rusqlite::{params, Connection, OptionalExtension};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboundState {
+    /// Ready to send at `next_attempt_at`.
+    Queued,
+    /// Waiting for the incident's GLPI ticket id before it may be sent.
+    Held,
+    Sent,
+    /// Refused for good (5xx) or too old; kept for `alertgate queue`.
+    Dead,
+}
+
+impl OutboundState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutboundState::Queued => "queued",
+            OutboundState::Held => "held",
+            OutboundState::Sent => "sent",
+            OutboundState::Dead => "dead",
+        }
+    }
+}
+
+/// A composed mail to enqueue.
+#[derive(Debug, Clone)]
+pub struct NewOutbound<'a> {
+    pub order_key: &'a str,
+    pub message_id: &'a str,
+    pub subject: &'a str,
+    pub envelope_from: &'a str,
+    pub envelope_to: &'a [String],
+    pub raw: &'a [u8],
+    pub state: OutboundState,
+    pub spool_id: Option<i64>,
+}
+
+pub fn enqueue(conn: &Connection, mail: &NewOutbound<'_>, now: i64) -> Result<i64, StoreError> {
+    let to =
+        serde_json::to_string(mail.envelope_to).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    conn.prepare_cached(
+        "INSERT INTO outbound (order_key, message_id, subject, envelope_from, envelope_to, raw, state, queued_at, next_attempt_at, spool_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9)",
+    )?
+    .execute(params![
+        mail.order_key,
+        mail.message_id,
+        mail.subject,
+        mail.envelope_from,
+        to,
+        mail.raw,
+        mail.state.as_str(),
+        now,
+        mail.spool_id
+    ])?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// Keep the correlation event a mail was composed from, so a held mail can be composed
+/// again once its ticket id is known.
+pub fn set_event(conn: &Connection, id: i64, event: &str) -> Result<(), StoreError> {
+    conn.prepare_cached("UPDATE outbound SET event = ?2 WHERE id = ?1")?
+        .execute(rusqlite::params![id, event])?;
+    Ok(())
+}
+
+/// One row of the outbound queue, as listed (without the bytes unless asked).
+#[derive(Debug, Clone)]
+pub struct OutboundRow {
+    pub id: i64,
+    pub order_key: String,
+    pub message_id: String,
+    pub subject: String,
+    pub envelope_from: String,
+    pub envelope_to: Vec<String>,
+    pub state: String,
+    pub attempts: u32,
+    pub queued_at: i64,
+    pub next_attempt_at: i64,
+    pub last_error: Option<String>,
+    pub sent_at: Option<i64>,
+    pub raw: Option<Vec<u8>>,
+}
+
+const COLUMNS: &str =
+    "id, order_key, message_id, subject, envelope_from, envelope_to, state, attempts, queued_at, next_attempt_at, last_error, sent_at";
+
+fn row(r: &rusqlite::Row<'_>, with_raw: bool) -> rusqlite::Result<OutboundRow> {
+    let to: String = r.get(5)?;
+    Ok(OutboundRow {
+        id: r.get(0)?,
+        order_key: r.get(1)?,
+        message_id: r.get(2)?,
+        subject: r.get(3)?,
+        envelope_from: r.get(4)?,
+        envelope_to: serde_json::from_str(&to).unwrap_or_default(),
+        state: r.get(6)?,
+        attempts: r.get::<_, i64>(7)? as u32,
+        queued_at: r.get(8)?,
+        next_attempt_at: r.get(9)?,
+        last_error: r.get(10)?,
+        sent_at: r.get(11)?,
+        raw: if with_raw { Some(r.get(12)?) } else { None },
+    })
+}
+
+/// The head of each incident's queue that is due now, oldest first: one per order key,
+/// so an incident's mails go out in the order they were composed.
+pub fn due(conn: &Connection, now: i64, limit: usize) -> Result<Vec<OutboundRow>, StoreError> {
+    let sql = format!(
+        "SELECT {COLUMNS}, raw FROM outbound WHERE id IN (
+            SELECT MIN(id) FROM outbound WHERE state IN ('queued', 'held') GROUP BY order_key)
+         AND state = 'queued' AND next_attempt_at <= ?1 ORDER BY id LIMIT ?2"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt
+        .query_map(params![now, limit as i64], |r| row(r, true))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+pub fn mark_sent(conn: &Connection, id: i64, now: i64) -> Result<(), StoreError> {
+    conn.prepare_cached("UPDATE outbound SET state = 'sent', sent_at = ?2, attempts = attempts + 1, last_error = NULL WHERE id = ?1")?
+        .execute(params![id, now])?;
+    Ok(())
+}
+
+pub fn mark_retry(
+    conn: &Connection,
+    id: i64,
+    next_attempt_at: i64,
+    error: &str,
+) -> Result<(), StoreError> {
+    conn.prepare_cached("UPDATE outbound SET attempts = attempts + 1, next_attempt_at = ?2, last_error = ?3 WHERE id = ?1")?
+        .execute(params![id, next_attempt_at, error])?;
+    Ok(())
+}
+
+pub fn mark_dead(conn: &Connection, id: i64, error: &str) -> Result<(), StoreError> {
+    conn.prepare_cached("UPDATE outbound SET state = 'dead', attempts = attempts + 1, last_error = ?2 WHERE id = ?1")?
+        .execute(params![id, error])?;
+    Ok(())
+}
+
+/// Listing for `alertgate queue list`: everything not yet sent, plus the latest sent ones.
+pub fn list(
+    conn: &Connection,
+    state: Option<&str>,
+    limit: usize,
+) -> Result<Vec<OutboundRow>, StoreError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM outbound WHERE (?1 IS NULL OR state = ?1) ORDER BY id DESC LIMIT ?2"
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt
+        .query_map(params![state, limit as i64], |r| row(r, false))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows.into_iter().rev().collect())
+}
+
+pub fn get(conn: &Connection, id: i64) -> Result<Option<OutboundRow>, StoreError> {
+    let sql = format!("SELECT {COLUMNS}, raw FROM outbound WHERE id = ?1");
+    Ok(conn.query_row(&sql, [id], |r| row(r, true)).optional()?)
+}
+
+pub fn counts(conn: &Connection) -> Result<Vec<(String, i64)>, StoreError> {
+    let mut stmt =
+        conn.prepare("SELECT state, COUNT(*) FROM outbound GROUP BY state ORDER BY state")?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// Put dead (or waiting) mails back in the queue, due now. `None` = every dead mail.
+pub fn retry(conn: &Connection, id: Option<i64>, now: i64) -> Result<usize, StoreError> {
+    let n = match id {
+        Some(id) => conn.execute(
+            "UPDATE outbound SET state = 'queued', next_attempt_at = ?2 WHERE id = ?1 AND state IN ('dead', 'queued')",
+            params![id, now],
+        )?,
+        None => conn.execute("UPDATE outbound SET state = 'queued', next_attempt_at = ?1 WHERE state = 'dead'", [now])?,
+    };
+    Ok(n)
+}
+
+/// Delete one mail, or every mail in a final state (`dead` or `sent`).
+pub fn purge(
+    conn: &Connection,
+    id: Option<i64>,
+    state: Option<OutboundState>,
+) -> Result<usize, StoreError> {
+    let n = match (id, state) {
+        (Some(id), _) => conn.execute("DELETE FROM outbound WHERE id = ?1", [id])?,
+        (None, Some(st)) => conn.execute("DELETE FROM outbound WHERE state = ?1", [st.as_str()])?,
+        (None, None) => 0,
+    };
+    Ok(n)
+}
+
+/// Release an incident's held mails (its ticket id is now known, or we gave up waiting).
+pub fn release_held(conn: &Connection, order_key: &str, now: i64) -> Result<usize, StoreError> {
+    Ok(conn.execute(
+        "UPDATE outbound SET state = 'queued', next_attempt_at = ?2 WHERE order_key = ?1 AND state = 'held'",
+        params![order_key, now],
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mail<'a>(key: &'a str, id: &'a str, to: &'a [String]) -> NewOutbound<'a> {
+        NewOutbound {
+            order_key: key,
+            message_id: id,
+            subject: "s",
+            envelope_from: "a@example.test",
+            envelope_to: to,
+            raw: b"Subject: s\r\n\r\nx\r\n",
+            state: OutboundState::Queued,
+            spool_id: None,
+        }
+    }
+
+    #[test]
+    fn due_returns_only_the_head_of_each_key_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = super::super::open(&dir.path().join("db")).unwrap();
+        let to = vec!["glpi@example.test".to_string()];
+        let a0 = enqueue(&conn, &mail("A", "a0", &to), 10).unwrap();
+        let b0 = enqueue(&conn, &mail("B", "b0", &to), 10).unwrap();
+        let a1 = enqueue(&conn, &mail("A", "a1", &to), 10).unwrap();
+        let ids: Vec<i64> = due(&conn, 10, 10).unwrap().iter().map(|r| r.id).collect();
+        assert_eq!(ids, vec![a0, b0]);
+        // A's head fails for now: A's second mail must wait behind it.
+        mark_retry(&conn, a0, 100, "451 try later").unwrap();
+        let ids: Vec<i64> = due(&conn, 20, 10).unwrap().iter().map(|r| r.id).collect();
+        assert_eq!(ids, vec![b0]);
+        mark_sent(&conn, b0, 20).unwrap();
+        mark_sent(&conn, a0, 100).unwrap();
+        let ids: Vec<i64> = due(&conn, 100, 10).unwrap().iter().map(|r| r.id).collect();
+        assert_eq!(ids, vec![a1]);
+        mark_dead(&conn, a1, "550 no").unwrap();
+        assert!(due(&conn, 1000, 10).unwrap().is_empty());
+        assert_eq!(retry(&conn, None, 1000).unwrap(), 1);
+        assert_eq!(due(&conn, 1000, 10).unwrap()[0].id, a1);
+    }
+
+    #[test]
+    fn held_head_blocks_its_key_until_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = super::super::open(&dir.path().join("db")).unwrap();
+        let to = vec!["glpi@example.test".to_string()];
+        let mut held = mail("A", "a1", &to);
+        held.state = OutboundState::Held;
+        let h = enqueue(&conn, &held, 5).unwrap();
+        enqueue(&conn, &mail("A", "a2", &to), 5).unwrap();
+        assert!(due(&conn, 10, 10).unwrap().is_empty());
+        assert_eq!(release_held(&conn, "A", 10).unwrap(), 1);
+        assert_eq!(due(&conn, 10, 10).unwrap()[0].id, h);
+    }
+}
+
+/// The outbound queue as the delivery worker sees it, on its own connection.
+pub struct SqliteQueue {
+    conn: std::sync::Mutex<Connection>,
+}
+
+impl SqliteQueue {
+    pub fn open(path: &std::path::Path) -> Result<SqliteQueue, StoreError> {
+        Ok(SqliteQueue {
+            conn: std::sync::Mutex::new(super::open(path)?),
+        })
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, QueueError> {
+        let conn = self
+            .conn
+            .lock()
+            .map_err(|_| QueueError::new("queue connection poisoned"))?;
+        f(&conn).map_err(QueueError::new)
+    }
+}
+
+use crate::deliver::{OutboundItem, OutboundQueue, QueueError};
+
+impl OutboundQueue for SqliteQueue {
+    fn due(&self, now: i64, limit: usize) -> Result<Vec<OutboundItem>, QueueError> {
+        let rows = self.with(|c| due(c, now, limit))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| OutboundItem {
+                id: r.id,
+                order_key: r.order_key,
+                envelope_from: r.envelope_from,
+                envelope_to: r.envelope_to,
+                raw: r.raw.unwrap_or_default(),
+                attempts: r.attempts,
+                queued_at: r.queued_at,
+                message_id: r.message_id,
+            })
+            .collect())
+    }
+
+    fn mark_sent(&self, id: i64, now: i64) -> Result<(), QueueError> {
+        self.with(|c| mark_sent(c, id, now))
+    }
+
+    fn mark_retry(&self, id: i64, next_attempt_at: i64, error: &str) -> Result<(), QueueError> {
+        self.with(|c| mark_retry(c, id, next_attempt_at, error))
+    }
+
+    fn mark_dead(&self, id: i64, error: &str) -> Result<(), QueueError> {
+        self.with(|c| mark_dead(c, id, error))
+    }
+}
