@@ -30,8 +30,8 @@ def parse_args(argv):
     p.add_argument("--expect-threads", type=int, help="exact number of distinct thread tags")
     p.add_argument("--expect-subject", action="append", default=[], metavar="REGEX",
                    help="some message's subject must match (repeatable)")
-    p.add_argument("--tag-regex", default=r"^\[ALERT-[0-9A-Za-z]{4,}\]",
-                   help="every subject must match this; group 0 is the thread tag")
+    p.add_argument("--tag-regex", default=r"\[ALERT-[0-9A-Za-z_-]{4,}\]",
+                   help="every subject must contain this; the match is the thread tag")
     p.add_argument("--alertgate", action="store_true",
                    help="check alertgate's output rules: tag, threading, HTML part, "
                         "no Auto-Submitted, no GLPI in Message-ID, X-Alertgate-* headers")
@@ -84,8 +84,23 @@ def ids_in(value):
     return re.findall(r"<[^<>\s]+>", value or "")
 
 
+def alternative_with_html(msg):
+    """True when the mail's own structure (not an attached original) holds a
+    multipart/alternative part with a text/html alternative."""
+    def walk(part):
+        if part.get_content_type() == "message/rfc822":
+            return False
+        if part.get_content_type() == "multipart/alternative":
+            if any(p.get_content_type() == "text/html" for p in part.iter_parts()):
+                return True
+        if part.is_multipart():
+            return any(walk(p) for p in part.iter_parts())
+        return False
+    return walk(msg)
+
+
 def summarize(msg):
-    html = any(part.get_content_type() == "text/html" for part in msg.walk())
+    html = alternative_with_html(msg)
     return {
         "subject": str(msg.get("Subject", "")),
         "message_id": (ids_in(msg.get("Message-ID", "")) or [""])[0],
@@ -171,10 +186,9 @@ def run_checks(args, mails):
     if args.alertgate:
         untagged = [m["subject"] for m in mails if not re.search(args.tag_regex, m["subject"])]
         checks.check(n > 0 and not untagged, "every subject starts with the thread tag", untagged)
-        no_html = [m["subject"] for m in mails if not m["has_html"]]
-        checks.check(n > 0 and not no_html, "every mail has a text/html part", no_html)
-        not_alt = [m["subject"] for m in mails if m["content_type"] != "multipart/alternative"]
-        checks.check(n > 0 and not not_alt, "every mail is multipart/alternative", not_alt)
+        no_html = [(m["subject"], m["content_type"]) for m in mails if not m["has_html"]]
+        checks.check(n > 0 and not no_html, "every mail has multipart/alternative with text/html",
+                     no_html)
         auto = [m["subject"] for m in mails if m["auto_submitted"] or m["x_auto_response_suppress"]]
         checks.check(n > 0 and not auto, "no Auto-Submitted / X-Auto-Response-Suppress", auto)
         glpi_ids = [m["message_id"] for m in mails if "glpi" in m["message_id"].lower()]
