@@ -185,7 +185,7 @@ def run_checks(args, mails):
                      "subjects: " + "; ".join(m["subject"] for m in mails[:10]))
     if args.alertgate:
         untagged = [m["subject"] for m in mails if not re.search(args.tag_regex, m["subject"])]
-        checks.check(n > 0 and not untagged, "every subject starts with the thread tag", untagged)
+        checks.check(n > 0 and not untagged, "every subject carries the thread tag", untagged)
         no_html = [(m["subject"], m["content_type"]) for m in mails if not m["has_html"]]
         checks.check(n > 0 and not no_html, "every mail has multipart/alternative with text/html",
                      no_html)
