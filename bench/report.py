@@ -40,6 +40,8 @@ def main(path):
     base = {"smtp-source": ("ceiling-source", "postfix-source"),
             "loadgen": ("ceiling-load", "postfix-load"),
             "latency": ("ceiling-latency", "postfix-latency")}
+    print("End-to-end = mails in / time from the first send until the last mail reached the sink "
+          "with nothing left queued.\n")
     print("| run | mails in | accepted msgs/s | end-to-end msgs/s | p50 / p99 accept ms | "
           "peak RSS / PSS MB (procs) | mails out | accept vs ceiling | accept vs Postfix |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -50,8 +52,13 @@ def main(path):
         if r.get("peak_rss_kb") is not None:
             mem = f"{r['peak_rss_kb'] / 1024:.1f} / {(r.get('peak_pss_kb') or 0) / 1024:.1f} ({r.get('max_procs')})"
         errs = f" ({r['errors']} errors)" if r.get("errors") else ""
+        if r.get("drained", True):
+            e2e = f"{fmt(r['e2e_rate'])} ({r['e2e_s']:.1f} s)"
+        else:
+            e2e = (f"**not drained** after {r['e2e_s']:.0f} s: {fmt(r['arrivals'])} out, "
+                   f"{fmt(r.get('out_rate', r['arrivals'] / r['e2e_s']))} out/s")
         print(f"| {LABELS.get(r['name'], r['name'])} | {fmt(r['sent'])}{errs} | {fmt(r['accept_rate'])} | "
-              f"{fmt(r['e2e_rate'])} ({r['e2e_s']:.1f} s) | {lat} | {mem} | {fmt(r['arrivals'])} | "
+              f"{e2e} | {lat} | {mem} | {fmt(r['arrivals'])} | "
               f"{ratio(r, c)} | {ratio(r, p)} |")
 
 

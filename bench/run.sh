@@ -11,6 +11,7 @@
 #
 # Environment: ALERTGATE_BIN (default: cargo build --release), BENCH_COUNT (20000),
 # BENCH_PAUSE (seconds between runs, 5), BENCH_LAT_RATE (msgs/s of the latency runs, 200),
+# BENCH_DRAIN_TIMEOUT (150 s), BENCH_ONLY="run names" (e.g. "alertgate-storm"),
 # BENCH_ALERTGATE=0 to skip (iii), KEEP=1 to keep the temp dir.
 set -u
 
@@ -25,7 +26,7 @@ SIZE=2048
 PAUSE=${BENCH_PAUSE:-5}
 LAT_RATE=${BENCH_LAT_RATE:-200}
 LAT_COUNT=$((LAT_RATE * 10))
-DRAIN_TIMEOUT=${BENCH_DRAIN_TIMEOUT:-300}
+DRAIN_TIMEOUT=${BENCH_DRAIN_TIMEOUT:-150}
 mkdir -p "$HERE/results"
 OUT=${BENCH_OUT:-$HERE/results/$(date -u +%Y%m%dT%H%M%SZ).jsonl}
 : >"$OUT"
@@ -159,7 +160,8 @@ ag_backlog() {
 }
 
 # wait_drained KIND WANT: until the sink has WANT mails (postfix) or alertgate has nothing
-# left to process and the sink count is stable; prints the Unix time of the last arrival.
+# left to process and the sink count is stable (at most $DRAIN_TIMEOUT s); prints the Unix
+# time of the last arrival and 1 if drained, 0 on timeout.
 wait_drained() {
     local kind=$1 want=$2 deadline=$((SECONDS + DRAIN_TIMEOUT)) n last_n=-1 last_change
     last_change=$(date +%s.%N)
@@ -179,14 +181,19 @@ wait_drained() {
         esac
         sleep 0.2
     done
-    [ $SECONDS -ge $deadline ] && ig_log "drain timeout after ${DRAIN_TIMEOUT}s (sink has $n)"
-    echo "$last_change"
+    local drained=1
+    if [ $SECONDS -ge $deadline ]; then
+        ig_log "drain timeout after ${DRAIN_TIMEOUT}s (sink has $n)"
+        drained=0
+    fi
+    echo "$last_change $drained"
 }
 
 # run_bench NAME KIND TOOL SET [RATE]: one fresh run; appends a JSON line to $OUT.
 # TOOL: smtp-source (one file, -F) | loadgen (SET's distinct files) | latency (loadgen at RATE)
 run_bench() {
-    local name=$1 kind=$2 tool=$3 set=$4 rate=${5:-0} load t0 t1 tdrain arrivals sent
+    if [ -n "${BENCH_ONLY:-}" ] && ! [[ " $BENCH_ONLY " == *" $1 "* ]]; then return 0; fi
+    local name=$1 kind=$2 tool=$3 set=$4 rate=${5:-0} load t0 t1 tdrain drained arrivals sent
     ig_log "run $name: $kind, $tool, ${set:-one file}"
     start_target "$kind" "$name"
     t0=$(date +%s.%N)
@@ -205,13 +212,14 @@ run_bench() {
         sent=$(echo "$load" | python3 -c 'import json,sys; print(json.load(sys.stdin)["sent"])')
         ;;
     esac
-    tdrain=$(wait_drained "$kind" "$sent")
+    read -r tdrain drained <<<"$(wait_drained "$kind" "$sent")"
     arrivals=$(ig_sink_count "$SINK_DIR")
     sleep 0.3
     stop_all
-    python3 - "$name" "$kind" "$tool" "$set" "$t0" "$tdrain" "$arrivals" "$sent" "$T/$name.rss.json" "$load" >>"$OUT" <<'EOF'
+    python3 - "$name" "$kind" "$tool" "$set" "$t0" "$tdrain" "$arrivals" "$sent" "$T/$name.rss.json" "$load" "$drained" >>"$OUT" <<'EOF'
 import json, sys
-name, kind, tool, mset, t0, tdrain, arrivals, sent, rssf, load = sys.argv[1:]
+name, kind, tool, mset, t0, tdrain, arrivals, sent, rssf, load, drained = sys.argv[1:]
+drained = drained == "1"
 load = json.loads(load)
 rss = json.load(open(rssf)) if rssf and __import__("os").path.exists(rssf) else {}
 t0, tdrain, arrivals, sent = float(load.get("t_start", t0)), float(tdrain), int(arrivals), int(sent)
@@ -221,7 +229,9 @@ e2e_s = max(tdrain - t0, load["elapsed_s"])
 print(json.dumps(dict(name=name, kind=kind, tool=tool, set=mset, sent=sent,
     accepted=load["accepted"], accept_s=load["elapsed_s"],
     accept_rate=round(load["accepted"] / load["elapsed_s"], 1) if load["elapsed_s"] else None,
-    e2e_s=round(e2e_s, 3), e2e_rate=round(sent / e2e_s, 1) if e2e_s else None,
+    drained=drained, e2e_s=round(e2e_s, 3),
+    e2e_rate=round(sent / e2e_s, 1) if e2e_s and drained else None,
+    out_rate=round(arrivals / e2e_s, 1) if e2e_s else None,
     arrivals=arrivals, p50_ms=load.get("p50_ms"), p99_ms=load.get("p99_ms"),
     errors=load.get("errors", 0) + load.get("rejected", 0),
     peak_rss_kb=rss.get("peak_tree_rss_kb"), peak_pss_kb=rss.get("peak_tree_pss_kb"),

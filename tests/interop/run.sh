@@ -270,6 +270,8 @@ done
 [ ${#FIXTURES[@]} -gt 0 ] || not_ok "(c) found fixtures to send"
 
 if [ "$MODE" = alertgate ]; then
+    check "(c) alertgate processed every fixture (none left new)" expect_ag_count spool new 0 60
+    check "(c) no spooled message failed processing" expect_ag_count spool failed 0 5
     check "alertgate still running after all checks" kill -0 "$AG_PID"
 fi
 
