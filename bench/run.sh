@@ -172,10 +172,14 @@ wait_drained() {
         sink) break ;;
         postfix) [ "$n" -ge "$want" ] && break ;;
         alertgate*)
-            if [ "$(ag_backlog)" = 0 ]; then
-                sleep 1
-                [ "$(ig_sink_count "$SINK_DIR")" = "$n" ] && break
-                continue
+            # Drained = nothing new or queued and no arrival for $quiet s. With the storm
+            # digest on, the digest of a minute leaves only once that minute is over, so
+            # wait out more than one window before calling it drained.
+            local quiet=1
+            [ "$kind" = alertgate-digest ] && quiet=75
+            if [ "$(ag_backlog)" = 0 ] &&
+                [ "$(awk -v a="$(date +%s.%N)" -v b="$last_change" 'BEGIN { print (a - b >= '"$quiet"') }')" = 1 ]; then
+                break
             fi
             ;;
         esac
