@@ -80,7 +80,7 @@ impl ParseContext for StoreContext<'_> {
 
 impl Pipeline {
     pub fn open(path: &Path, settings: PipelineSettings) -> Result<Pipeline, PipelineError> {
-        let conn = crate::store::open(path)?;
+        let conn = crate::store::open_with(path, crate::store::Durability::Derived)?;
         let state = incidents::load_state(&conn)?;
         Ok(Pipeline {
             conn,

@@ -95,12 +95,30 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL
      );
      CREATE INDEX glpi_actions_state ON glpi_actions(state, next_attempt_at);",
+    // 4: the delivery worker's scan: pending mail in id order.
+    "CREATE INDEX outbound_pending ON outbound(id) WHERE state IN ('queued', 'held');",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
-/// Open (creating when needed) the database with durable settings and an up-to-date schema.
+/// How a connection's commits reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Every commit is fsynced before it returns: the spool, whose commit is our `250`.
+    Full,
+    /// Commits are atomic and survive a crash of the process, but a power cut may undo
+    /// the last ones. For state derived from the spool: the pipeline redoes such steps
+    /// from the spooled message, and a lost "sent" mark only means a resend.
+    Derived,
+}
+
+/// Open (creating when needed) the database with an up-to-date schema, fsyncing every
+/// commit.
 pub fn open(path: &Path) -> Result<Connection, StoreError> {
+    open_with(path, Durability::Full)
+}
+
+pub fn open_with(path: &Path, durability: Durability) -> Result<Connection, StoreError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
             path: dir.display().to_string(),
@@ -110,6 +128,9 @@ pub fn open(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;
     configure(&conn)?;
     migrate(&conn)?;
+    if durability == Durability::Derived {
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+    }
     Ok(conn)
 }
 

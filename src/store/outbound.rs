@@ -115,10 +115,15 @@ fn row(r: &rusqlite::Row<'_>, with_raw: bool) -> rusqlite::Result<OutboundRow> {
 /// The head of each incident's queue that is due now, oldest first: one per order key,
 /// so an incident's mails go out in the order they were composed.
 pub fn due(conn: &Connection, now: i64, limit: usize) -> Result<Vec<OutboundRow>, StoreError> {
+    // Walks the pending rows in id order (partial index) and stops at `limit`; each
+    // candidate is checked against older pending mail of its incident (order_key index).
+    // A GROUP BY over the whole queue on every call made delivery O(queue length).
     let sql = format!(
-        "SELECT {COLUMNS}, raw FROM outbound WHERE id IN (
-            SELECT MIN(id) FROM outbound WHERE state IN ('queued', 'held') GROUP BY order_key)
-         AND state = 'queued' AND next_attempt_at <= ?1 ORDER BY id LIMIT ?2"
+        "SELECT {COLUMNS}, raw FROM outbound AS o INDEXED BY outbound_pending
+         WHERE o.state IN ('queued', 'held') AND o.state = 'queued' AND o.next_attempt_at <= ?1
+           AND NOT EXISTS (SELECT 1 FROM outbound AS p
+                           WHERE p.order_key = o.order_key AND p.id < o.id AND p.state IN ('queued', 'held'))
+         ORDER BY o.id LIMIT ?2"
     );
     let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt
@@ -279,7 +284,7 @@ pub struct SqliteQueue {
 impl SqliteQueue {
     pub fn open(path: &std::path::Path) -> Result<SqliteQueue, StoreError> {
         Ok(SqliteQueue {
-            conn: std::sync::Mutex::new(super::open(path)?),
+            conn: std::sync::Mutex::new(super::open_with(path, super::Durability::Derived)?),
             opened: None,
         })
     }
