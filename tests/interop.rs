@@ -17,7 +17,14 @@ fn alertgate_interoperates_with_postfix_dovecot_and_swaks() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}");
     eprintln!("{stderr}");
-    let summary = stdout.lines().rev().find(|l| l.contains(" passed, ")).unwrap_or("");
+    let summary = stdout
+        .lines()
+        .rev()
+        .find(|l| l.contains(" passed, "))
+        .unwrap_or("");
     assert!(out.status.success(), "interop checks failed: {summary}");
-    assert!(summary.ends_with(" 0 failed"), "unexpected summary: {summary:?}");
+    assert!(
+        summary.ends_with(" 0 failed"),
+        "unexpected summary: {summary:?}"
+    );
 }

@@ -273,6 +273,14 @@ pub fn compose(cfg: &ComposeConfig, ev: &MailEvent<'_>) -> Result<ComposedMail, 
 }
 
 /// Composes one digest mail listing many alerts; it opens its own ticket.
+/// The first `n` names, then how many more: a digest header must stay a header.
+fn first_few(names: &[&str], n: usize) -> String {
+    match names.len().checked_sub(n) {
+        Some(more) if more > 0 => format!("{} (+{more} more)", names[..n].join(", ")),
+        _ => names.join(", "),
+    }
+}
+
 pub fn compose_digest(
     cfg: &ComposeConfig,
     digest_id: &str,
@@ -312,7 +320,7 @@ pub fn compose_digest(
         thread_topic: format!("[{digest_id}] digest"),
         priority: x_priority(worst),
         source: sources.join(", "),
-        host: hosts.join(", "),
+        host: first_few(&hosts, 10),
         service: String::new(),
         state: worst.as_str().to_ascii_uppercase(),
         report: digest_report(digest_id, alerts, now),
