@@ -276,3 +276,40 @@ async fn plaintext_auth_on_loopback_only_when_allowed() {
     );
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn serves_on_several_listen_addresses() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = support::gateway::config_text(dir.path(), "", "").replace(
+        "listen = [\"127.0.0.1:0\"]",
+        "listen = [\"127.0.0.1:0\", \"127.0.0.2:0\", \"[::1]:0\"]",
+    );
+    let path = dir.path().join("alertgate.toml");
+    let loaded = alertgate::config::LoadedConfig::from_str(&path, &text).expect("valid config");
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let running = alertgate::app::start(loaded, stop_rx)
+        .await
+        .expect("starts");
+    assert_eq!(running.addrs.len(), 3);
+    for addr in &running.addrs {
+        let Ok(stream) = tokio::net::TcpStream::connect(addr).await else {
+            // No IPv6 loopback on this machine: nothing to test there.
+            assert!(addr.is_ipv6(), "cannot reach {addr}");
+            continue;
+        };
+        drop(stream);
+        let mut c = RawClient::connect(*addr).await;
+        assert_eq!(c.reply().await.unwrap().code, 220, "{addr}");
+        c.cmd("EHLO multi.test").await;
+        let r = c
+            .send_mail(
+                "a@example.test",
+                "glpi@example.test",
+                b"Subject: via several\r\n\r\nx\r\n",
+            )
+            .await;
+        assert_eq!(r.code, 250, "{addr}: {r:?}");
+    }
+    let _ = stop.send(true);
+    running.wait().await;
+}
