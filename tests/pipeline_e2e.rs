@@ -559,3 +559,37 @@ async fn dead_letters_can_be_retried_and_purged_from_the_cli() {
     assert!(!ok, "a bad id is an error");
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_mail_resent_after_a_lost_reply_is_recognised_and_ignored() {
+    let relay = RecordingRelay::start().await;
+    let gw = TestGateway::with_relay(relay.port(), "", "").await;
+    let mail = centreon_service("PROBLEM", "dup-01", "HTTP", "WARNING", "slow");
+    gw.send(&mail).await;
+    // The client never saw our 250 and sends the very same message again.
+    gw.send(&mail).await;
+    // A tool that reuses its Message-ID for a state change is not a duplicate.
+    let changed = String::from_utf8(centreon_service(
+        "PROBLEM", "dup-01", "HTTP", "CRITICAL", "down",
+    ))
+    .unwrap();
+    let original_id = header(&mail, "Message-Id").unwrap();
+    let changed_id = header(changed.as_bytes(), "Message-Id").unwrap();
+    gw.send(changed.replace(&changed_id, &original_id).as_bytes())
+        .await;
+    gw.wait_processed().await;
+    let notes: Vec<String> = gw
+        .db()
+        .prepare("SELECT note FROM spool ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert!(notes[0].starts_with("open "), "{notes:?}");
+    assert!(notes[1].starts_with("duplicate of spool id"), "{notes:?}");
+    assert!(notes[2].starts_with("update "), "{notes:?}");
+    relay.wait_for(2, Duration::from_secs(20)).await;
+    no_more_than(&relay, 2, Duration::from_millis(1500)).await;
+    gw.shutdown().await;
+}
