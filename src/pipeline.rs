@@ -241,6 +241,9 @@ impl PipelineCore<'_> {
         for id in &decision.ended {
             incidents::mark_ended(conn, *id, now)?;
         }
+        for id in &decision.digested {
+            incidents::mark_digested(conn, *id, now)?;
+        }
         let mut summary = Vec::new();
         for action in &decision.actions {
             summary.push(self.act(conn, action, origin, now)?);

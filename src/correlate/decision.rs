@@ -155,6 +155,9 @@ pub struct Decision {
     pub actions: Vec<Action>,
     pub changed: Vec<Incident>,
     pub ended: Vec<u64>,
+    /// Incidents whose digest went out: only their `in_pending_digest` flag changed
+    /// (to false). Ids rather than snapshots: a storm digest can list tens of thousands.
+    pub digested: Vec<u64>,
 }
 
 impl Decision {

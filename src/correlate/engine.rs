@@ -482,7 +482,7 @@ fn flush_finished_window(state: &mut CorrelationState, now: i64, decision: &mut 
         if let Some(key) = state.by_tag.get(&entry.tag).cloned() {
             if let Some(incident) = state.open.get_mut(&key) {
                 incident.in_pending_digest = false;
-                decision.record(incident);
+                decision.digested.push(incident.id);
             }
         }
     }

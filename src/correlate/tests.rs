@@ -689,11 +689,12 @@ fn storm_guard_digests_the_excess() {
     assert_eq!(digests[0].window_start, T0);
     let listed: Vec<_> = digests[0].entries.iter().map(|e| e.tag.clone()).collect();
     assert_eq!(listed, deferred_tags);
-    assert_eq!(d.changed.len(), 440);
-    assert!(d
-        .changed
-        .iter()
-        .all(|i| !i.in_pending_digest && !i.announced));
+    assert_eq!(d.digested.len(), 440);
+    assert!(d.changed.is_empty(), "no full snapshots for a digest");
+    assert!(listed.iter().all(|tag| {
+        let i = st.incident_by_tag(tag).expect("still open");
+        !i.in_pending_digest && !i.announced && d.digested.contains(&i.id)
+    }));
     assert!(st.pending_digest().is_empty());
     assert!(
         tick(&mut st, T0 + 61, &policy()).actions.is_empty(),

@@ -24,6 +24,15 @@ pub fn save(conn: &Connection, incident: &Incident, now: i64) -> Result<(), Stor
     Ok(())
 }
 
+/// The incident's digest went out: clear its flag in place, without a new snapshot.
+pub fn mark_digested(conn: &Connection, id: u64, now: i64) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE incidents SET data = json_set(data, '$.in_pending_digest', json('false')), updated_at = ?2 WHERE id = ?1",
+    )?
+    .execute(params![id as i64, now])?;
+    Ok(())
+}
+
 pub fn mark_ended(conn: &Connection, id: u64, now: i64) -> Result<(), StoreError> {
     conn.prepare_cached("UPDATE incidents SET open = 0, updated_at = ?2 WHERE id = ?1")?
         .execute(params![id as i64, now])?;
@@ -112,4 +121,65 @@ pub fn host_for_message(conn: &Connection, message_id: &str) -> Result<Option<St
             |r| r.get(0),
         )
         .optional()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alert::{Alert, AlertKind, NotificationType, State};
+    use crate::correlate::{correlate, tick, CorrelationPolicy};
+
+    #[test]
+    fn digested_flag_is_cleared_in_the_stored_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::store::open(&dir.path().join("db")).unwrap();
+        let policy = CorrelationPolicy {
+            max_new_incidents_per_minute: 1,
+            ..CorrelationPolicy::default()
+        };
+        let mut state = CorrelationState::default();
+        for host in ["a", "b"] {
+            let alert = Alert {
+                source: "nagios".into(),
+                kind: AlertKind::Host,
+                host: host.into(),
+                host_alias: None,
+                service: String::new(),
+                state: State::Down,
+                notification_type: NotificationType::Problem,
+                output: "down".into(),
+                long_output: None,
+                author: None,
+                comment: None,
+                address: None,
+                event_time: None,
+                vendor_id: None,
+                url: None,
+                rule: "test".into(),
+                needs_sanitizing: false,
+            };
+            for inc in correlate(&mut state, &alert, 600, &policy).changed {
+                save(&conn, &inc, 600).unwrap();
+            }
+        }
+        assert_eq!(
+            load(&conn, false)
+                .unwrap()
+                .iter()
+                .filter(|i| i.in_pending_digest)
+                .count(),
+            1
+        );
+        let d = tick(&mut state, 660, &policy);
+        assert_eq!(d.digested.len(), 1);
+        for id in &d.digested {
+            mark_digested(&conn, *id, 660).unwrap();
+        }
+        let stored = load(&conn, false).unwrap();
+        assert_eq!(stored.len(), 2);
+        assert!(stored.iter().all(|i| !i.in_pending_digest));
+        // A restart no longer queues it for another digest.
+        let rebuilt = load_state(&conn).unwrap();
+        assert!(rebuilt.pending_digest().is_empty());
+    }
 }
