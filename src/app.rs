@@ -80,13 +80,13 @@ pub async fn start(loaded: LoadedConfig, stop: watch::Receiver<bool>) -> anyhow:
         Some(api_config) => {
             queue = queue.notify_opened(opened_tx);
             let api = GlpiApi::new(api_config).map_err(|e| anyhow::anyhow!("glpi_api: {e}"))?;
-            Some(ApiWorker {
+            Some(ApiWorker::new(
                 api,
-                store: store_path.clone(),
-                lookup_timeout_secs: loaded.config.feedback.ticket_lookup_timeout_secs as i64,
-                opened: opened_rx,
-                found: found_tx,
-            })
+                store_path.clone(),
+                loaded.config.feedback.ticket_lookup_timeout_secs as i64,
+                opened_rx,
+                found_tx,
+            )?)
         }
         None => None,
     };

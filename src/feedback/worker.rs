@@ -7,6 +7,7 @@ use crate::pipeline::TicketInfo;
 use crate::store::{actions, incidents, unix_now};
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
@@ -20,6 +21,8 @@ struct Lookup {
 pub struct ApiWorker {
     pub api: GlpiApi,
     pub store: PathBuf,
+    /// One connection for the worker's life (actions are polled every second).
+    conn: Arc<Mutex<rusqlite::Connection>>,
     pub lookup_timeout_secs: i64,
     /// Tags whose open mail was delivered.
     pub opened: mpsc::UnboundedReceiver<String>,
@@ -28,6 +31,24 @@ pub struct ApiWorker {
 }
 
 impl ApiWorker {
+    pub fn new(
+        api: GlpiApi,
+        store: PathBuf,
+        lookup_timeout_secs: i64,
+        opened: mpsc::UnboundedReceiver<String>,
+        found: mpsc::UnboundedSender<TicketInfo>,
+    ) -> Result<ApiWorker, crate::store::StoreError> {
+        let conn = crate::store::open_with(&store, crate::store::Durability::Derived)?;
+        Ok(ApiWorker {
+            api,
+            store,
+            conn: Arc::new(Mutex::new(conn)),
+            lookup_timeout_secs,
+            opened,
+            found,
+        })
+    }
+
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let mut lookups = self.pending_at_start().await;
         loop {
@@ -121,10 +142,10 @@ impl ApiWorker {
     }
 
     async fn run_actions(&self, now: i64) {
-        let store = self.store.clone();
-        let due = tokio::task::spawn_blocking(move || {
-            let conn = crate::store::open(&store)?;
-            actions::due(&conn, now, 16)
+        let conn = self.conn.clone();
+        let due = tokio::task::spawn_blocking(move || match conn.lock() {
+            Ok(conn) => actions::due(&conn, now, 16),
+            Err(_) => Err(crate::store::StoreError::WriterGone),
         })
         .await;
         let Ok(Ok(due)) = due else { return };
@@ -155,10 +176,10 @@ impl ApiWorker {
                     ("failed", now, Some(e.to_string()))
                 }
             };
-            let store = self.store.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                let conn = crate::store::open(&store)?;
-                actions::finish(&conn, action.id, state, next_at, error.as_deref())
+            let conn = self.conn.clone();
+            let _ = tokio::task::spawn_blocking(move || match conn.lock() {
+                Ok(conn) => actions::finish(&conn, action.id, state, next_at, error.as_deref()),
+                Err(_) => Err(crate::store::StoreError::WriterGone),
             })
             .await;
         }
