@@ -234,6 +234,13 @@ fn queue_list(
     };
     println!("spool: {}", summary(spool::counts(conn)?));
     println!("outbound: {}", summary(outbound::counts(conn)?));
+    let actions = store::actions::counts(conn)?;
+    if !actions.is_empty() {
+        println!("glpi api actions: {}", summary(actions));
+    }
+    if let Some(n) = store::incidents::get_kv(conn, "unthreaded_after_timeout")? {
+        println!("sent unthreaded after waiting for a ticket id: {n} incident(s)");
+    }
     let outbound_only = state.is_some() && spool_state.is_none();
     if !outbound_only {
         println!("\nspool messages");
