@@ -180,3 +180,36 @@ async fn idle_client_times_out_with_421() {
     assert!(c.closed().await);
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_failing_store_answers_451_and_the_server_keeps_serving() {
+    let gw = TestGateway::start("").await;
+    // Take the spool table away under the running server.
+    gw.db()
+        .execute_batch("ALTER TABLE spool RENAME TO spool_away")
+        .unwrap();
+    let mut c = greeted(&gw).await;
+    let r = c
+        .send_mail(
+            "a@example.test",
+            "glpi@example.test",
+            b"Subject: lost?\r\n\r\nbody\r\n",
+        )
+        .await;
+    assert_reply(&r, 451, "4.3.0");
+    assert_reply(&c.cmd("NOOP").await, 250, "2.0.0");
+    // Once the store is back, the same session and new ones are served.
+    gw.db()
+        .execute_batch("ALTER TABLE spool_away RENAME TO spool")
+        .unwrap();
+    let r = c
+        .send_mail(
+            "a@example.test",
+            "glpi@example.test",
+            b"Subject: again\r\n\r\nbody\r\n",
+        )
+        .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    still_serving(&gw).await;
+    gw.shutdown().await;
+}
