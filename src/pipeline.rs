@@ -99,7 +99,7 @@ impl Pipeline {
         if rows.is_empty() {
             return Ok(0);
         }
-        let result = self.in_transaction(now, |p, conn| {
+        let result = self.in_transaction(|p, conn| {
             for row in &rows {
                 let step = p.process(conn, row, now)?;
                 spool::set_state(conn, row.id, step.state, Some(&step.note), now)?;
@@ -112,7 +112,7 @@ impl Pipeline {
 
     /// Let time-driven decisions (storm digests) happen.
     pub fn tick(&mut self, now: i64) -> Result<(), PipelineError> {
-        self.in_transaction(now, |p, conn| {
+        self.in_transaction(|p, conn| {
             let decision = correlate::tick(p.state, now, &p.settings.correlation);
             p.apply(conn, &decision, None, now)?;
             let expired = outbound::release_expired_holds(conn, now)?;
@@ -135,7 +135,7 @@ impl Pipeline {
         if infos.is_empty() {
             return Ok(());
         }
-        self.in_transaction(now, |p, conn| {
+        self.in_transaction(|p, conn| {
             for info in infos {
                 let note = p.learn_ticket(conn, info, now)?;
                 tracing::info!(tag = %info.tag, ticket = info.ticket_id, outcome = %note, "ticket learned from the API");
@@ -148,7 +148,6 @@ impl Pipeline {
     /// was committed, so memory never runs ahead of the store.
     fn in_transaction(
         &mut self,
-        now: i64,
         f: impl FnOnce(&mut PipelineCore<'_>, &Connection) -> Result<(), PipelineError>,
     ) -> Result<(), PipelineError> {
         // IMMEDIATE: take the write lock up front. A deferred transaction that reads first
@@ -168,7 +167,6 @@ impl Pipeline {
             tracing::error!(error = %e, "pipeline transaction failed; reloading state from the store");
             self.state = incidents::load_state(&self.conn)?;
         }
-        let _ = now;
         outcome
     }
 }
@@ -416,13 +414,7 @@ impl PipelineCore<'_> {
             Some(_) => self.state.incident_by_tag(&info.tag).cloned(),
             // An ended incident may still have mails waiting for this ticket id.
             None => incidents::by_tag(conn, &info.tag)?.map(|mut inc| {
-                inc.ticket_id = Some(info.ticket_id);
-                if info.glpi_message_id.is_some() {
-                    inc.glpi_message_id = info.glpi_message_id.clone();
-                }
-                if let Some(status) = info.status {
-                    inc.ticket_status = status;
-                }
+                inc.record_ticket(info.ticket_id, info.glpi_message_id.clone(), info.status);
                 inc
             }),
         };
@@ -455,7 +447,7 @@ impl PipelineCore<'_> {
                 .as_deref()
                 .and_then(|e| serde_json::from_str::<IncidentMail>(e).ok())
             else {
-                outbound::release_held(conn, &incident.tag, now)?;
+                outbound::requeue(conn, h.id, now)?;
                 continue;
             };
             mail.incident.ticket_id = incident.ticket_id;
@@ -482,7 +474,7 @@ impl PipelineCore<'_> {
                 }
                 Err(e) => {
                     tracing::error!(tag = %incident.tag, error = %e, "cannot compose a held mail again; sending it as it was");
-                    outbound::release_held(conn, &incident.tag, now)?;
+                    outbound::requeue(conn, h.id, now)?;
                 }
             }
         }

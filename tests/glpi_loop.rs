@@ -291,13 +291,7 @@ async fn glpi_down_holds_updates_then_sends_them_unthreaded_after_the_timeout() 
         )
         .unwrap();
     assert_eq!(unthreaded, "1");
-    let listing = std::process::Command::new(env!("CARGO_BIN_EXE_alertgate"))
-        .args(["queue", "-c"])
-        .arg(gw.config_path())
-        .arg("list")
-        .output()
-        .unwrap();
-    let listing = String::from_utf8_lossy(&listing.stdout);
+    let (_, listing) = gw.queue_cli(&["list"]);
     assert!(
         listing.contains("sent unthreaded after waiting for a ticket id: 1"),
         "{listing}"

@@ -349,14 +349,8 @@ async fn a_550_from_the_relay_dead_letters_the_mail_visibly() {
     .await;
     let dead = outbound_until(&gw, |rows| rows.iter().any(|(state, _, _)| state == "dead")).await;
     assert!(dead, "{:?}", gw.outbound());
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_alertgate"))
-        .args(["queue", "-c"])
-        .arg(gw.config_path())
-        .arg("list")
-        .output()
-        .unwrap();
-    let listing = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success());
+    let (ok, listing) = gw.queue_cli(&["list"]);
+    assert!(ok);
     assert!(listing.contains("dead"), "{listing}");
     assert!(
         listing.contains("550"),
@@ -498,13 +492,7 @@ async fn unmatched_mail_is_held_or_dropped_by_policy_and_never_silently() {
             .unwrap();
         assert_eq!(got, state);
         assert!(note.contains("no rule matched"), "{note}");
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_alertgate"))
-            .args(["queue", "-c"])
-            .arg(gw.config_path())
-            .args(["list", "--state", state])
-            .output()
-            .unwrap();
-        let listing = String::from_utf8_lossy(&out.stdout);
+        let (_, listing) = gw.queue_cli(&["list", "--state", state]);
         assert!(
             listing.contains("backup@example.test") || listing.contains("centreon@example.test"),
             "{listing}"
@@ -526,18 +514,7 @@ async fn dead_letters_can_be_retried_and_purged_from_the_cli() {
     ))
     .await;
     assert!(outbound_until(&gw, |rows| rows.iter().any(|(state, _, _)| state == "dead")).await);
-    let queue = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_alertgate"))
-            .args(["queue", "-c"])
-            .arg(gw.config_path())
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-        )
-    };
+    let queue = |args: &[&str]| gw.queue_cli(args);
     let id: i64 = gw
         .db()
         .query_row("SELECT id FROM outbound", [], |r| r.get(0))

@@ -116,13 +116,7 @@ pub fn apply_ticket_info(
 ) -> Option<u64> {
     let key = state.by_tag.get(tag.trim())?.clone();
     let incident = state.open.get_mut(&key)?;
-    incident.ticket_id = Some(ticket_id);
-    if let Some(message_id) = glpi_message_id {
-        incident.glpi_message_id = Some(message_id);
-    }
-    if let Some(status) = status {
-        incident.ticket_status = status;
-    }
+    incident.record_ticket(ticket_id, glpi_message_id, status);
     Some(incident.id)
 }
 

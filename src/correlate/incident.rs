@@ -99,6 +99,22 @@ pub struct Incident {
 }
 
 impl Incident {
+    /// Record what GLPI told us about this incident's ticket; `None` keeps what was known.
+    pub fn record_ticket(
+        &mut self,
+        ticket_id: u64,
+        glpi_message_id: Option<String>,
+        status: Option<TicketStatus>,
+    ) {
+        self.ticket_id = Some(ticket_id);
+        if let Some(message_id) = glpi_message_id {
+            self.glpi_message_id = Some(message_id);
+        }
+        if let Some(status) = status {
+            self.ticket_status = status;
+        }
+    }
+
     pub(crate) fn new(id: u64, tag: String, key: AlertKey, alert: &Alert, now: i64) -> Self {
         Incident {
             id,

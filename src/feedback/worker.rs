@@ -4,7 +4,7 @@
 
 use super::api::{lookup_backoff, ApiError, GlpiApi};
 use crate::pipeline::TicketInfo;
-use crate::store::{actions, incidents, unix_now};
+use crate::store::{actions, incidents, unix_now, StoreError};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -20,7 +20,6 @@ struct Lookup {
 
 pub struct ApiWorker {
     pub api: GlpiApi,
-    pub store: PathBuf,
     /// One connection for the worker's life (actions are polled every second).
     conn: Arc<Mutex<rusqlite::Connection>>,
     pub lookup_timeout_secs: i64,
@@ -41,7 +40,6 @@ impl ApiWorker {
         let conn = crate::store::open_with(&store, crate::store::Durability::Derived)?;
         Ok(ApiWorker {
             api,
-            store,
             conn: Arc::new(Mutex::new(conn)),
             lookup_timeout_secs,
             opened,
@@ -77,16 +75,11 @@ impl ApiWorker {
 
     /// After a restart: open incidents without a ticket id, still within the timeout.
     async fn pending_at_start(&self) -> HashMap<String, Lookup> {
-        let store = self.store.clone();
         let timeout = self.lookup_timeout_secs;
-        let loaded = tokio::task::spawn_blocking(move || {
-            let conn = crate::store::open(&store)?;
-            incidents::load(&conn, false)
-        })
-        .await;
+        let loaded = self.with_store(|conn| incidents::load(conn, false)).await;
         let now = unix_now();
         match loaded {
-            Ok(Ok(list)) => list
+            Some(list) => list
                 .into_iter()
                 .filter(|i| i.ticket_id.is_none() && i.first_seen + timeout > now)
                 .map(|i| {
@@ -142,13 +135,12 @@ impl ApiWorker {
     }
 
     async fn run_actions(&self, now: i64) {
-        let conn = self.conn.clone();
-        let due = tokio::task::spawn_blocking(move || match conn.lock() {
-            Ok(conn) => actions::due(&conn, now, 16),
-            Err(_) => Err(crate::store::StoreError::WriterGone),
-        })
-        .await;
-        let Ok(Ok(due)) = due else { return };
+        let Some(due) = self
+            .with_store(move |conn| actions::due(conn, now, 16))
+            .await
+        else {
+            return;
+        };
         for action in due {
             let result = match action.action.as_str() {
                 actions::SOLVE => {
@@ -176,12 +168,36 @@ impl ApiWorker {
                     ("failed", now, Some(e.to_string()))
                 }
             };
-            let conn = self.conn.clone();
-            let _ = tokio::task::spawn_blocking(move || match conn.lock() {
-                Ok(conn) => actions::finish(&conn, action.id, state, next_at, error.as_deref()),
-                Err(_) => Err(crate::store::StoreError::WriterGone),
+            self.with_store(move |conn| {
+                actions::finish(conn, action.id, state, next_at, error.as_deref())
             })
             .await;
+        }
+    }
+}
+
+impl ApiWorker {
+    /// Run a store call on a blocking thread with the worker's connection; errors are
+    /// logged (the next round tries again).
+    async fn with_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Option<T> {
+        let conn = self.conn.clone();
+        let result = tokio::task::spawn_blocking(move || match conn.lock() {
+            Ok(conn) => f(&conn),
+            Err(_) => Err(StoreError::Corrupt(
+                "GLPI worker connection lock poisoned".into(),
+            )),
+        })
+        .await;
+        match result {
+            Ok(Ok(value)) => Some(value),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "GLPI worker: store call failed");
+                None
+            }
+            Err(_) => None,
         }
     }
 }

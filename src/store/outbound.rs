@@ -211,11 +211,11 @@ pub fn purge(
     Ok(n)
 }
 
-/// Release an incident's held mails as they are (its ticket id is now known).
-pub fn release_held(conn: &Connection, order_key: &str, now: i64) -> Result<usize, StoreError> {
+/// Release one held mail as it was composed (unthreaded).
+pub fn requeue(conn: &Connection, id: i64, now: i64) -> Result<usize, StoreError> {
     Ok(conn.execute(
-        "UPDATE outbound SET state = 'queued', next_attempt_at = ?2 WHERE order_key = ?1 AND state = 'held'",
-        params![order_key, now],
+        "UPDATE outbound SET state = 'queued', next_attempt_at = ?2 WHERE id = ?1 AND state = 'held'",
+        params![id, now],
     )?)
 }
 
@@ -398,7 +398,7 @@ mod tests {
         let h = enqueue(&conn, &held, 5).unwrap();
         enqueue(&conn, &mail("A", "a2", &to), 5).unwrap();
         assert!(due(&conn, 10, 10).unwrap().is_empty());
-        assert_eq!(release_held(&conn, "A", 10).unwrap(), 1);
+        assert_eq!(requeue(&conn, h, 10).unwrap(), 1);
         assert_eq!(due(&conn, 10, 10).unwrap()[0].id, h);
     }
 }

@@ -78,6 +78,7 @@ pub struct SpoolRow {
 struct SpoolJob {
     envelope: Envelope,
     raw: Vec<u8>,
+    message_id: Option<String>,
     reply: oneshot::Sender<Result<i64, String>>,
 }
 
@@ -108,11 +109,14 @@ impl SpoolHandle {
 
     /// Store a message durably; returns its spool id once committed.
     pub async fn store(&self, envelope: Envelope, raw: Vec<u8>) -> Result<i64, StoreError> {
+        // Parsed here, in the caller's task: the single writer thread only writes.
+        let message_id = crate::rules::message_id(&raw);
         let (reply, rx) = oneshot::channel();
         self.jobs
             .send(SpoolJob {
                 envelope,
                 raw,
+                message_id,
                 reply,
             })
             .await
@@ -176,7 +180,7 @@ fn insert_batch(conn: &mut Connection, batch: &[SpoolJob]) -> Result<Vec<i64>, S
                 rcpt,
                 e.tls,
                 e.auth_user,
-                header_message_id(&job.raw),
+                job.message_id,
                 job.raw.len() as i64,
                 job.raw,
             ])?;
@@ -185,12 +189,6 @@ fn insert_batch(conn: &mut Connection, batch: &[SpoolJob]) -> Result<Vec<i64>, S
     }
     tx.commit()?;
     Ok(ids)
-}
-
-/// The Message-ID header without its angle brackets, if the message has one.
-pub fn header_message_id(raw: &[u8]) -> Option<String> {
-    let msg = mail_parser::MessageParser::new().parse_headers(raw)?;
-    msg.message_id().map(str::to_string)
 }
 
 const ROW_COLUMNS: &str = "id, received_at, peer, helo, mail_from, rcpt_to, tls, auth_user, message_id, size, state, note";

@@ -140,6 +140,20 @@ impl TestGateway {
             .collect()
     }
 
+    /// Run `alertgate queue -c <this config> ARGS…`; (success, stdout).
+    pub fn queue_cli(&self, args: &[&str]) -> (bool, String) {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_alertgate"))
+            .args(["queue", "-c"])
+            .arg(self.config_path())
+            .args(args)
+            .output()
+            .expect("run alertgate queue");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("alertgate.toml")
     }
