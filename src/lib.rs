@@ -2,6 +2,7 @@
 
 pub mod alert;
 pub mod app;
+pub mod clock;
 pub mod compose;
 pub mod config;
 pub mod correlate;

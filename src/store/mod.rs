@@ -162,10 +162,7 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
 
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    crate::clock::Clock::system().now()
 }
 
 #[cfg(test)]
