@@ -97,6 +97,8 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX glpi_actions_state ON glpi_actions(state, next_attempt_at);",
     // 4: the delivery worker's scan: pending mail in id order.
     "CREATE INDEX outbound_pending ON outbound(id) WHERE state IN ('queued', 'held');",
+    // 5: GLPI actions run in order per incident (the head of each tag's queue).
+    "CREATE INDEX glpi_actions_tag ON glpi_actions(tag, id);",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
