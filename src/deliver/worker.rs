@@ -378,6 +378,17 @@ impl DeliveryWorker {
             let result = client
                 .send(&item.envelope_from, &item.envelope_to, &item.raw)
                 .await;
+            if let Err(err) = &result {
+                if err.is_maybe_delivered() {
+                    tracing::warn!(
+                        id = item.id,
+                        message_id = %item.message_id,
+                        incident = %item.order_key,
+                        error = %err,
+                        "possible duplicate: the relay may have the mail; it will be sent again"
+                    );
+                }
+            }
             let outcome = decide(&item, result, &policy, clock());
             log_outcome(&item, &outcome);
             let now = clock();
