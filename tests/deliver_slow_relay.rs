@@ -127,7 +127,11 @@ async fn relay_slow_on_every_reply_still_gets_the_mail() {
     .await;
     let client = RelayClient::new(&config(relay.port())).expect("client");
     let reply = client
-        .send("alertgate@gw.example", &["glpi@example.org".into()], &mail("slow-all"))
+        .send(
+            "alertgate@gw.example",
+            &["glpi@example.org".into()],
+            &mail("slow-all"),
+        )
         .await
         .expect("delivered despite the slow relay");
     assert!(reply.starts_with("250"), "{reply}");
@@ -151,7 +155,11 @@ async fn no_final_reply_is_a_possible_duplicate_after_data_done() {
     let client = RelayClient::new(&cfg).expect("client");
     let started = std::time::Instant::now();
     let err = client
-        .send("alertgate@gw.example", &["glpi@example.org".into()], &mail("lost"))
+        .send(
+            "alertgate@gw.example",
+            &["glpi@example.org".into()],
+            &mail("lost"),
+        )
         .await
         .expect_err("no final reply");
     let waited = started.elapsed();

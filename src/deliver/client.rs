@@ -175,7 +175,13 @@ impl RelayClient {
             ));
         }
         let steps = config.step_timeouts();
-        if [steps.connect, steps.greeting, steps.command, steps.data_done].contains(&Duration::ZERO)
+        if [
+            steps.connect,
+            steps.greeting,
+            steps.command,
+            steps.data_done,
+        ]
+        .contains(&Duration::ZERO)
         {
             return Err(DeliverError::Config(
                 "[relay.timeouts] values must be at least 1".into(),
@@ -286,9 +292,17 @@ impl RelayClient {
     ) -> Result<Response, StepFailure> {
         let t = self.endpoint.timeouts;
         let mut parameters = Vec::new();
-        let non_ascii = envelope.from().into_iter().chain(envelope.to()).any(|a: &Address| !AsRef::<str>::as_ref(a).is_ascii());
+        let non_ascii = envelope
+            .from()
+            .into_iter()
+            .chain(envelope.to())
+            .any(|a: &Address| !AsRef::<str>::as_ref(a).is_ascii());
         if non_ascii {
-            if !conn.smtp.server_info().supports_feature(Extension::SmtpUtfEight) {
+            if !conn
+                .smtp
+                .server_info()
+                .supports_feature(Extension::SmtpUtfEight)
+            {
                 return Err(StepFailure::Reply(DeliverError::Transient {
                     code: None,
                     reason: "the envelope has non-ASCII addresses but the relay lacks SMTPUTF8"
@@ -298,7 +312,11 @@ impl RelayClient {
             parameters.push(MailParameter::SmtpUtfEight);
         }
         if !body.is_ascii() {
-            if !conn.smtp.server_info().supports_feature(Extension::EightBitMime) {
+            if !conn
+                .smtp
+                .server_info()
+                .supports_feature(Extension::EightBitMime)
+            {
                 return Err(StepFailure::Reply(DeliverError::Transient {
                     code: None,
                     reason: "the mail has 8-bit content but the relay lacks 8BITMIME".into(),

@@ -253,7 +253,11 @@ mod tests {
             .expect("parses");
         let text = parsed.body_text(0).expect("text");
         assert!(text.starts_with("état critique"), "{text:.40}");
-        assert!(text.contains("this mail was cut"), "{}", &text[text.len() - 200..]);
+        assert!(
+            text.contains("this mail was cut"),
+            "{}",
+            &text[text.len() - 200..]
+        );
         assert_eq!(parsed.message_id(), Some("b.1@gw"));
     }
 

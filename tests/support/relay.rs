@@ -387,7 +387,10 @@ impl Session {
 
     fn ehlo(&mut self) -> String {
         self.reset();
-        let size = format!("SIZE {}", self.shared.options.size_limit.unwrap_or(52_428_800));
+        let size = format!(
+            "SIZE {}",
+            self.shared.options.size_limit.unwrap_or(52_428_800)
+        );
         let mut lines = vec![
             "relay.test",
             "PIPELINING",
@@ -506,7 +509,11 @@ impl Session {
         let from = self.from.take().unwrap_or_default();
         let to = std::mem::take(&mut self.to);
         tokio::time::sleep(self.shared.options.data_done_delay).await;
-        let too_big = self.shared.options.size_limit.is_some_and(|max| raw.len() > max);
+        let too_big = self
+            .shared
+            .options
+            .size_limit
+            .is_some_and(|max| raw.len() > max);
         let answer = {
             let mut state = self.shared.lock();
             match state.mode {
