@@ -89,6 +89,11 @@ impl Pipeline {
         })
     }
 
+    /// A reloaded configuration (rules, compose, correlation) for the mails from now on.
+    pub fn set_settings(&mut self, settings: PipelineSettings) {
+        self.settings = settings;
+    }
+
     pub fn state(&self) -> &CorrelationState {
         &self.state
     }

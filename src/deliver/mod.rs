@@ -4,10 +4,14 @@
 
 mod client;
 mod config;
+mod maildir;
+mod transport;
 mod worker;
 
 pub use client::{DeliverError, RelayClient};
-pub use config::{RelayConfig, RelayTls, RetryPolicy};
+pub use config::{RelayConfig, RelayKind, RelayTls, RetryPolicy};
+pub use maildir::MaildirOutbox;
+pub use transport::Transport;
 pub use worker::{
     decide, run_delivery, system_clock, Clock, DeliveryWorker, OutboundItem, OutboundQueue,
     Outcome, QueueError,

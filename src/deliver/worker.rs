@@ -2,8 +2,9 @@
 //! store), sends it through the relay with bounded parallelism, one mail per incident
 //! at a time, and records each outcome: sent, retry later, or dead letter.
 
-use super::client::{DeliverError, RelayClient};
+use super::client::DeliverError;
 use super::config::RetryPolicy;
+use super::transport::Transport;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -111,7 +112,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// The delivery worker; build it, then `run` it on its own task.
 pub struct DeliveryWorker {
     queue: Arc<dyn OutboundQueue>,
-    client: RelayClient,
+    client: Transport,
     policy: RetryPolicy,
     wake: Arc<Notify>,
     clock: Clock,
@@ -121,13 +122,13 @@ pub struct DeliveryWorker {
 impl DeliveryWorker {
     pub fn new(
         queue: Arc<dyn OutboundQueue>,
-        client: RelayClient,
+        client: impl Into<Transport>,
         policy: RetryPolicy,
         wake: Arc<Notify>,
     ) -> DeliveryWorker {
         DeliveryWorker {
             queue,
-            client,
+            client: client.into(),
             policy,
             wake,
             clock: system_clock(),
@@ -239,10 +240,12 @@ impl DeliveryWorker {
         let policy = self.policy.clone();
         let clock = Arc::clone(&self.clock);
         async move {
+            let started = std::time::Instant::now();
             let result = client
                 .send(&item.envelope_from, &item.envelope_to, &item.raw)
                 .await;
             let outcome = decide(&item, result, &policy, clock());
+            crate::http::metrics::metrics().delivery_outcome(&outcome, started.elapsed());
             log_outcome(&item, &outcome);
             let now = clock();
             let recorded =
@@ -312,7 +315,7 @@ fn log_outcome(item: &OutboundItem, outcome: &Outcome) {
 /// Runs the delivery worker with the wall clock until `shutdown` turns true.
 pub async fn run_delivery(
     queue: Arc<dyn OutboundQueue>,
-    client: RelayClient,
+    client: impl Into<Transport>,
     policy: RetryPolicy,
     wake: Arc<Notify>,
     shutdown: watch::Receiver<bool>,
