@@ -6,3 +6,4 @@ pub mod client;
 pub mod gateway;
 pub mod glpi;
 pub mod relay;
+pub mod ops;
