@@ -35,8 +35,11 @@ fn inject_the_examples_and_read_the_outbox() {
     let clone = tempfile::tempdir().expect("tempdir");
     let dir = clone.path();
     ops::copy_tree(&repo.join("examples/mail"), &dir.join("examples/mail"));
-    std::fs::copy(repo.join("examples/alertgate.toml"), dir.join("examples/alertgate.toml"))
-        .expect("copy config");
+    std::fs::copy(
+        repo.join("examples/alertgate.toml"),
+        dir.join("examples/alertgate.toml"),
+    )
+    .expect("copy config");
     ops::copy_tree(&repo.join("rules"), &dir.join("rules"));
 
     // The README's first command (the binary cargo built), from the clone's root.
@@ -69,12 +72,31 @@ fn inject_the_examples_and_read_the_outbox() {
     let subject = header(&text, "Subject").unwrap();
     assert!(subject.contains("CRITICAL web-01 / HTTP"), "{subject}");
     assert!(subject.contains("[ALERT-"), "{subject}");
-    assert_eq!(header(&text, "Delivered-To").as_deref(), Some("glpi@example.test"));
-    assert!(header(&text, "From").unwrap().contains("alertgate@example.test"));
+    assert_eq!(
+        header(&text, "Delivered-To").as_deref(),
+        Some("glpi@example.test")
+    );
+    assert!(header(&text, "From")
+        .unwrap()
+        .contains("alertgate@example.test"));
     assert!(header(&text, "Auto-Submitted").is_none());
-    let (ok, held, _) = ops::run(dir, &["queue", "-c", "examples/alertgate.toml", "list", "--state", "held", "--json"]);
+    let (ok, held, _) = ops::run(
+        dir,
+        &[
+            "queue",
+            "-c",
+            "examples/alertgate.toml",
+            "list",
+            "--state",
+            "held",
+            "--json",
+        ],
+    );
     assert!(ok);
-    let held: Vec<serde_json::Value> = held.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let held: Vec<serde_json::Value> = held
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(held.len(), 2, "{held:?}");
     assert_eq!(ops::maildir_new(&outbox).len(), 1);
 
@@ -90,7 +112,12 @@ fn inject_the_examples_and_read_the_outbox() {
     std::fs::write(dir.join("glpi-new-ticket.eml"), notification).unwrap();
     let (ok, out, err) = ops::run(
         dir,
-        &["inject", "-c", "examples/alertgate.toml", "glpi-new-ticket.eml"],
+        &[
+            "inject",
+            "-c",
+            "examples/alertgate.toml",
+            "glpi-new-ticket.eml",
+        ],
     );
     assert!(ok, "{out}{err}");
     let all = ops::wait_for(20, "the threaded updates", || {
@@ -102,14 +129,19 @@ fn inject_the_examples_and_read_the_outbox() {
         let s = header(&text, "Subject").unwrap();
         assert!(s.contains("[GLPI #0000042]"), "{s}");
         assert!(
-            header(&text, "In-Reply-To").unwrap().contains("GLPI_5d8e1f2a3b-Ticket-42/new"),
+            header(&text, "In-Reply-To")
+                .unwrap()
+                .contains("GLPI_5d8e1f2a3b-Ticket-42/new"),
             "{text}"
         );
     }
     let last = std::fs::read_to_string(&all[2]).unwrap();
     assert!(header(&last, "Subject").unwrap().contains("OK"), "{last}");
 
-    let (ok, listing, _) = ops::run(dir, &["incidents", "-c", "examples/alertgate.toml", "--json"]);
+    let (ok, listing, _) = ops::run(
+        dir,
+        &["incidents", "-c", "examples/alertgate.toml", "--json"],
+    );
     assert!(ok);
     let line: serde_json::Value = serde_json::from_str(listing.lines().next().unwrap()).unwrap();
     assert_eq!(line["ticket_id"], 42);

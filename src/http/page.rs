@@ -186,7 +186,7 @@ pub fn render(data: &PageData, query: &PageQuery, glpi_url: Option<&str>, action
                     tr { th { "id" } th { "queued" } th { "incident" } th { "event" } th { "state" } th { "subject" } }
                     @for e in &data.events {
                         tr { td { "o" (e.id) } td { (time(e.queued_at)) } td { (e.incident) }
-                             td { (e.event.as_deref().map(event_name).unwrap_or("-")) } td { (e.state) } td { (e.subject) } }
+                             td { (e.event.as_deref().map(event_name).unwrap_or_else(|| "-".into())) } td { (e.state) } td { (e.subject) } }
                     }
                 }
                 p { small { "Refreshes every 10 s. " a href="/metrics" { "metrics" } " · " a href="/ready" { "readiness" } } }
@@ -196,7 +196,13 @@ pub fn render(data: &PageData, query: &PageQuery, glpi_url: Option<&str>, action
     page.into_string()
 }
 
-/// The stored event is the correlation event as JSON; show its kind only.
-fn event_name(json: &str) -> &str {
-    json.split('"').nth(1).unwrap_or("-")
+/// The stored event is the correlation's mail decision as JSON; show its kind (and why).
+fn event_name(json: &str) -> String {
+    let value: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
+    let kind = &value["kind"];
+    match (kind["kind"].as_str(), kind["reason"].as_str()) {
+        (Some(k), Some(reason)) => format!("{k} ({})", reason.replace('_', " ")),
+        (Some(k), None) => k.to_string(),
+        _ => "-".into(),
+    }
 }

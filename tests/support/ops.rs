@@ -84,7 +84,13 @@ pub fn run(dir: &Path, args: &[&str]) -> (bool, String, String) {
 }
 
 /// One HTTP/1.0 exchange; returns (status, headers+body as text).
-pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &[&str], body: &str) -> (u16, String) {
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: &str,
+) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).expect("connect http");
     stream.set_read_timeout(Some(Duration::from_secs(10))).ok();
     let mut req = format!("{method} {path} HTTP/1.0\r\nHost: localhost\r\n");
@@ -138,7 +144,11 @@ pub fn maildir_new(dir: &Path) -> Vec<PathBuf> {
         .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
         .unwrap_or_default();
     files.sort_by_key(|p| {
-        let name = p.file_name().unwrap_or_default().to_string_lossy().to_string();
+        let name = p
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
         let q = name
             .split('Q')
             .nth(1)
