@@ -5,6 +5,7 @@ pub mod actions;
 pub mod incidents;
 pub mod outbound;
 pub mod spool;
+pub mod status;
 
 use rusqlite::Connection;
 use std::path::Path;
