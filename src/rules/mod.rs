@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod decode;
+pub mod expect;
 mod extract;
 pub mod rule;
 
