@@ -239,7 +239,11 @@ pub fn html_to_text(html: &str) -> String {
                 } else {
                     pending_href = tag.href;
                 }
-            } else if BLOCK_TAGS.contains(&tag.name.as_str()) {
+            } else if BLOCK_TAGS.contains(&tag.name.as_str())
+                || (tag.closing && tag.name == "span" && starts_with_tag(rest, "span"))
+            {
+                // Side-by-side spans are one field each (vROps notification templates:
+                // `<span>Status: X</span><span>Resource: Y</span>`).
                 flush_line(&mut lines, &mut line);
             }
             continue;
@@ -252,6 +256,17 @@ pub fn html_to_text(html: &str) -> String {
     }
     flush_line(&mut lines, &mut line);
     lines.join("\n")
+}
+
+/// Whether `rest` opens with the tag `name` (`<span>`, `<span class=…>`).
+fn starts_with_tag(rest: &str, name: &str) -> bool {
+    rest.strip_prefix('<')
+        .and_then(|r| {
+            r.get(..name.len())
+                .filter(|n| n.eq_ignore_ascii_case(name))
+                .map(|_| &r[name.len()..])
+        })
+        .is_some_and(|r| r.starts_with(['>', ' ', '\t', '\r', '\n', '/']))
 }
 
 fn push_text(line: &mut String, text: &str) {
@@ -363,6 +378,15 @@ fn attribute(attrs: &str, wanted: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn side_by_side_spans_are_one_line_each() {
+        let html = "<html><span>ALERT_STATUS: Canceled</span><span>ALERT_IMPACT: health</span><p>Host: <span>h</span> down</p></html>";
+        assert_eq!(
+            html_to_text(html),
+            "ALERT_STATUS: Canceled\nALERT_IMPACT: health\nHost: h down"
+        );
+    }
 
     #[test]
     fn html_cells_and_breaks_become_lines() {

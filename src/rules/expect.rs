@@ -145,6 +145,20 @@ pub fn compare(expected: &[toml::Table], found: &[Value]) -> Vec<Miss> {
         });
     }
     for (i, (want, got)) in expected.iter().zip(found).enumerate() {
+        if let (None, Some(error)) = (want.get("error"), got.get("error")) {
+            let why = got
+                .get("why")
+                .and_then(Value::as_str)
+                .map(|w| format!(": {w}"))
+                .unwrap_or_default();
+            misses.push(Miss {
+                alert: i + 1,
+                field: "error".into(),
+                expected: String::new(),
+                found: format!("{}{why}", error.as_str().unwrap_or_default()),
+            });
+            continue;
+        }
         for (field, value) in want {
             let want = value.as_str().unwrap_or_default();
             let got = match got.get(field) {
