@@ -85,6 +85,27 @@ pub fn message_id(raw: &[u8]) -> Option<String> {
     message.message_id().map(str::to_string)
 }
 
+/// The Message-IDs a mail cites (In-Reply-To, then References), without brackets, each once.
+pub fn cited_message_ids(raw: &[u8]) -> Vec<String> {
+    let Some(message) = MessageParser::default().parse_headers(raw) else {
+        return Vec::new();
+    };
+    let mut ids: Vec<String> = Vec::new();
+    for value in [message.in_reply_to(), message.references()] {
+        let found: Vec<String> = match value {
+            HeaderValue::Text(t) => vec![t.to_string()],
+            HeaderValue::TextList(list) => list.iter().map(|t| t.to_string()).collect(),
+            _ => Vec::new(),
+        };
+        for id in found {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+    }
+    ids
+}
+
 fn first_message_id(value: &HeaderValue<'_>) -> Option<String> {
     match value {
         HeaderValue::Text(t) => Some(t.to_string()),
@@ -430,6 +451,8 @@ mod tests {
         assert_eq!(mail.in_reply_to.as_deref(), Some("c@d"));
         assert_eq!(mail.body, "body\n");
         assert_eq!(message_id(raw).as_deref(), Some("a@b"));
+        let cited = b"In-Reply-To: <p@z>\r\nReferences: <o@z> <p@z>\r\nSubject: x\r\n\r\nb";
+        assert_eq!(cited_message_ids(cited), ["p@z", "o@z"]);
     }
 
     #[test]

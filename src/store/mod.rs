@@ -4,6 +4,7 @@
 pub mod actions;
 pub mod incidents;
 pub mod outbound;
+pub mod replies;
 pub mod spool;
 
 use rusqlite::Connection;
@@ -97,6 +98,8 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX glpi_actions_state ON glpi_actions(state, next_attempt_at);",
     // 4: the delivery worker's scan: pending mail in id order.
     "CREATE INDEX outbound_pending ON outbound(id) WHERE state IN ('queued', 'held');",
+    // 5: which incident each alert mail's Message-IDs (own and cited) belong to.
+    "CREATE TABLE message_incidents (message_id TEXT PRIMARY KEY, incident_tag TEXT NOT NULL);",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
