@@ -79,6 +79,10 @@ pub async fn start_with_clock(
             .as_ref()
             .is_some_and(|a| a.solve_on_recovery),
         feedback_addresses: loaded.policy.feedback_addresses.clone(),
+        glpi: crate::pipeline::GlpiFlow {
+            api_updates: loaded.config.glpi_api.is_some(),
+            ..crate::pipeline::GlpiFlow::default()
+        },
     };
     let pipeline = Pipeline::open(&store_path, settings).context("starting the pipeline")?;
     let outbound_wake = Arc::new(Notify::new());

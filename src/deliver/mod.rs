@@ -4,10 +4,11 @@
 
 mod client;
 mod config;
+mod shrink;
 mod worker;
 
 pub use client::{DeliverError, RelayClient};
-pub use config::{RelayConfig, RelayTls, RetryPolicy};
+pub use config::{RelayConfig, RelayTimeouts, RelayTls, RetryPolicy, StepTimeouts};
 pub use worker::{
     decide, run_delivery, system_clock, Clock, DeliveryWorker, OutboundItem, OutboundQueue,
     Outcome, QueueError,
