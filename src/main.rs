@@ -81,12 +81,28 @@ enum Command {
     /// Print an argon2id hash for a `[server.auth]` user's `password_hash` (reads the
     /// password from standard input).
     Passwd,
+    /// Rule authors' tools.
+    Rules {
+        #[command(subcommand)]
+        action: RulesAction,
+    },
     /// Inspect the spool and the outbound queue.
     Queue {
         #[arg(short, long, default_value = "alertgate.toml")]
         config: PathBuf,
         #[command(subcommand)]
         action: QueueAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesAction {
+    /// Check every NAME.eml of DIR against its NAME.expected.toml, field by field.
+    Test {
+        /// Rule directory (repeatable; later ones override earlier ones by rule name).
+        #[arg(long = "rules")]
+        rules: Vec<PathBuf>,
+        dir: PathBuf,
     },
 }
 
@@ -122,6 +138,9 @@ fn main() -> ExitCode {
             explain,
             files,
         } => parse(rules, explain, &files),
+        Command::Rules {
+            action: RulesAction::Test { rules, dir },
+        } => alertgate::rules::expect::run(&rule_dirs(rules), &dir),
         Command::Queue { config, action } => queue(&config, action),
         Command::Inject {
             config,
@@ -191,12 +210,16 @@ fn check(config: &Path) -> anyhow::Result<bool> {
 }
 
 fn parse(rules: Vec<PathBuf>, explain: bool, files: &[PathBuf]) -> anyhow::Result<bool> {
-    let dirs = if rules.is_empty() {
+    alertgate::rules::cli::run_parse(&rule_dirs(rules), files, explain)
+}
+
+/// `--rules` directories, `./rules` when none is given.
+fn rule_dirs(rules: Vec<PathBuf>) -> Vec<PathBuf> {
+    if rules.is_empty() {
         vec![PathBuf::from("rules")]
     } else {
         rules
-    };
-    alertgate::rules::cli::run_parse(&dirs, files, explain)
+    }
 }
 
 fn queue(config: &Path, action: QueueAction) -> anyhow::Result<bool> {
