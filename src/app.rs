@@ -66,23 +66,21 @@ pub async fn start_with_clock(
     let rules = RuleSet::load(&loaded.config.rules.dirs)
         .map_err(|e| anyhow::anyhow!("loading rules:\n{e}"))?;
     tracing::info!(rules = rules.len(), "rules loaded");
+    let explicit_timeout = explicit_ticket_timeout(&loaded);
     let settings = PipelineSettings {
         rules: Arc::new(rules),
         compose: loaded.compose.clone(),
         correlation: loaded.config.correlation.clone(),
         unmatched: loaded.config.rules.unmatched,
         hold_until_ticket_known: loaded.config.feedback_enabled(),
-        ticket_timeout_secs: loaded.config.feedback.ticket_lookup_timeout_secs as i64,
+        ticket_timeout_secs: explicit_timeout,
         solve_on_recovery: loaded
             .config
             .glpi_api
             .as_ref()
             .is_some_and(|a| a.solve_on_recovery),
         feedback_addresses: loaded.policy.feedback_addresses.clone(),
-        glpi: crate::pipeline::GlpiFlow {
-            api_updates: loaded.config.glpi_api.is_some(),
-            ..crate::pipeline::GlpiFlow::default()
-        },
+        glpi: glpi_flow(&loaded),
     };
     let pipeline = Pipeline::open(&store_path, settings).context("starting the pipeline")?;
     let outbound_wake = Arc::new(Notify::new());
@@ -98,10 +96,14 @@ pub async fn start_with_clock(
                 ApiWorker::new(
                     api,
                     store_path.clone(),
-                    loaded.config.feedback.ticket_lookup_timeout_secs as i64,
+                    explicit_timeout,
                     opened_rx,
                     found_tx,
                 )?
+                .with_pace(
+                    loaded.config.feedback.collector_interval_secs as i64,
+                    loaded.config.feedback.collector_batch as i64,
+                )
                 .with_clock(clock.clone()),
             )
         }
@@ -138,6 +140,27 @@ pub async fn start_with_clock(
         }
     });
     Ok(Running { addrs, server: all })
+}
+
+/// `[feedback] ticket_lookup_timeout_secs` when set; 0 lets the waits derive from GLPI's pace.
+fn explicit_ticket_timeout(loaded: &LoadedConfig) -> i64 {
+    loaded
+        .config
+        .feedback
+        .ticket_lookup_timeout_secs
+        .map_or(0, |secs| i64::try_from(secs).unwrap_or(i64::MAX))
+}
+
+/// How the pipeline paces and routes what it tells GLPI, from `[feedback]` and `[glpi_api]`.
+fn glpi_flow(loaded: &LoadedConfig) -> crate::pipeline::GlpiFlow {
+    let feedback = &loaded.config.feedback;
+    crate::pipeline::GlpiFlow {
+        api_updates: loaded.config.glpi_api.is_some(),
+        create_via_api: false,
+        collector_interval_secs: feedback.collector_interval_secs as i64,
+        collector_batch: feedback.collector_batch as i64,
+        min_mail_interval_secs: feedback.min_mail_interval as i64,
+    }
 }
 
 /// Process the spool whenever something was committed (or once a second, for the

@@ -186,14 +186,25 @@ impl Default for StoreConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct FeedbackConfig {
     /// How long an incident's updates wait for its ticket id before they are sent
-    /// unthreaded (and how long the API looks the ticket up).
-    pub ticket_lookup_timeout_secs: u64,
+    /// unthreaded (and how long the API looks the ticket up before it slows down).
+    /// Unset: derived from the collector's pace and the mails GLPI has not answered yet.
+    pub ticket_lookup_timeout_secs: Option<u64>,
+    /// GLPI's mail collector (`mailgate` cron task) runs this often (GLPI's default 600 s).
+    pub collector_interval_secs: u64,
+    /// …and imports at most this many mails a run ("Number of emails to process", 10).
+    pub collector_batch: u64,
+    /// Without the API, an incident sends at most one mail this often (its first at
+    /// once); what happens in between is merged into its next mail.
+    pub min_mail_interval: u64,
 }
 
 impl Default for FeedbackConfig {
     fn default() -> Self {
         FeedbackConfig {
-            ticket_lookup_timeout_secs: 900,
+            ticket_lookup_timeout_secs: None,
+            collector_interval_secs: 600,
+            collector_batch: 10,
+            min_mail_interval: 60,
         }
     }
 }
