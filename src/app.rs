@@ -115,7 +115,11 @@ pub async fn start_with_clock(
         client,
         loaded.relay.retry.clone(),
         outbound_wake.clone(),
-    );
+    )
+    .with_clock({
+        let clock = clock.clone();
+        Arc::new(move || clock.now())
+    });
 
     let server = Server::bind(loaded.config.clone(), loaded.policy.clone(), spool.clone()).await?;
     let addrs = server.local_addrs();
