@@ -522,6 +522,15 @@ impl PipelineCore<'_> {
             ));
         }
         if let (Some(ticket), true) = (owner.ticket_id, self.settings.glpi.api_updates) {
+            // A digest's ticket hears of hundreds of incidents: merged per interval too.
+            if owner.is_digest {
+                let paced_until = actions::last_queued_at(conn, owner_tag, actions::FOLLOWUP)?
+                    .map_or(i64::MIN, |at| at.saturating_add(self.settings.glpi.min_mail_interval_secs));
+                if now < paced_until {
+                    outbound::hold_until(conn, owner_tag, paced_until)?;
+                    return Ok(format!("held ({} event(s)) until {paced_until} for the digest's pace", events.len()));
+                }
+            }
             for h in &rows {
                 outbound::delete(conn, h.id)?;
             }

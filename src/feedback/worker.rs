@@ -22,6 +22,9 @@ struct Lookup {
     late: bool,
 }
 
+/// Rounds of actions per loop: a ticket's queued follow-ups go one after the other.
+const ACTION_ROUNDS: usize = 32;
+
 /// A lookup still unanswered this long is dropped (the incident is long over).
 const LOOKUP_GIVE_UP_SECS: i64 = 86_400;
 
@@ -122,7 +125,12 @@ impl ApiWorker {
                 lookups.entry(tag).or_insert(lookup);
             }
             self.run_lookups(&mut lookups, now).await;
-            self.run_actions(now).await;
+            // Each round takes the head of every ticket's queue; the next ones follow at once.
+            for _ in 0..ACTION_ROUNDS {
+                if self.run_actions(now).await == 0 {
+                    break;
+                }
+            }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 tag = self.opened.recv() => {
@@ -201,13 +209,15 @@ impl ApiWorker {
 
     /// Carries out the stored actions, the head of each ticket's queue only, so a
     /// solution never overtakes a follow-up that GLPI did not take yet.
-    async fn run_actions(&self, now: i64) {
+    /// Returns how many actions succeeded (0: nothing more to do now).
+    async fn run_actions(&self, now: i64) -> usize {
         let Some(due) = self
             .with_store(move |conn| actions::due(conn, now, 16))
             .await
         else {
-            return;
+            return 0;
         };
+        let mut done = 0;
         for action in due {
             let kind = if action.action == actions::SOLVE && !self.can_solve {
                 actions::FOLLOWUP
@@ -230,6 +240,7 @@ impl ApiWorker {
             let (state, next_at, error) = match &result {
                 Ok(()) => {
                     tracing::info!(tag = %action.tag, ticket = action.ticket_id, action = kind, "GLPI ticket updated through the API");
+                    done += 1;
                     ("done", now, None)
                 }
                 Err(e) if e.is_transient() => {
@@ -258,6 +269,7 @@ impl ApiWorker {
             })
             .await;
         }
+        done
     }
 }
 

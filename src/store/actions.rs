@@ -94,6 +94,13 @@ pub fn set_ticket(conn: &Connection, tag: &str, ticket_id: u64) -> Result<(), St
     Ok(())
 }
 
+/// When the incident's latest action of kind `action` was queued.
+pub fn last_queued_at(conn: &Connection, tag: &str, action: &str) -> Result<Option<i64>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT MAX(created_at) FROM glpi_actions WHERE tag = ?1 AND action = ?2")?
+        .query_row(params![tag, action], |r| r.get::<_, Option<i64>>(0))?)
+}
+
 pub fn counts(conn: &Connection) -> Result<Vec<(String, i64)>, StoreError> {
     let mut stmt = conn.prepare(
         "SELECT action || ':' || state, COUNT(*) FROM glpi_actions GROUP BY 1 ORDER BY 1",
