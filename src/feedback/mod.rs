@@ -4,7 +4,12 @@
 
 pub mod api;
 pub mod notification;
+pub mod rights;
 pub mod worker;
 
-pub use api::{lookup_backoff, ticket_status_from_code, ApiError, GlpiApi, GlpiApiConfig, Secret};
+pub use api::{
+    lookup_backoff, ticket_status_from_code, ApiError, CreateMode, GlpiApi, GlpiApiConfig,
+    NewTicket, Secret,
+};
 pub use notification::{parse_notification, status_for_event, GlpiNotification, NotGlpi};
+pub use rights::{ApiRights, MissingRight, Needs};
