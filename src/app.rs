@@ -5,7 +5,7 @@ use crate::clock::Clock;
 use crate::config::LoadedConfig;
 use crate::deliver::{DeliveryWorker, RelayClient};
 use crate::feedback::worker::ApiWorker;
-use crate::feedback::GlpiApi;
+use crate::feedback::{GlpiApi, RightsCheck};
 use crate::pipeline::{Pipeline, PipelineSettings, TicketInfo};
 use crate::rules::RuleSet;
 use crate::smtp::Server;
@@ -37,6 +37,8 @@ pub async fn serve_until(loaded: LoadedConfig, stop: watch::Receiver<bool>) -> a
 /// A started gateway: its listeners are bound, its workers running.
 pub struct Running {
     pub addrs: Vec<SocketAddr>,
+    /// What the GLPI API user may do, checked at start (`None` without `[glpi_api]`).
+    pub glpi_rights: Option<RightsCheck>,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -60,7 +62,20 @@ pub async fn start_with_clock(
     stop: watch::Receiver<bool>,
     clock: Clock,
 ) -> anyhow::Result<Running> {
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
+    }
     let store_path = loaded.config.store.path.clone();
+    let glpi_api = match &loaded.config.glpi_api {
+        Some(api_config) => {
+            let api = GlpiApi::new(api_config).map_err(|e| anyhow::anyhow!("glpi_api: {e}"))?;
+            let rights = api.check_rights(api_config.needs()).await;
+            rights.log();
+            Some((api, rights))
+        }
+        None => None,
+    };
+    let may_solve = glpi_api.as_ref().is_some_and(|(_, r)| r.may_solve());
     let spool = SpoolHandle::start(&store_path, loaded.config.store.group_commit_max)
         .with_context(|| format!("opening the store {}", store_path.display()))?;
     let rules = RuleSet::load(&loaded.config.rules.dirs)
@@ -72,12 +87,14 @@ pub async fn start_with_clock(
         correlation: loaded.config.correlation.clone(),
         unmatched: loaded.config.rules.unmatched,
         hold_until_ticket_known: loaded.config.feedback_enabled(),
-        ticket_timeout_secs: loaded.config.feedback.ticket_lookup_timeout_secs as i64,
-        solve_on_recovery: loaded
-            .config
-            .glpi_api
-            .as_ref()
-            .is_some_and(|a| a.solve_on_recovery),
+        ticket_timeout_secs: loaded.config.feedback.lookup_timeout_secs() as i64,
+        // A user GLPI would refuse solutions to gets none: recoveries go as follow-ups.
+        solve_on_recovery: may_solve
+            && loaded
+                .config
+                .glpi_api
+                .as_ref()
+                .is_some_and(|a| a.solve_on_recovery),
         feedback_addresses: loaded.policy.feedback_addresses.clone(),
     };
     let pipeline = Pipeline::open(&store_path, settings).context("starting the pipeline")?;
@@ -86,15 +103,18 @@ pub async fn start_with_clock(
     let (opened_tx, opened_rx) = mpsc::unbounded_channel();
     let (found_tx, found_rx) = mpsc::unbounded_channel();
     let mut queue = SqliteQueue::open(&store_path)?;
-    let api_worker = match &loaded.config.glpi_api {
-        Some(api_config) => {
+    let (api, glpi_rights) = match glpi_api {
+        Some((api, rights)) => (Some(api), Some(rights)),
+        None => (None, None),
+    };
+    let api_worker = match api {
+        Some(api) => {
             queue = queue.notify_opened(opened_tx);
-            let api = GlpiApi::new(api_config).map_err(|e| anyhow::anyhow!("glpi_api: {e}"))?;
             Some(
                 ApiWorker::new(
                     api,
                     store_path.clone(),
-                    loaded.config.feedback.ticket_lookup_timeout_secs as i64,
+                    loaded.config.feedback.lookup_timeout_secs() as i64,
                     opened_rx,
                     found_tx,
                 )?
@@ -133,7 +153,11 @@ pub async fn start_with_clock(
             let _ = api.await;
         }
     });
-    Ok(Running { addrs, server: all })
+    Ok(Running {
+        addrs,
+        glpi_rights,
+        server: all,
+    })
 }
 
 /// Process the spool whenever something was committed (or once a second, for the

@@ -210,6 +210,60 @@ fn glpi_error_code(body: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The outcome of [`GlpiApi::check_rights`]: what the API user may do of what the
+/// config asks.
+#[derive(Debug)]
+pub enum RightsCheck {
+    /// Everything the config needs is granted.
+    Granted(ApiRights),
+    /// Some needed rights are missing (each names its recipe).
+    Missing {
+        rights: ApiRights,
+        missing: Vec<super::rights::MissingRight>,
+    },
+    /// The rights could not be read (GLPI down, bad token, ...).
+    Unavailable(ApiError),
+}
+
+impl RightsCheck {
+    /// Solutions may be posted: granted, or unknown (GLPI was not reachable; a refusal
+    /// later falls back to a follow-up).
+    pub fn may_solve(&self) -> bool {
+        match self {
+            RightsCheck::Granted(_) | RightsCheck::Unavailable(_) => true,
+            RightsCheck::Missing { rights, .. } => rights.can_solve(),
+        }
+    }
+
+    /// Tickets may be created through the API (same reading as [`Self::may_solve`]).
+    pub fn may_create(&self) -> bool {
+        match self {
+            RightsCheck::Granted(_) | RightsCheck::Unavailable(_) => true,
+            RightsCheck::Missing { rights, .. } => rights.create_tickets,
+        }
+    }
+
+    /// Logs the outcome: info when granted, one warning per missing right.
+    pub fn log(&self) {
+        match self {
+            RightsCheck::Granted(rights) => {
+                tracing::info!(%rights, "GLPI API user has every right alertgate needs")
+            }
+            RightsCheck::Missing { rights, missing } => {
+                for right in missing {
+                    tracing::warn!(%rights, missing = %right, "GLPI API user lacks a right");
+                }
+                if !rights.can_solve() {
+                    tracing::warn!("tickets will not be solved through the API; recoveries go to the ticket as follow-ups");
+                }
+            }
+            RightsCheck::Unavailable(e) => {
+                tracing::warn!(error = %e, "could not read the GLPI API user's rights; assuming they are sufficient")
+            }
+        }
+    }
+}
+
 /// A ticket for [`GlpiApi::create_ticket`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewTicket {
@@ -428,6 +482,21 @@ impl GlpiApi {
                 ))
             })?;
         ApiRights::from_profile(profile, session).map_err(ApiError::BadResponse)
+    }
+
+    /// [`Self::rights`] compared with what `needs` (see [`GlpiApiConfig::needs`]).
+    pub async fn check_rights(&self, needs: super::rights::Needs) -> RightsCheck {
+        match self.rights().await {
+            Ok(rights) => {
+                let missing = rights.missing(needs);
+                if missing.is_empty() {
+                    RightsCheck::Granted(rights)
+                } else {
+                    RightsCheck::Missing { rights, missing }
+                }
+            }
+            Err(e) => RightsCheck::Unavailable(e),
+        }
     }
 
     /// Adds a solution to the ticket; GLPI then sets it to solved (5).

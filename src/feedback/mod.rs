@@ -9,7 +9,7 @@ pub mod worker;
 
 pub use api::{
     lookup_backoff, ticket_status_from_code, ApiError, CreateMode, GlpiApi, GlpiApiConfig,
-    NewTicket, Secret,
+    NewTicket, RightsCheck, Secret,
 };
 pub use notification::{parse_notification, status_for_event, GlpiNotification, NotGlpi};
 pub use rights::{ApiRights, MissingRight, Needs};
