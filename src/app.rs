@@ -84,6 +84,11 @@ pub async fn start_with_clock(
     let settings = PipelineSettings {
         rules: Arc::new(rules),
         compose: loaded.compose.clone(),
+        notifications: crate::feedback::NotificationReader::new(
+            &loaded.compose.glpi_tag,
+            &loaded.config.feedback.solved_words,
+            &loaded.config.feedback.closed_words,
+        ),
         correlation: loaded.config.correlation.clone(),
         unmatched: loaded.config.rules.unmatched,
         hold_until_ticket_known: loaded.config.feedback_enabled(),

@@ -32,6 +32,8 @@ pub enum PipelineError {
 pub struct PipelineSettings {
     pub rules: Arc<RuleSet>,
     pub compose: ComposeConfig,
+    /// Reads GLPI's notifications (tag and solved/closed words from the config).
+    pub notifications: crate::feedback::NotificationReader,
     pub correlation: CorrelationPolicy,
     pub unmatched: UnmatchedPolicy,
     /// Hold an incident's updates until its GLPI ticket id is known.
@@ -363,7 +365,7 @@ impl PipelineCore<'_> {
         raw: &[u8],
         now: i64,
     ) -> Result<StepResult, PipelineError> {
-        let note = match crate::feedback::parse_notification(raw, &self.settings.compose.glpi_tag) {
+        let note = match self.settings.notifications.read(raw) {
             Err(e) => {
                 tracing::warn!(reason = %e, "mail to a feedback address is not a GLPI notification; kept");
                 format!("not a GLPI notification: {e}")

@@ -11,5 +11,7 @@ pub use api::{
     lookup_backoff, ticket_status_from_code, ApiError, CreateMode, GlpiApi, GlpiApiConfig,
     NewTicket, RightsCheck, Secret,
 };
-pub use notification::{parse_notification, status_for_event, GlpiNotification, NotGlpi};
+pub use notification::{
+    parse_notification, status_for_event, GlpiNotification, NotGlpi, NotificationReader,
+};
 pub use rights::{ApiRights, MissingRight, Needs};
