@@ -5,7 +5,7 @@ use crate::clock::Clock;
 use crate::config::LoadedConfig;
 use crate::deliver::{DeliveryWorker, RelayClient};
 use crate::feedback::worker::ApiWorker;
-use crate::feedback::GlpiApi;
+use crate::feedback::{GlpiApi, RightsCheck};
 use crate::pipeline::{Pipeline, PipelineSettings, TicketInfo};
 use crate::rules::RuleSet;
 use crate::smtp::Server;
@@ -37,6 +37,8 @@ pub async fn serve_until(loaded: LoadedConfig, stop: watch::Receiver<bool>) -> a
 /// A started gateway: its listeners are bound, its workers running.
 pub struct Running {
     pub addrs: Vec<SocketAddr>,
+    /// What the GLPI API user may do, checked at start (`None` without `[glpi_api]`).
+    pub glpi_rights: Option<RightsCheck>,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -60,7 +62,20 @@ pub async fn start_with_clock(
     stop: watch::Receiver<bool>,
     clock: Clock,
 ) -> anyhow::Result<Running> {
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
+    }
     let store_path = loaded.config.store.path.clone();
+    let glpi_api = match &loaded.config.glpi_api {
+        Some(api_config) => {
+            let api = GlpiApi::new(api_config).map_err(|e| anyhow::anyhow!("glpi_api: {e}"))?;
+            let rights = api.check_rights(api_config.needs()).await;
+            rights.log();
+            Some((api, rights))
+        }
+        None => None,
+    };
+    let may_solve = glpi_api.as_ref().is_some_and(|(_, r)| r.may_solve());
     let spool = SpoolHandle::start(&store_path, loaded.config.store.group_commit_max)
         .with_context(|| format!("opening the store {}", store_path.display()))?;
     let rules = RuleSet::load(&loaded.config.rules.dirs)
@@ -70,15 +85,23 @@ pub async fn start_with_clock(
     let settings = PipelineSettings {
         rules: Arc::new(rules),
         compose: loaded.compose.clone(),
+        notifications: crate::feedback::NotificationReader::new(
+            &loaded.compose.glpi_tag,
+            &loaded.config.feedback.solved_words,
+            &loaded.config.feedback.closed_words,
+        ),
         correlation: loaded.config.correlation.clone(),
         unmatched: loaded.config.rules.unmatched,
         hold_until_ticket_known: loaded.config.feedback_enabled(),
+        // Unset: derived from GLPI's pace and the backlog as the pipeline goes.
         ticket_timeout_secs: explicit_timeout,
-        solve_on_recovery: loaded
-            .config
-            .glpi_api
-            .as_ref()
-            .is_some_and(|a| a.solve_on_recovery),
+        // A user GLPI would refuse solutions to gets none: recoveries go as follow-ups.
+        solve_on_recovery: may_solve
+            && loaded
+                .config
+                .glpi_api
+                .as_ref()
+                .is_some_and(|a| a.solve_on_recovery),
         feedback_addresses: loaded.policy.feedback_addresses.clone(),
         glpi: glpi_flow(&loaded),
     };
@@ -88,10 +111,13 @@ pub async fn start_with_clock(
     let (opened_tx, opened_rx) = mpsc::unbounded_channel();
     let (found_tx, found_rx) = mpsc::unbounded_channel();
     let mut queue = SqliteQueue::open(&store_path)?;
-    let api_worker = match &loaded.config.glpi_api {
-        Some(api_config) => {
+    let (api, glpi_rights) = match glpi_api {
+        Some((api, rights)) => (Some(api), Some(rights)),
+        None => (None, None),
+    };
+    let api_worker = match api {
+        Some(api) => {
             queue = queue.notify_opened(opened_tx);
-            let api = GlpiApi::new(api_config).map_err(|e| anyhow::anyhow!("glpi_api: {e}"))?;
             Some(
                 ApiWorker::new(
                     api,
@@ -104,6 +130,8 @@ pub async fn start_with_clock(
                     loaded.config.feedback.collector_interval_secs as i64,
                     loaded.config.feedback.collector_batch as i64,
                 )
+                .with_solving(may_solve)
+                .with_tickets(loaded.config.glpi_api.clone())
                 .with_clock(clock.clone()),
             )
         }
@@ -143,7 +171,11 @@ pub async fn start_with_clock(
             let _ = api.await;
         }
     });
-    Ok(Running { addrs, server: all })
+    Ok(Running {
+        addrs,
+        glpi_rights,
+        server: all,
+    })
 }
 
 /// `[feedback] ticket_lookup_timeout_secs` when set; 0 lets the waits derive from GLPI's pace.
@@ -160,10 +192,14 @@ fn glpi_flow(loaded: &LoadedConfig) -> crate::pipeline::GlpiFlow {
     let feedback = &loaded.config.feedback;
     crate::pipeline::GlpiFlow {
         api_updates: loaded.config.glpi_api.is_some(),
-        create_via_api: false,
+        create_via_api: loaded
+            .config
+            .glpi_api
+            .as_ref()
+            .is_some_and(|a| a.create == crate::feedback::CreateMode::Api),
         collector_interval_secs: feedback.collector_interval_secs as i64,
         collector_batch: feedback.collector_batch as i64,
-        min_mail_interval_secs: feedback.min_mail_interval as i64,
+        min_mail_interval_secs: feedback.min_mail_interval_secs as i64,
     }
 }
 

@@ -32,6 +32,8 @@ pub enum PipelineError {
 pub struct PipelineSettings {
     pub rules: Arc<RuleSet>,
     pub compose: ComposeConfig,
+    /// Reads GLPI's notifications (tag and solved/closed words from the config).
+    pub notifications: crate::feedback::NotificationReader,
     pub correlation: CorrelationPolicy,
     pub unmatched: UnmatchedPolicy,
     /// Hold an incident's updates until its GLPI ticket id is known.
@@ -75,16 +77,21 @@ impl Default for GlpiFlow {
 }
 
 /// How long an incident's news waits for its ticket id when no timeout is set: the
-/// collector's runs for the mails still unanswered ahead of it (`backlog`) and its own,
-/// one run of margin, and GLPI's notification queue (about two minutes).
+/// collector runs the mails still unanswered ahead of it take, and its own
+/// ([`crate::config::FeedbackConfig::lookup_timeout_secs_for_backlog`]).
 pub fn derived_ticket_wait(
     collector_interval_secs: i64,
     collector_batch: i64,
     backlog: u64,
 ) -> i64 {
-    let batch = collector_batch.max(1) as u64;
-    let runs = (backlog / batch + 1) as i64;
-    collector_interval_secs.max(1).saturating_mul(runs + 1) + 120
+    let pace = crate::config::FeedbackConfig {
+        ticket_lookup_timeout_secs: None,
+        collector_interval_secs: collector_interval_secs.max(1) as u64,
+        collector_batch: collector_batch.max(1) as u64,
+        ..crate::config::FeedbackConfig::default()
+    };
+    i64::try_from(pace.lookup_timeout_secs_for_backlog(backlog.saturating_add(1)))
+        .unwrap_or(i64::MAX)
 }
 
 /// A ticket id learned for one of our incidents (from a notification or the API).
@@ -441,6 +448,11 @@ impl PipelineCore<'_> {
         if !self.settings.hold_until_ticket_known {
             return owner.first_seen;
         }
+        if self.settings.glpi.create_via_api {
+            // alertgate creates the ticket itself: its id comes once GLPI is back, and a
+            // mail would only open a second ticket.
+            return i64::MAX;
+        }
         let wait = if self.settings.ticket_timeout_secs > 0 {
             self.settings.ticket_timeout_secs
         } else {
@@ -525,10 +537,15 @@ impl PipelineCore<'_> {
             // A digest's ticket hears of hundreds of incidents: merged per interval too.
             if owner.is_digest {
                 let paced_until = actions::last_queued_at(conn, owner_tag, actions::FOLLOWUP)?
-                    .map_or(i64::MIN, |at| at.saturating_add(self.settings.glpi.min_mail_interval_secs));
+                    .map_or(i64::MIN, |at| {
+                        at.saturating_add(self.settings.glpi.min_mail_interval_secs)
+                    });
                 if now < paced_until {
                     outbound::hold_until(conn, owner_tag, paced_until)?;
-                    return Ok(format!("held ({} event(s)) until {paced_until} for the digest's pace", events.len()));
+                    return Ok(format!(
+                        "held ({} event(s)) until {paced_until} for the digest's pace",
+                        events.len()
+                    ));
                 }
             }
             for h in &rows {
@@ -673,7 +690,7 @@ impl PipelineCore<'_> {
         raw: &[u8],
         now: i64,
     ) -> Result<StepResult, PipelineError> {
-        let note = match crate::feedback::parse_notification(raw, &self.settings.compose.glpi_tag) {
+        let note = match self.settings.notifications.read(raw) {
             Err(e) => {
                 tracing::warn!(reason = %e, "mail to a feedback address is not a GLPI notification; kept");
                 format!("not a GLPI notification: {e}")

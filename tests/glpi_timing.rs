@@ -132,8 +132,14 @@ async fn api_mode_solutions_are_never_overtaken_by_an_update() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     for i in 0..40 {
         let (h, s) = key(i);
-        gw.send(&centreon_service("ACKNOWLEDGEMENT", &h, &s, "CRITICAL", "timeout"))
-            .await;
+        gw.send(&centreon_service(
+            "ACKNOWLEDGEMENT",
+            &h,
+            &s,
+            "CRITICAL",
+            "timeout",
+        ))
+        .await;
         gw.send(&centreon_service("RECOVERY", &h, &s, "OK", "fine"))
             .await;
     }
@@ -151,7 +157,11 @@ async fn api_mode_solutions_are_never_overtaken_by_an_update() {
         assert_eq!(t.solutions.len(), 1);
         let tag = tag_of(&t.title).expect("tag");
         let all: String = t.followups.iter().map(|f| f.content.as_str()).collect();
-        assert!(all.contains(&tag) && all.contains("NOW CRITICAL") && all.contains("ACKNOWLEDGED"), "#{}: {all}", t.id);
+        assert!(
+            all.contains(&tag) && all.contains("NOW CRITICAL") && all.contains("ACKNOWLEDGED"),
+            "#{}: {all}",
+            t.id
+        );
         assert!(t.followups.iter().all(|f| f.source == Source::Api));
     }
     // Nothing was mailed but the open mails.
@@ -181,8 +191,14 @@ async fn notification_mode_holds_early_recoveries_and_keeps_the_pace() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     for i in (1..20).step_by(2) {
         let (h, s) = (format!("web-{i:02}"), "http".to_string());
-        gw.send(&centreon_service("ACKNOWLEDGEMENT", &h, &s, "CRITICAL", "down"))
-            .await;
+        gw.send(&centreon_service(
+            "ACKNOWLEDGEMENT",
+            &h,
+            &s,
+            "CRITICAL",
+            "down",
+        ))
+        .await;
         gw.send(&centreon_service("RECOVERY", &h, &s, "OK", "up again"))
             .await;
     }
@@ -198,11 +214,24 @@ async fn notification_mode_holds_early_recoveries_and_keeps_the_pace() {
     assert!(glpi.refused().is_empty(), "{:#?}", glpi.refused());
     for t in &tickets {
         let tag = tag_of(&t.title).expect("tag");
-        assert!(!t.title.contains("RECOVERED"), "a ticket opened by a recovery: {}", t.title);
+        assert!(
+            !t.title.contains("RECOVERED"),
+            "a ticket opened by a recovery: {}",
+            t.title
+        );
         for f in &t.followups {
-            assert!(f.subject.contains(&tag), "misthreaded into #{}: {}", t.id, f.subject);
+            assert!(
+                f.subject.contains(&tag),
+                "misthreaded into #{}: {}",
+                t.id,
+                f.subject
+            );
         }
-        assert!(t.followups.len() <= 2, "#{}: at most ack, then recovery", t.id);
+        assert!(
+            t.followups.len() <= 2,
+            "#{}: at most ack, then recovery",
+            t.id
+        );
     }
     // The pace, as GLPI's mailbox saw it.
     let conn = gw.db();
@@ -215,7 +244,11 @@ async fn notification_mode_holds_early_recoveries_and_keeps_the_pace() {
         .map(|r| r.unwrap())
         .collect();
     let followups: usize = tickets.iter().map(|t| t.followups.len()).sum();
-    assert_eq!(sent.len(), 20 + followups, "every mail sent became a ticket or a follow-up");
+    assert_eq!(
+        sent.len(),
+        20 + followups,
+        "every mail sent became a ticket or a follow-up"
+    );
     for pair in sent.windows(2) {
         if pair[0].0 == pair[1].0 {
             assert!(pair[1].1 - pair[0].1 >= 4, "{pair:?}");
@@ -305,7 +338,10 @@ async fn storm_makes_one_digest_ticket(with_api: bool) {
             let own = tickets
                 .iter()
                 .find(|t| t.title.contains(tag.as_str()))
-                .is_some_and(|t| t.followups.iter().any(|f| f.content.contains("RECOVERED")) || t.status == STATUS_SOLVED);
+                .is_some_and(|t| {
+                    t.followups.iter().any(|f| f.content.contains("RECOVERED"))
+                        || t.status == STATUS_SOLVED
+                });
             own || text.contains(&format!("{tag} "))
         })
     };
@@ -334,15 +370,26 @@ async fn storm_makes_one_digest_ticket(with_api: bool) {
         digest_done(),
         summary(&tickets)
     );
-    assert!(tickets.len() <= 61, "at most the limit + 1 tickets: {}", tickets.len());
+    assert!(
+        tickets.len() <= 61,
+        "at most the limit + 1 tickets: {}",
+        tickets.len()
+    );
     for (_, title, _) in glpi.first_mails() {
-        assert!(!title.contains("RECOVERED"), "a ticket opened by a recovery: {title}");
+        assert!(
+            !title.contains("RECOVERED"),
+            "a ticket opened by a recovery: {title}"
+        );
     }
     let digest = tickets
         .iter()
         .find(|t| t.title.contains(&digest_tag))
         .expect("the digest's ticket");
-    assert!(digest.title.contains("DIGEST 240 alerts"), "{}", digest.title);
+    assert!(
+        digest.title.contains("DIGEST 240 alerts"),
+        "{}",
+        digest.title
+    );
     if with_api {
         assert_eq!(glpi.solutions_refused(), 0);
         assert!(digest.followups_after_solution().is_empty());
@@ -398,12 +445,21 @@ async fn a_backlog_of_thirty_runs_sends_nothing_unthreaded() {
         .await;
     }
     let done = eventually(Duration::from_secs(120), || {
-        glpi.tickets().iter().filter(|t| !t.followups.is_empty()).count() == 50
+        glpi.tickets()
+            .iter()
+            .filter(|t| !t.followups.is_empty())
+            .count()
+            == 50
             && glpi.mailbox_len() == 0
     })
     .await;
     let tickets = glpi.tickets();
-    assert!(done, "{} tickets, {} with a follow-up", tickets.len(), tickets.iter().filter(|t| !t.followups.is_empty()).count());
+    assert!(
+        done,
+        "{} tickets, {} with a follow-up",
+        tickets.len(),
+        tickets.iter().filter(|t| !t.followups.is_empty()).count()
+    );
     assert_eq!(tickets.len(), 300, "tickets = incidents");
     assert_eq!(unthreaded(&gw), 0);
     assert!(glpi.refused().is_empty());

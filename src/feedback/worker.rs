@@ -43,6 +43,8 @@ pub struct ApiWorker {
     clock: Clock,
     /// The API user may solve tickets; otherwise solutions go as follow-ups.
     can_solve: bool,
+    /// `[glpi_api]`, for the entity, category and requester of the tickets it creates.
+    tickets: Option<super::GlpiApiConfig>,
 }
 
 impl ApiWorker {
@@ -64,6 +66,7 @@ impl ApiWorker {
             found,
             clock: Clock::system(),
             can_solve: true,
+            tickets: None,
         })
     }
 
@@ -102,6 +105,12 @@ impl ApiWorker {
         } else {
             usual.max(self.collector_interval_secs)
         }
+    }
+
+    /// The `[glpi_api]` section the tickets it creates take their fields from.
+    pub fn with_tickets(mut self, config: Option<super::GlpiApiConfig>) -> ApiWorker {
+        self.tickets = config;
+        self
     }
 
     /// Whether the API user may solve tickets (from the rights check at start).
@@ -235,6 +244,19 @@ impl ApiWorker {
                         .add_followup(action.ticket_id, &action.content)
                         .await
                 }
+                actions::CREATE => match self.create(&action.content).await {
+                    Ok(ticket_id) => {
+                        tracing::info!(tag = %action.tag, ticket = ticket_id, "GLPI ticket created through the API");
+                        let _ = self.found.send(TicketInfo {
+                            tag: action.tag.clone(),
+                            ticket_id,
+                            glpi_message_id: None,
+                            status: Some(crate::correlate::TicketStatus::Open),
+                        });
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                },
                 other => Err(ApiError::Config(format!("unknown GLPI action `{other}`"))),
             };
             let (state, next_at, error) = match &result {
@@ -274,6 +296,27 @@ impl ApiWorker {
 }
 
 impl ApiWorker {
+    /// `POST Ticket` for a stored creation (`{"name", "content", "urgency"}`).
+    async fn create(&self, input: &str) -> Result<u64, ApiError> {
+        let input: serde_json::Value = serde_json::from_str(input)
+            .map_err(|e| ApiError::Config(format!("stored ticket input unreadable: {e}")))?;
+        let text = |k: &str| {
+            input
+                .get(k)
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("")
+        };
+        let urgency = input
+            .get("urgency")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(3);
+        let cfg = self.tickets.as_ref().ok_or_else(|| {
+            ApiError::Config("no [glpi_api] section to create tickets with".into())
+        })?;
+        let ticket = super::NewTicket::new(cfg, text("name"), text("content"), urgency as u8);
+        self.api.create_ticket(&ticket).await
+    }
+
     /// Run a store call on a blocking thread with the worker's connection; errors are
     /// logged (the next round tries again).
     async fn with_store<T: Send + 'static>(

@@ -95,7 +95,11 @@ pub fn set_ticket(conn: &Connection, tag: &str, ticket_id: u64) -> Result<(), St
 }
 
 /// When the incident's latest action of kind `action` was queued.
-pub fn last_queued_at(conn: &Connection, tag: &str, action: &str) -> Result<Option<i64>, StoreError> {
+pub fn last_queued_at(
+    conn: &Connection,
+    tag: &str,
+    action: &str,
+) -> Result<Option<i64>, StoreError> {
     Ok(conn
         .prepare_cached("SELECT MAX(created_at) FROM glpi_actions WHERE tag = ?1 AND action = ?2")?
         .query_row(params![tag, action], |r| r.get::<_, Option<i64>>(0))?)
