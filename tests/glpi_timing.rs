@@ -465,3 +465,62 @@ async fn a_backlog_of_thirty_runs_sends_nothing_unthreaded() {
     assert!(glpi.refused().is_empty());
     gw.shutdown().await;
 }
+
+/// Acceptance 2: `create = "api"`, the same scenario as acceptance 1 with the collector
+/// stopped: no mail is needed; tickets = incidents, all solved, urgency from the state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_through_the_api_needs_no_collector() {
+    let glpi = batched_glpi(2).await;
+    glpi.pause_collector(true);
+    glpi.set_notifications(false);
+    let sections = format!(
+        "{}{}create = \"api\"\n",
+        feedback(2, 60, ""),
+        api(&glpi, true)
+    );
+    let gw = gateway(&glpi, &sections, None).await;
+    let key = |i: usize| (format!("app-{:02}", i / 4), format!("svc-{}", i % 4));
+    for i in 0..40 {
+        let (h, s) = key(i);
+        let state = if i % 2 == 0 { "CRITICAL" } else { "WARNING" };
+        gw.send(&centreon_service("PROBLEM", &h, &s, state, "slow"))
+            .await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for i in 0..40 {
+        let (h, s) = key(i);
+        gw.send(&centreon_service("ACKNOWLEDGEMENT", &h, &s, "WARNING", "slow"))
+            .await;
+        if i < 30 {
+            gw.send(&centreon_service("RECOVERY", &h, &s, "OK", "fine"))
+                .await;
+        }
+    }
+    let done = eventually(Duration::from_secs(60), || {
+        let t = glpi.tickets();
+        t.len() == 40
+            && t.iter().filter(|t| t.status == STATUS_SOLVED).count() == 30
+            && t.iter().all(|t| t.followups.iter().any(|f| f.content.contains("ACKNOWLEDGED")))
+    })
+    .await;
+    let tickets = glpi.tickets();
+    assert!(done, "{}", summary(&tickets));
+    assert_eq!(glpi.mails_accepted(), 0, "no mail at all");
+    assert_eq!(glpi.solutions_refused(), 0);
+    let tags = incident_tags(&gw);
+    for t in &tickets {
+        assert_eq!(t.created_by, Source::Api);
+        let tag = tag_of(&t.title).expect("tag");
+        let (key, _) = tags.iter().find(|(_, v)| **v == tag).expect("our incident");
+        let n: usize = key
+            .trim_start_matches("centreon:app-")
+            .split(['/', '-'])
+            .filter_map(|p| p.parse().ok())
+            .fold(0, |acc, d: usize| acc * 4 + d);
+        let expected = if n % 2 == 0 { 5 } else { 3 };
+        assert_eq!(t.urgency, expected, "#{} {}", t.id, t.title);
+        assert!(t.followups_after_solution().is_empty());
+        assert!(t.followups.iter().any(|f| f.content.contains("ACKNOWLEDGED")));
+    }
+    gw.shutdown().await;
+}
