@@ -524,3 +524,51 @@ async fn create_through_the_api_needs_no_collector() {
     }
     gw.shutdown().await;
 }
+
+/// Acceptance 5 (the gateway's part): after a technician solves the ticket on GLPI
+/// 10.0.3 (whose notification Message-IDs carry no event; here in French), an
+/// acknowledgement is not mailed and the ticket stays solved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_technicians_solve_on_glpi_10_0_3_is_respected() {
+    use support::glpi::{GlpiVersion, Language};
+    let glpi = GlpiDouble::start_with(
+        GlpiConfig::batched(Duration::from_secs(1), GLPI_COLLECTOR_BATCH)
+            .with_version(GlpiVersion::Legacy10)
+            .with_language(Language::Fr),
+    )
+    .await;
+    let gw = gateway(&glpi, &feedback(1, 1, ""), None).await;
+    gw.send(&centreon_service("PROBLEM", "db-01", "Backup", "CRITICAL", "failed"))
+        .await;
+    let tickets = glpi.wait_for_tickets(1, Duration::from_secs(20)).await;
+    let id = tickets[0].id;
+    let tag = tag_of(&tickets[0].title).expect("tag");
+    let learned = |status: &str| {
+        let status = status.to_owned();
+        let db = gw.db();
+        let tag = tag.clone();
+        move || {
+            db.query_row("SELECT data FROM incidents WHERE tag = ?1", [&tag], |r| {
+                r.get::<_, String>(0)
+            })
+            .is_ok_and(|d| d.contains("\"ticket_id\":1") && d.contains(&status))
+        }
+    };
+    assert!(eventually(Duration::from_secs(20), learned("\"ticket_status\":\"open\"")).await);
+    glpi.solve(id).await;
+    assert!(
+        eventually(Duration::from_secs(20), learned("\"ticket_status\":\"solved\"")).await,
+        "the 10.0.3 'solved' notification was not recognised"
+    );
+    gw.send(&centreon_service("ACKNOWLEDGEMENT", "db-01", "Backup", "CRITICAL", "failed"))
+        .await;
+    gw.send(&centreon_service("PROBLEM", "db-01", "Backup", "CRITICAL", "failed"))
+        .await;
+    gw.wait_processed().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(glpi.mails_accepted(), 1, "only the open mail");
+    let t = glpi.ticket(id).expect("ticket");
+    assert_eq!(t.status, STATUS_SOLVED);
+    assert_eq!(t.reopened, 0);
+    gw.shutdown().await;
+}
