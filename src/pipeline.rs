@@ -638,7 +638,20 @@ impl PipelineCore<'_> {
             _ => (events, None),
         };
         if !news.is_empty() {
-            actions::add(conn, tag, ticket, actions::FOLLOWUP, &news_text(news), now)?;
+            let reopens = news.iter().any(|e| {
+                matches!(
+                    e.kind,
+                    correlate::MailKind::Update {
+                        reason: correlate::UpdateReason::Reopen
+                    }
+                )
+            });
+            let kind = if reopens {
+                actions::REOPEN
+            } else {
+                actions::FOLLOWUP
+            };
+            actions::add(conn, tag, ticket, kind, &news_text(news), now)?;
         }
         if let Some(last) = solution {
             actions::add(conn, tag, ticket, actions::SOLVE, &solution_text(last), now)?;

@@ -489,8 +489,14 @@ async fn create_through_the_api_needs_no_collector() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     for i in 0..40 {
         let (h, s) = key(i);
-        gw.send(&centreon_service("ACKNOWLEDGEMENT", &h, &s, "WARNING", "slow"))
-            .await;
+        gw.send(&centreon_service(
+            "ACKNOWLEDGEMENT",
+            &h,
+            &s,
+            "WARNING",
+            "slow",
+        ))
+        .await;
         if i < 30 {
             gw.send(&centreon_service("RECOVERY", &h, &s, "OK", "fine"))
                 .await;
@@ -500,7 +506,11 @@ async fn create_through_the_api_needs_no_collector() {
         let t = glpi.tickets();
         t.len() == 40
             && t.iter().filter(|t| t.status == STATUS_SOLVED).count() == 30
-            && t.iter().all(|t| t.followups.iter().any(|f| f.content.contains("ACKNOWLEDGED")))
+            && t.iter().all(|t| {
+                t.followups
+                    .iter()
+                    .any(|f| f.content.contains("ACKNOWLEDGED"))
+            })
     })
     .await;
     let tickets = glpi.tickets();
@@ -520,7 +530,10 @@ async fn create_through_the_api_needs_no_collector() {
         let expected = if n % 2 == 0 { 5 } else { 3 };
         assert_eq!(t.urgency, expected, "#{} {}", t.id, t.title);
         assert!(t.followups_after_solution().is_empty());
-        assert!(t.followups.iter().any(|f| f.content.contains("ACKNOWLEDGED")));
+        assert!(t
+            .followups
+            .iter()
+            .any(|f| f.content.contains("ACKNOWLEDGED")));
     }
     gw.shutdown().await;
 }
@@ -538,8 +551,10 @@ async fn a_technicians_solve_on_glpi_10_0_3_is_respected() {
     )
     .await;
     let gw = gateway(&glpi, &feedback(1, 1, ""), None).await;
-    gw.send(&centreon_service("PROBLEM", "db-01", "Backup", "CRITICAL", "failed"))
-        .await;
+    gw.send(&centreon_service(
+        "PROBLEM", "db-01", "Backup", "CRITICAL", "failed",
+    ))
+    .await;
     let tickets = glpi.wait_for_tickets(1, Duration::from_secs(20)).await;
     let id = tickets[0].id;
     let tag = tag_of(&tickets[0].title).expect("tag");
@@ -554,16 +569,34 @@ async fn a_technicians_solve_on_glpi_10_0_3_is_respected() {
             .is_ok_and(|d| d.contains("\"ticket_id\":1") && d.contains(&status))
         }
     };
-    assert!(eventually(Duration::from_secs(20), learned("\"ticket_status\":\"open\"")).await);
+    assert!(
+        eventually(
+            Duration::from_secs(20),
+            learned("\"ticket_status\":\"open\"")
+        )
+        .await
+    );
     glpi.solve(id).await;
     assert!(
-        eventually(Duration::from_secs(20), learned("\"ticket_status\":\"solved\"")).await,
+        eventually(
+            Duration::from_secs(20),
+            learned("\"ticket_status\":\"solved\"")
+        )
+        .await,
         "the 10.0.3 'solved' notification was not recognised"
     );
-    gw.send(&centreon_service("ACKNOWLEDGEMENT", "db-01", "Backup", "CRITICAL", "failed"))
-        .await;
-    gw.send(&centreon_service("PROBLEM", "db-01", "Backup", "CRITICAL", "failed"))
-        .await;
+    gw.send(&centreon_service(
+        "ACKNOWLEDGEMENT",
+        "db-01",
+        "Backup",
+        "CRITICAL",
+        "failed",
+    ))
+    .await;
+    gw.send(&centreon_service(
+        "PROBLEM", "db-01", "Backup", "CRITICAL", "failed",
+    ))
+    .await;
     gw.wait_processed().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(glpi.mails_accepted(), 1, "only the open mail");

@@ -239,7 +239,29 @@ impl ApiWorker {
                         .solve_ticket(action.ticket_id, &action.content)
                         .await
                 }
-                actions::FOLLOWUP => {
+                actions::FOLLOWUP => match self.solved_by_people(&action).await {
+                    Ok(true) => {
+                        let id = action.id;
+                        self.with_store(move |conn| {
+                            actions::finish(
+                                conn,
+                                id,
+                                "skipped",
+                                now,
+                                Some("ticket solved or closed in GLPI"),
+                            )
+                        })
+                        .await;
+                        continue;
+                    }
+                    Ok(false) => {
+                        self.api
+                            .add_followup(action.ticket_id, &action.content)
+                            .await
+                    }
+                    Err(e) => Err(e),
+                },
+                actions::REOPEN => {
                     self.api
                         .add_followup(action.ticket_id, &action.content)
                         .await
@@ -296,6 +318,25 @@ impl ApiWorker {
 }
 
 impl ApiWorker {
+    /// Reads the ticket's status before a follow-up: one to a ticket people solved would
+    /// reopen it. A solved or closed ticket is reported to the pipeline (which then holds
+    /// the incident's news, as for a notification saying so).
+    async fn solved_by_people(&self, action: &actions::GlpiAction) -> Result<bool, ApiError> {
+        match self.api.ticket_status(action.ticket_id).await? {
+            Some(status) if status.is_done() => {
+                tracing::info!(tag = %action.tag, ticket = action.ticket_id, ?status, "ticket solved or closed in GLPI; follow-up not sent");
+                let _ = self.found.send(TicketInfo {
+                    tag: action.tag.clone(),
+                    ticket_id: action.ticket_id,
+                    glpi_message_id: None,
+                    status: Some(status),
+                });
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     /// `POST Ticket` for a stored creation (`{"name", "content", "urgency"}`).
     async fn create(&self, input: &str) -> Result<u64, ApiError> {
         let input: serde_json::Value = serde_json::from_str(input)

@@ -17,6 +17,8 @@ pub struct GlpiAction {
 
 pub const SOLVE: &str = "solve";
 pub const FOLLOWUP: &str = "followup";
+/// A follow-up meant to reopen a ticket people solved (the problem got worse).
+pub const REOPEN: &str = "reopen";
 /// Create the ticket (`create = "api"`); `content` is the ticket's JSON input.
 pub const CREATE: &str = "create";
 
