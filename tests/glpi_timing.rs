@@ -605,3 +605,61 @@ async fn a_technicians_solve_on_glpi_10_0_3_is_respected() {
     assert_eq!(t.reopened, 0);
     gw.shutdown().await;
 }
+
+/// With the API, alertgate reads the ticket's status before a follow-up: a ticket a
+/// technician solved (no notification reached alertgate) is not reopened by an ack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_follow_ups_leave_a_ticket_solved_by_a_technician_alone() {
+    let glpi = batched_glpi(1).await;
+    glpi.set_notifications(false);
+    glpi.set_solve_notifications(false);
+    let sections = format!("{}{}", feedback(1, 1, ""), api(&glpi, true));
+    let gw = gateway(&glpi, &sections, None).await;
+    gw.send(&centreon_service(
+        "PROBLEM", "fs-01", "NFS", "CRITICAL", "stale",
+    ))
+    .await;
+    let tickets = glpi.wait_for_tickets(1, Duration::from_secs(20)).await;
+    let id = tickets[0].id;
+    let tag = tag_of(&tickets[0].title).expect("tag");
+    let db = gw.db();
+    assert!(
+        eventually(Duration::from_secs(20), || db
+            .query_row("SELECT data FROM incidents WHERE tag = ?1", [&tag], |r| {
+                r.get::<_, String>(0)
+            })
+            .is_ok_and(|d| d.contains("\"ticket_id\":1")))
+        .await,
+        "ticket found through the API"
+    );
+    glpi.solve(id).await;
+    gw.send(&centreon_service(
+        "ACKNOWLEDGEMENT",
+        "fs-01",
+        "NFS",
+        "CRITICAL",
+        "stale",
+    ))
+    .await;
+    let skipped = || {
+        db.query_row(
+            "SELECT COUNT(*) FROM glpi_actions WHERE state = 'skipped'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap_or(0)
+            == 1
+    };
+    assert!(eventually(Duration::from_secs(20), skipped).await);
+    // The recovery then ends the incident quietly: the ticket is solved already.
+    gw.send(&centreon_service("RECOVERY", "fs-01", "NFS", "OK", "fine"))
+        .await;
+    gw.wait_processed().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let t = glpi.ticket(id).expect("ticket");
+    assert_eq!(t.status, STATUS_SOLVED);
+    assert_eq!(t.reopened, 0);
+    assert!(t.followups.is_empty(), "{:#?}", t.followups);
+    assert_eq!(t.solutions.len(), 1, "the technician's only");
+    gw.shutdown().await;
+}
