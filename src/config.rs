@@ -682,7 +682,12 @@ fn validate_sections(path: &Path, text: &str, config: &Config, problems: &mut Ve
         };
         push(key, e.to_string());
     }
-    if let Some(relay) = &config.relay {
+    // The SMTP client's own checks (the maildir outbox is created at start, not here).
+    if let Some(relay) = config
+        .relay
+        .as_ref()
+        .filter(|r| r.kind == crate::deliver::RelayKind::Smtp && r.problems().is_empty())
+    {
         if let Err(e) = crate::deliver::RelayClient::new(relay) {
             push("relay", e.to_string());
         }
