@@ -103,6 +103,15 @@ pub struct ServerConfig {
     pub data_timeout_secs: u64,
     /// On shutdown, how long sessions in DATA may take to finish.
     pub shutdown_grace_secs: u64,
+    /// Sessions from one client address at a time; 0 = no limit (Postfix's
+    /// `smtpd_client_connection_count_limit`).
+    pub max_connections_per_client: usize,
+    /// Bytes per second a DATA transfer must average: its deadline is
+    /// `data_timeout_secs` plus the bytes received over this rate (`smtpd_min_data_rate`).
+    pub min_data_rate: u64,
+    /// When every slot is taken, a session waiting this long for its next command is
+    /// closed first to make room.
+    pub idle_eviction_secs: u64,
     pub tls: Option<TlsConfig>,
     pub auth: AuthConfig,
 }
@@ -123,6 +132,9 @@ impl Default for ServerConfig {
             command_timeout_secs: 300,
             data_timeout_secs: 180,
             shutdown_grace_secs: 30,
+            max_connections_per_client: 50,
+            min_data_rate: 500,
+            idle_eviction_secs: 10,
             tls: None,
             auth: AuthConfig::default(),
         }
@@ -523,6 +535,7 @@ fn validate(
     check_positive("server.max_errors", server.max_errors as u64);
     check_positive("server.command_timeout_secs", server.command_timeout_secs);
     check_positive("server.data_timeout_secs", server.data_timeout_secs);
+    check_positive("server.min_data_rate", server.min_data_rate);
     check_positive(
         "store.group_commit_max",
         config.store.group_commit_max as u64,
