@@ -181,6 +181,13 @@ pub struct StoreConfig {
     pub path: PathBuf,
     /// Most messages committed together by the spool writer.
     pub group_commit_max: usize,
+    /// Days a processed (or dropped, or feedback) spooled message is kept; incidents'
+    /// history stays.
+    pub keep_processed_days: u64,
+    /// Days a sent outbound mail is kept.
+    pub keep_sent_days: u64,
+    /// Seconds between two background prunings.
+    pub prune_interval_secs: u64,
 }
 
 impl Default for StoreConfig {
@@ -188,6 +195,9 @@ impl Default for StoreConfig {
         StoreConfig {
             path: PathBuf::from("./var/alertgate.db"),
             group_commit_max: 512,
+            keep_processed_days: 7,
+            keep_sent_days: 7,
+            prune_interval_secs: 600,
         }
     }
 }
@@ -539,6 +549,10 @@ fn validate(
     check_positive(
         "store.group_commit_max",
         config.store.group_commit_max as u64,
+    );
+    check_positive(
+        "store.prune_interval_secs",
+        config.store.prune_interval_secs,
     );
     if server.max_line_length < 512 {
         problems.push(ConfigProblem {

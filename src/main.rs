@@ -249,6 +249,13 @@ fn queue_list(
             "id", "received", "state", "size", "from", "to"
         );
         for row in spool::list(conn, spool_state, limit)? {
+            let row = match row {
+                Ok(row) => row,
+                Err(damaged) => {
+                    println!("{:>8}  DAMAGED: {}", damaged.id, damaged.error);
+                    continue;
+                }
+            };
             println!(
                 "{:>8}  {:<19}  {:<10}  {:>7}  {:<28}  {:<28}  {}",
                 row.id,
@@ -268,6 +275,17 @@ fn queue_list(
             "id", "state", "attempts", "next attempt", "incident"
         );
         for row in outbound::list(conn, state.filter(|_| outbound_only), limit)? {
+            let row = match row {
+                Ok(row) => row,
+                Err(damaged) => {
+                    println!(
+                        "{:>8}  DAMAGED: {}",
+                        format!("o{}", damaged.id),
+                        damaged.error
+                    );
+                    continue;
+                }
+            };
             let next = if row.state == "queued" {
                 format_time(row.next_attempt_at)
             } else {

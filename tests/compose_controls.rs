@@ -72,7 +72,7 @@ Date/Time: 2024-03-12 Additional Info : HTTP CRITICAL\rfirst\x00second\x07third\
                     );
                 }
                 assert!(
-                    !(byte.is_ascii_control() && !matches!(byte, b'\r' | b'\n' | b'\t')),
+                    !byte.is_ascii_control() || matches!(byte, b'\r' | b'\n' | b'\t'),
                     "control byte {byte:#04x} in a {encoding} part"
                 );
             }

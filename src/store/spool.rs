@@ -92,8 +92,23 @@ pub struct SpoolHandle {
 
 impl SpoolHandle {
     /// Start the writer thread on its own connection.
+    /// The database is checked first (`PRAGMA quick_check`): a damaged one is refused.
     pub fn start(path: &Path, group_commit_max: usize) -> Result<SpoolHandle, StoreError> {
-        let conn = open(path)?;
+        let conn = match open(path) {
+            Ok(conn) => conn,
+            // A damaged page can already fail the schema read: say so precisely.
+            Err(StoreError::Sqlite(e))
+                if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseCorrupt)
+                    || e.sqlite_error_code() == Some(rusqlite::ErrorCode::NotADatabase) =>
+            {
+                return Err(StoreError::Damaged {
+                    path: path.display().to_string(),
+                    details: e.to_string(),
+                })
+            }
+            Err(e) => return Err(e),
+        };
+        super::quick_check(&conn, path)?;
         let (tx, rx) = mpsc::channel(group_commit_max.max(1) * 4);
         let committed = Arc::new(Notify::new());
         let notify = committed.clone();
@@ -214,22 +229,32 @@ fn row_to_spool(r: &rusqlite::Row<'_>, with_raw: bool) -> rusqlite::Result<Spool
     })
 }
 
-/// Spooled messages, newest last; optionally only one state.
+/// Spooled messages, newest last; optionally only one state. A row that cannot be
+/// read is listed as damaged instead of failing the whole listing.
 pub fn list(
     conn: &Connection,
     state: Option<SpoolState>,
     limit: usize,
-) -> Result<Vec<SpoolRow>, StoreError> {
-    let sql = format!(
-        "SELECT {ROW_COLUMNS} FROM spool WHERE (?1 IS NULL OR state = ?1) ORDER BY id DESC LIMIT ?2"
-    );
-    let mut stmt = conn.prepare(&sql)?;
-    let rows = stmt
+) -> Result<Vec<Result<SpoolRow, super::DamagedRow>>, StoreError> {
+    let mut ids = conn
+        .prepare("SELECT id FROM spool WHERE (?1 IS NULL OR state = ?1) ORDER BY id DESC LIMIT ?2")?
         .query_map(params![state.map(SpoolState::as_str), limit as i64], |r| {
-            row_to_spool(r, false)
+            r.get::<_, i64>(0)
         })?
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(rows.into_iter().rev().collect())
+    ids.reverse();
+    let sql = format!("SELECT {ROW_COLUMNS} FROM spool WHERE id = ?1");
+    let mut stmt = conn.prepare(&sql)?;
+    Ok(ids
+        .into_iter()
+        .map(|id| {
+            stmt.query_row([id], |r| row_to_spool(r, false))
+                .map_err(|e| super::DamagedRow {
+                    id,
+                    error: e.to_string(),
+                })
+        })
+        .collect())
 }
 
 pub fn get(conn: &Connection, id: i64) -> Result<Option<SpoolRow>, StoreError> {
