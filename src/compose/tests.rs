@@ -37,6 +37,7 @@ fn alert(output: &str) -> Alert {
         url: None,
         rule: "centreon-service".into(),
         needs_sanitizing: false,
+        inherits: Vec::new(),
     }
 }
 
@@ -66,6 +67,7 @@ fn event<'a>(kind: MailKind, incident: IncidentRef, alert: &'a Alert) -> MailEve
         incident,
         alert,
         folded: &[],
+        changes: &[],
         original: None,
         now: NOW,
     }

@@ -4,8 +4,10 @@
 pub mod actions;
 pub mod incidents;
 pub mod outbound;
+pub mod replies;
 pub mod retention;
 pub mod spool;
+pub mod status;
 
 use rusqlite::Connection;
 use std::path::Path;
@@ -107,6 +109,10 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX glpi_actions_state ON glpi_actions(state, next_attempt_at);",
     // 4: the delivery worker's scan: pending mail in id order.
     "CREATE INDEX outbound_pending ON outbound(id) WHERE state IN ('queued', 'held');",
+    // 5: GLPI actions run in order per incident (the head of each tag's queue).
+    "CREATE INDEX glpi_actions_tag ON glpi_actions(tag, id);",
+    // 6: which incident each alert mail's Message-IDs (own and cited) belong to.
+    "CREATE TABLE message_incidents (message_id TEXT PRIMARY KEY, incident_tag TEXT NOT NULL);",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -142,6 +148,18 @@ pub fn open_with(path: &Path, durability: Durability) -> Result<Connection, Stor
         conn.pragma_update(None, "synchronous", "NORMAL")?;
     }
     Ok(conn)
+}
+
+/// The rows that could be read; each damaged one is logged.
+pub fn readable<T>(rows: Vec<Result<T, DamagedRow>>) -> Vec<T> {
+    rows.into_iter()
+        .filter_map(|row| {
+            row.map_err(|damaged| {
+                tracing::warn!(id = damaged.id, error = %damaged.error, "damaged row skipped")
+            })
+            .ok()
+        })
+        .collect()
 }
 
 /// Refuses a damaged database at start (a damaged b-tree page would otherwise make
@@ -192,10 +210,7 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
 
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    crate::clock::Clock::system().now()
 }
 
 #[cfg(test)]

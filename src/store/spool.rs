@@ -159,7 +159,10 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        match insert_batch(&mut conn, &batch) {
+        let started = std::time::Instant::now();
+        let inserted = insert_batch(&mut conn, &batch);
+        crate::http::metrics::metrics().store_commit(started.elapsed());
+        match inserted {
             Ok(ids) => {
                 committed.notify_one();
                 for (job, id) in batch.drain(..).zip(ids) {
@@ -231,7 +234,7 @@ fn row_to_spool(r: &rusqlite::Row<'_>, with_raw: bool) -> rusqlite::Result<Spool
 
 /// Spooled messages, newest last; optionally only one state. A row that cannot be
 /// read is listed as damaged instead of failing the whole listing.
-pub fn list(
+pub fn list_checked(
     conn: &Connection,
     state: Option<SpoolState>,
     limit: usize,
@@ -255,6 +258,15 @@ pub fn list(
                 })
         })
         .collect())
+}
+
+/// The readable rows of `list_checked`; damaged ones are skipped with a warning.
+pub fn list(
+    conn: &Connection,
+    state: Option<SpoolState>,
+    limit: usize,
+) -> Result<Vec<SpoolRow>, StoreError> {
+    Ok(super::readable(list_checked(conn, state, limit)?))
 }
 
 pub fn get(conn: &Connection, id: i64) -> Result<Option<SpoolRow>, StoreError> {
