@@ -116,6 +116,10 @@ pub struct ServerConfig {
     /// When every slot is taken, a session waiting this long for its next command is
     /// closed first to make room.
     pub idle_eviction_secs: u64,
+    /// Bytes received in DATA and not yet committed, across sessions, beyond which a new
+    /// DATA gets `452 4.3.1` until they are committed (DATA streams to disk: this bounds
+    /// the spool's scratch space, memory stays small per session).
+    pub max_inflight_bytes: usize,
     pub tls: Option<TlsConfig>,
     pub auth: AuthConfig,
 }
@@ -139,6 +143,7 @@ impl Default for ServerConfig {
             max_connections_per_client: 50,
             min_data_rate: 500,
             idle_eviction_secs: 10,
+            max_inflight_bytes: 2 << 30,
             tls: None,
             auth: AuthConfig::default(),
         }

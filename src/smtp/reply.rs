@@ -98,6 +98,9 @@ pub fn idle_evicted(host: &str) -> Reply {
         format!("{host} Server busy, closing idle connection"),
     )
 }
+pub fn inflight_full() -> Reply {
+    Reply::new(452, "4.3.1", "Insufficient system storage, try again later")
+}
 pub fn binarymime_unsupported() -> Reply {
     Reply::new(
         555,

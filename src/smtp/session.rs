@@ -40,8 +40,10 @@ enum Next {
 }
 
 enum DataOutcome {
-    Complete(Vec<u8>),
+    Complete(crate::store::spool::Draft),
     TooBig,
+    /// The draft could not be written (disk full…): drained, answered 451.
+    NotStored(std::io::Error),
 }
 
 pub struct Session {
@@ -450,17 +452,28 @@ impl Session {
         match &self.transaction {
             None => Err(reply::need_mail()),
             Some(tx) if tx.rcpt_to.is_empty() => Err(reply::need_rcpt()),
+            // Bytes received and not yet committed, across sessions, past the cap.
+            Some(_)
+                if self.shared.spool.inflight_bytes()
+                    >= self.shared.config.server.max_inflight_bytes =>
+            {
+                tracing::warn!(peer = %self.peer, inflight = self.shared.spool.inflight_bytes(), "DATA deferred: max_inflight_bytes reached");
+                Err(reply::inflight_full())
+            }
             Some(_) => Ok(()),
         }
     }
 
-    /// Read the message body up to the final dot; past the size limit, keep draining
-    /// (so the client hears our answer) but keep nothing.
+    /// Read the message body up to the final dot, streaming it to a spool draft so that
+    /// memory does not grow with its size; past the size limit (or when the draft cannot
+    /// be written) keep draining, so the client hears our answer, but keep nothing.
     async fn receive_data(&mut self) -> std::io::Result<DataOutcome> {
         let max = self.shared.config.server.max_message_size;
         let mut receiver = DataReceiver::new();
-        let mut body: Vec<u8> = Vec::with_capacity(self.rbuf.len().min(max) + 1024);
+        let mut chunk: Vec<u8> = Vec::with_capacity(READ_CHUNK + 1024);
+        let mut draft = self.shared.spool.draft().await;
         let mut discard: Option<DummyDataReceiver> = None;
+        let mut too_big = false;
         let started = Instant::now();
         let mut received = self.rbuf.len();
         loop {
@@ -468,17 +481,31 @@ impl Session {
             let mut iter = input.iter();
             let done = match discard.as_mut() {
                 Some(d) => d.ingest(&mut iter),
-                None => receiver.ingest(&mut iter, &mut body),
+                None => receiver.ingest(&mut iter, &mut chunk),
             };
             self.rbuf = iter.as_slice().to_vec();
-            if discard.is_none() && body.len() > max {
-                discard = Some(DummyDataReceiver::new_data(&receiver));
-                body = Vec::new();
+            if discard.is_none() {
+                let stored = match draft.as_mut() {
+                    Ok(d) if d.len() + chunk.len() <= max => d.write(&chunk).await,
+                    Ok(_) => {
+                        too_big = true;
+                        Ok(())
+                    }
+                    Err(_) => Ok(()),
+                };
+                chunk.clear();
+                if let Err(e) = stored {
+                    draft = Err(e);
+                }
+                if too_big || draft.is_err() {
+                    discard = Some(DummyDataReceiver::new_data(&receiver));
+                }
             }
             if done {
-                return Ok(match discard {
-                    Some(_) => DataOutcome::TooBig,
-                    None => DataOutcome::Complete(body),
+                return Ok(match draft {
+                    _ if too_big => DataOutcome::TooBig,
+                    Ok(d) => DataOutcome::Complete(d),
+                    Err(e) => DataOutcome::NotStored(e),
                 });
             }
             // A shutdown does not interrupt DATA: the message in flight gets its answer.
@@ -503,11 +530,15 @@ impl Session {
         let Some(tx) = self.transaction.take() else {
             return self.refuse(reply::need_mail());
         };
-        let body = match outcome {
+        let draft = match outcome {
             DataOutcome::TooBig => {
                 return self.refuse(reply::message_too_big());
             }
-            DataOutcome::Complete(body) => body,
+            DataOutcome::NotStored(e) => {
+                tracing::error!(peer = %self.peer, error = %e, "refused: cannot write the message");
+                return self.answer(reply::store_failed());
+            }
+            DataOutcome::Complete(draft) => draft,
         };
         let envelope = Envelope {
             peer: self.peer.to_string(),
@@ -518,11 +549,10 @@ impl Session {
             auth_user: self.auth_user.clone(),
             received_at: crate::store::unix_now(),
         };
-        let mut raw = self.received_header(&envelope).into_bytes();
-        raw.extend_from_slice(&body);
-        let size = raw.len();
+        let head = self.received_header(&envelope).into_bytes();
+        let size = head.len() + draft.len();
         let (from, rcpts) = (envelope.mail_from.clone(), envelope.rcpt_to.join(","));
-        match self.shared.spool.store(envelope, raw).await {
+        match self.shared.spool.store_draft(envelope, head, draft).await {
             Ok(id) => {
                 tracing::info!(spool_id = id, peer = %self.peer, from = %from, rcpt = %rcpts, size, "accepted");
                 crate::http::metrics::metrics().smtp_accepted();
