@@ -466,8 +466,8 @@ pub fn get(conn: &Connection, id: i64) -> Result<Option<SpoolRow>, StoreError> {
 }
 
 /// Bytes of spooled messages `pending` loads at once (at least one message): 64 big
-/// mails in one batch would otherwise put 640 MB in memory.
-const PENDING_BYTES: usize = 32 * 1024 * 1024;
+/// mails in one batch would otherwise put 640 MB in memory, and each is composed again.
+const PENDING_BYTES: usize = 16 * 1024 * 1024;
 
 /// The oldest messages still waiting for the pipeline, with their bytes: at most
 /// `limit` of them and, beyond the first, no more than `PENDING_BYTES` in all.
