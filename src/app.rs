@@ -312,11 +312,23 @@ pub async fn start_with_clock(
     let http = http.map(|h| tokio::spawn(h.serve(stop.clone())));
     let api = api_worker.map(|w| tokio::spawn(w.run(stop.clone())));
     let delivery = tokio::spawn(delivery.run(stop.clone()));
+    let store = &loaded.config.store;
+    let retention = tokio::spawn(crate::store::retention::run(
+        store_path.clone(),
+        crate::store::retention::Retention {
+            keep_processed_days: store.keep_processed_days,
+            keep_sent_days: store.keep_sent_days,
+            batch: 500,
+        },
+        std::time::Duration::from_secs(store.prune_interval_secs),
+        stop.clone(),
+    ));
     let server = tokio::spawn(server.serve(stop));
     let all = tokio::spawn(async move {
         let _ = server.await;
         let _ = pipeline.await;
         let _ = delivery.await;
+        let _ = retention.await;
         if let Some(api) = api {
             let _ = api.await;
         }
