@@ -178,6 +178,11 @@ fn check(config: &Path) -> anyhow::Result<bool> {
     if let Some(l) = &loaded {
         problems.extend(alertgate::rules::cli::check_rule_dirs(&l.config.rules.dirs));
     }
+    if let Some(l) = &loaded {
+        for warning in l.config.warnings() {
+            println!("warning: {warning}");
+        }
+    }
     if problems.is_empty() {
         println!("{}: ok", config.display());
         Ok(true)

@@ -188,9 +188,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 fn token_matches(expected: &str, given: &str) -> bool {
-    // Length-independent comparison so the token cannot be guessed byte by byte.
-    let (a, b) = (expected.as_bytes(), given.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    crate::smtp::auth::constant_time_eq(expected.as_bytes(), given.as_bytes())
 }
 
 /// Client networks first, then the token for anyone but loopback.
