@@ -2,6 +2,7 @@
 //! together, turns SIGTERM/SIGINT into an orderly shutdown and SIGHUP into a reload.
 //! The edge of the program: anyhow here.
 
+use crate::clock::Clock;
 use crate::config::LoadedConfig;
 use crate::deliver::{DeliveryWorker, Transport};
 use crate::feedback::worker::ApiWorker;
@@ -11,7 +12,7 @@ use crate::pipeline::{Pipeline, PipelineSettings, TicketInfo};
 use crate::rules::RuleSet;
 use crate::smtp::{Server, ServerReloader};
 use crate::store::outbound::SqliteQueue;
-use crate::store::{unix_now, SpoolHandle};
+use crate::store::SpoolHandle;
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -173,6 +174,10 @@ fn pipeline_settings(loaded: &LoadedConfig, rules: RuleSet) -> PipelineSettings 
             .as_ref()
             .is_some_and(|a| a.solve_on_recovery),
         feedback_addresses: loaded.policy.feedback_addresses.clone(),
+        glpi: crate::pipeline::GlpiFlow {
+            api_updates: loaded.config.glpi_api.is_some(),
+            ..crate::pipeline::GlpiFlow::default()
+        },
     }
 }
 
@@ -192,6 +197,15 @@ impl Running {
 /// Open the store, start the workers, bind the listeners and start serving; everything
 /// stops when `stop` turns true.
 pub async fn start(loaded: LoadedConfig, stop: watch::Receiver<bool>) -> anyhow::Result<Running> {
+    start_with_clock(loaded, stop, Clock::system()).await
+}
+
+/// As `start`, with the time-driven stages reading `clock` (tests drive a manual one).
+pub async fn start_with_clock(
+    loaded: LoadedConfig,
+    stop: watch::Receiver<bool>,
+    clock: Clock,
+) -> anyhow::Result<Running> {
     let store_path = loaded.config.store.path.clone();
     let spool = SpoolHandle::start(&store_path, loaded.config.store.group_commit_max)
         .with_context(|| format!("opening the store {}", store_path.display()))?;
@@ -210,13 +224,16 @@ pub async fn start(loaded: LoadedConfig, stop: watch::Receiver<bool>) -> anyhow:
         Some(api_config) => {
             queue = queue.notify_opened(opened_tx);
             let api = GlpiApi::new(api_config).map_err(|e| anyhow::anyhow!("glpi_api: {e}"))?;
-            Some(ApiWorker::new(
-                api,
-                store_path.clone(),
-                loaded.config.feedback.ticket_lookup_timeout_secs as i64,
-                opened_rx,
-                found_tx,
-            )?)
+            Some(
+                ApiWorker::new(
+                    api,
+                    store_path.clone(),
+                    loaded.config.feedback.ticket_lookup_timeout_secs as i64,
+                    opened_rx,
+                    found_tx,
+                )?
+                .with_clock(clock.clone()),
+            )
         }
         None => None,
     };
@@ -253,6 +270,7 @@ pub async fn start(loaded: LoadedConfig, stop: watch::Receiver<bool>) -> anyhow:
     tracing::info!(store = %store_path.display(), "alertgate started");
     let pipeline = tokio::spawn(run_pipeline(
         pipeline,
+        clock,
         spool.committed.clone(),
         outbound_wake,
         found_rx,
@@ -287,6 +305,7 @@ pub async fn start(loaded: LoadedConfig, stop: watch::Receiver<bool>) -> anyhow:
 /// time-driven decisions), on a blocking thread since SQLite calls block.
 async fn run_pipeline(
     mut pipeline: Pipeline,
+    clock: Clock,
     committed: Arc<Notify>,
     outbound_wake: Arc<Notify>,
     mut found: mpsc::UnboundedReceiver<TicketInfo>,
@@ -298,7 +317,7 @@ async fn run_pipeline(
         while let Ok(settings) = reloaded.try_recv() {
             pipeline.set_settings(settings);
         }
-        let now = unix_now();
+        let now = clock.now();
         let mut tickets = Vec::new();
         while let Ok(info) = found.try_recv() {
             tickets.push(info);

@@ -3,6 +3,7 @@
 pub mod alert;
 pub mod app;
 pub mod cli;
+pub mod clock;
 pub mod compose;
 pub mod config;
 pub mod correlate;

@@ -42,6 +42,52 @@ pub struct PipelineSettings {
     pub solve_on_recovery: bool,
     /// Recipients whose mail is GLPI's notifications.
     pub feedback_addresses: Vec<RecipientPattern>,
+    /// How alertgate paces and routes what it tells GLPI.
+    pub glpi: GlpiFlow,
+}
+
+/// What GLPI's side looks like and how alertgate talks to it once a ticket exists.
+#[derive(Debug, Clone)]
+pub struct GlpiFlow {
+    /// `[glpi_api]` is configured: once an incident's ticket id is known, its updates
+    /// are API follow-ups (in order, with the solution last), never mails.
+    pub api_updates: bool,
+    /// `[glpi_api] create = "api"`: alertgate posts the ticket itself.
+    pub create_via_api: bool,
+    /// Extra `Ticket` input fields for `create = "api"` (entity, category, requester).
+    pub ticket_fields: serde_json::Map<String, serde_json::Value>,
+    /// GLPI's mail collector runs this often (`mailgate`, 600 s by default)…
+    pub collector_interval_secs: i64,
+    /// …and imports at most this many mails per run (10 by default).
+    pub collector_batch: i64,
+    /// At most one mail per incident this often (its first mail goes at once).
+    pub min_mail_interval_secs: i64,
+}
+
+impl Default for GlpiFlow {
+    fn default() -> Self {
+        GlpiFlow {
+            api_updates: false,
+            create_via_api: false,
+            ticket_fields: serde_json::Map::new(),
+            collector_interval_secs: 600,
+            collector_batch: 10,
+            min_mail_interval_secs: 60,
+        }
+    }
+}
+
+/// How long an incident's news waits for its ticket id when no timeout is set: the
+/// collector's runs for the mails still unanswered ahead of it (`backlog`) and its own,
+/// one run of margin, and GLPI's notification queue (about two minutes).
+pub fn derived_ticket_wait(
+    collector_interval_secs: i64,
+    collector_batch: i64,
+    backlog: u64,
+) -> i64 {
+    let batch = collector_batch.max(1) as u64;
+    let runs = (backlog / batch + 1) as i64;
+    collector_interval_secs.max(1).saturating_mul(runs + 1) + 120
 }
 
 /// A ticket id learned for one of our incidents (from a notification or the API).
@@ -115,21 +161,14 @@ impl Pipeline {
         result.map(|()| rows.len())
     }
 
-    /// Let time-driven decisions (storm digests) happen.
+    /// Let time-driven decisions happen: storm digests, and news whose wait (for its
+    /// ticket id, or for GLPI's intake pace) is over.
     pub fn tick(&mut self, now: i64) -> Result<(), PipelineError> {
         self.in_transaction(|p, conn| {
             let decision = correlate::tick(p.state, now, &p.settings.correlation);
             p.apply(conn, &decision, None, now)?;
-            let expired = outbound::release_expired_holds(conn, now)?;
-            if !expired.is_empty() {
-                let total = incidents::get_kv(conn, "unthreaded_after_timeout")?
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(0)
-                    + expired.len() as u64;
-                incidents::set_kv(conn, "unthreaded_after_timeout", &total.to_string())?;
-                for tag in &expired {
-                    tracing::warn!(tag = %tag, unthreaded_total = total, "no GLPI ticket id in time: held updates sent unthreaded");
-                }
+            for owner in outbound::held_due_keys(conn, now)? {
+                p.flush(conn, &owner, now)?;
             }
             Ok(())
         })
@@ -163,6 +202,7 @@ impl Pipeline {
         let mut core = PipelineCore {
             settings: &self.settings,
             state: &mut self.state,
+            backlog: None,
         };
         let outcome = f(&mut core, &tx).and_then(|()| {
             incidents::set_kv(&tx, "next_incident_id", &core.state.next_id().to_string())?;
@@ -180,6 +220,8 @@ impl Pipeline {
 struct PipelineCore<'a> {
     settings: &'a PipelineSettings,
     state: &'a mut CorrelationState,
+    /// Incidents whose first mail GLPI has not answered yet (computed once per transaction).
+    backlog: Option<u64>,
 }
 
 impl PipelineCore<'_> {
@@ -265,10 +307,18 @@ impl PipelineCore<'_> {
             Action::Mail(mail) => self.mail_action(conn, mail, origin, now),
             Action::Digest(digest) => {
                 let alerts: Vec<Alert> = digest.entries.iter().map(|e| e.alert.clone()).collect();
-                let tag = format!("DIGEST-{}", digest.window_start);
-                match compose::compose_digest(&self.settings.compose, &tag, &alerts, now) {
+                let tag = &digest.tag;
+                match compose::compose_digest(&self.settings.compose, tag, &alerts, now) {
+                    Ok(composed) if self.settings.glpi.create_via_api => {
+                        let input = self.ticket_input(&composed, alerts.iter().map(|a| a.state));
+                        actions::add(conn, tag, 0, actions::CREATE, &input, now)?;
+                        Ok(format!(
+                            "digest {tag} of {} alerts: ticket to be created through the API",
+                            digest.count
+                        ))
+                    }
                     Ok(composed) => {
-                        enqueue(conn, &composed, &tag, Queueing::now(), None, None, now)?;
+                        enqueue(conn, &composed, tag, Queueing::now(), None, None, now)?;
                         Ok(format!("digest {tag} of {} alerts", digest.count))
                     }
                     Err(e) => {
@@ -285,8 +335,10 @@ impl PipelineCore<'_> {
         }
     }
 
-    /// Enqueue an incident's mail: now, or held until its ticket id is known; or, for a
-    /// recovery with `solve_on_recovery`, solve the ticket through the API instead.
+    /// An incident's first mail goes out at once (or, with `create = "api"`, becomes the
+    /// ticket's creation); everything later is news for its ticket (the digest's ticket
+    /// for an incident a storm digest holds): kept as held mail and told to GLPI when it
+    /// can be, merged ([`Self::flush`]).
     fn mail_action(
         &mut self,
         conn: &Connection,
@@ -295,59 +347,311 @@ impl PipelineCore<'_> {
         now: i64,
     ) -> Result<String, PipelineError> {
         let tag = &mail.incident.tag;
-        if let (true, Some(ticket)) = (self.solves_instead(mail), mail.incident.ticket_id) {
-            actions::add(conn, tag, ticket, actions::SOLVE, &solution_text(mail), now)?;
-            return Ok(format!(
-                "resolve {tag}: ticket {ticket} to be solved through the API"
-            ));
-        }
-        let hold_until = mail.incident.first_seen + self.settings.ticket_timeout_secs;
-        let queueing = if self.settings.hold_until_ticket_known
-            && !matches!(mail.kind, correlate::MailKind::Open)
-            && mail.incident.ticket_id.is_none()
-            && hold_until > now
-        {
-            Queueing {
-                state: OutboundState::Held,
-                not_before: hold_until,
-            }
-        } else {
-            Queueing::now()
-        };
-        let held = queueing.state == OutboundState::Held;
         let original = origin.map(|(_, raw)| raw);
-        match compose_incident_mail(&self.settings.compose, mail, original, now) {
-            Ok(composed) => {
-                let event = serde_json::to_string(mail).ok();
-                enqueue(
-                    conn,
-                    &composed,
-                    tag,
-                    queueing,
-                    origin.map(|o| o.0),
-                    event.as_deref(),
-                    now,
-                )?;
-                let held = if held {
-                    ", held until the ticket id is known"
-                } else {
-                    ""
-                };
-                Ok(format!(
-                    "{} {tag} ({}){held}",
-                    mail_kind_word(mail),
-                    composed.message_id
-                ))
+        let opens = matches!(mail.kind, correlate::MailKind::Open) && mail.via_digest.is_none();
+        if opens {
+            let composed = match compose_incident_mail(&self.settings.compose, mail, original, now)
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(tag = %tag, error = %e, "cannot compose mail");
+                    return Ok(format!("compose failed for {tag}: {e}"));
+                }
+            };
+            if self.settings.glpi.create_via_api {
+                let input = self.ticket_input(&composed, std::iter::once(mail.alert.state));
+                actions::add(conn, tag, 0, actions::CREATE, &input, now)?;
+                return Ok(format!("open {tag}: ticket to be created through the API"));
             }
+            let event = serde_json::to_string(mail).ok();
+            enqueue(
+                conn,
+                &composed,
+                tag,
+                Queueing::now(),
+                origin.map(|o| o.0),
+                event.as_deref(),
+                now,
+            )?;
+            return Ok(format!("open {tag} ({})", composed.message_id));
+        }
+        let owner = mail.owner_tag().to_owned();
+        let owner_incident = self.owner_incident(conn, &owner)?;
+        let composed = match owner_incident.as_ref() {
+            Some(o) => compose_news(
+                &self.settings.compose,
+                o,
+                std::slice::from_ref(mail),
+                original,
+                now,
+            ),
+            None => compose_incident_mail(&self.settings.compose, mail, original, now),
+        };
+        let composed = match composed {
+            Ok(c) => c,
             Err(e) => {
                 tracing::error!(tag = %tag, error = %e, "cannot compose mail");
-                Ok(format!("compose failed for {tag}: {e}"))
+                return Ok(format!("compose failed for {tag}: {e}"));
             }
+        };
+        let event = serde_json::to_string(mail).ok();
+        let queueing = Queueing {
+            state: OutboundState::Held,
+            not_before: now,
+        };
+        enqueue(
+            conn,
+            &composed,
+            &owner,
+            queueing,
+            origin.map(|o| o.0),
+            event.as_deref(),
+            now,
+        )?;
+        let outcome = self.flush(conn, &owner, now)?;
+        let via = if owner != *tag {
+            format!(" for digest {owner}")
+        } else {
+            String::new()
+        };
+        Ok(format!("{} {tag}{via}: {outcome}", mail_kind_word(mail)))
+    }
+
+    /// The open or ended incident whose ticket `tag` names.
+    fn owner_incident(
+        &self,
+        conn: &Connection,
+        tag: &str,
+    ) -> Result<Option<Incident>, PipelineError> {
+        match self.state.incident_by_tag(tag) {
+            Some(i) => Ok(Some(i.clone())),
+            None => Ok(incidents::by_tag(conn, tag)?),
         }
     }
 
-    fn solves_instead(&self, mail: &IncidentMail) -> bool {
-        self.settings.solve_on_recovery && matches!(mail.kind, correlate::MailKind::Resolve)
+    /// Incidents whose first mail GLPI has not answered yet: each stands for mail in
+    /// the collector's mailbox ahead of a newer incident's.
+    fn backlog(&mut self) -> u64 {
+        if let Some(n) = self.backlog {
+            return n;
+        }
+        let n = self
+            .state
+            .open_incidents()
+            .filter(|i| i.announced && i.ticket_id.is_none())
+            .count() as u64;
+        self.backlog = Some(n);
+        n
+    }
+
+    /// Until when an incident's news waits for its ticket id before it goes out unthreaded.
+    fn ticket_deadline(&mut self, owner: &Incident) -> i64 {
+        if !self.settings.hold_until_ticket_known {
+            return owner.first_seen;
+        }
+        let wait = if self.settings.ticket_timeout_secs > 0 {
+            self.settings.ticket_timeout_secs
+        } else {
+            let glpi = &self.settings.glpi;
+            derived_ticket_wait(
+                glpi.collector_interval_secs,
+                glpi.collector_batch,
+                self.backlog(),
+            )
+        };
+        owner.first_seen.saturating_add(wait)
+    }
+
+    /// Tell GLPI the news held for `owner`'s ticket, if it can be told now: with the API
+    /// and a known ticket, as one follow-up (then the solution, last); by mail, as one
+    /// merged mail at most every `min_mail_interval_secs`, threaded once the ticket id is
+    /// known, unthreaded once the wait for it is over. Nothing is sent to a ticket
+    /// people solved or closed, unless the news is a worse state that reopens it.
+    fn flush(
+        &mut self,
+        conn: &Connection,
+        owner_tag: &str,
+        now: i64,
+    ) -> Result<String, PipelineError> {
+        let held = outbound::held_for(conn, owner_tag)?;
+        if held.is_empty() {
+            return Ok("nothing held".into());
+        }
+        let events: Vec<Option<IncidentMail>> = held
+            .iter()
+            .map(|h| {
+                h.event
+                    .as_deref()
+                    .and_then(|e| serde_json::from_str(e).ok())
+            })
+            .collect();
+        let Some(owner) = self.owner_incident(conn, owner_tag)? else {
+            for h in &held {
+                outbound::requeue(conn, h.id, now)?;
+            }
+            return Ok(format!(
+                "{} held mail(s) of an unknown incident sent as they were",
+                held.len()
+            ));
+        };
+        if events.iter().any(Option::is_none) {
+            // Rows from before this version: sent as they were composed.
+            for (h, e) in held.iter().zip(&events) {
+                if e.is_none() {
+                    outbound::requeue(conn, h.id, now)?;
+                }
+            }
+        }
+        let (rows, events): (Vec<_>, Vec<IncidentMail>) = held
+            .iter()
+            .zip(events)
+            .filter_map(|(h, e)| e.map(|e| (h, e)))
+            .unzip();
+        if events.is_empty() {
+            return Ok("held mail released as composed".into());
+        }
+        let reopens = events.iter().any(|e| {
+            matches!(
+                e.kind,
+                correlate::MailKind::Update {
+                    reason: correlate::UpdateReason::Reopen
+                }
+            )
+        });
+        if owner.ticket_status.is_done() && !reopens {
+            for h in &rows {
+                outbound::delete(conn, h.id)?;
+            }
+            tracing::info!(tag = %owner_tag, status = ?owner.ticket_status, dropped = events.len(), "ticket solved or closed in GLPI: held news not sent");
+            return Ok(format!(
+                "{} update(s) not sent: the ticket is {:?}",
+                events.len(),
+                owner.ticket_status
+            ));
+        }
+        if let (Some(ticket), true) = (owner.ticket_id, self.settings.glpi.api_updates) {
+            for h in &rows {
+                outbound::delete(conn, h.id)?;
+            }
+            return self.queue_api_news(conn, &owner, ticket, &events, now);
+        }
+        let paced_until = outbound::last_release_at(conn, owner_tag)?.map_or(i64::MIN, |at| {
+            at.saturating_add(self.settings.glpi.min_mail_interval_secs)
+        });
+        let unthreaded = owner.ticket_id.is_none();
+        let wait_until = if unthreaded {
+            paced_until.max(self.ticket_deadline(&owner))
+        } else {
+            paced_until
+        };
+        if now < wait_until {
+            outbound::hold_until(conn, owner_tag, wait_until)?;
+            let why = if unthreaded {
+                "the ticket id"
+            } else {
+                "GLPI's intake pace"
+            };
+            return Ok(format!(
+                "held ({} event(s)) until {wait_until}, waiting for {why}",
+                events.len()
+            ));
+        }
+        let original = match rows
+            .last()
+            .and_then(|h| h.spool_id)
+            .filter(|_| events.len() == 1)
+        {
+            Some(id) => spool::get(conn, id)?.and_then(|r| r.raw),
+            None => None,
+        };
+        let composed = match compose_news(
+            &self.settings.compose,
+            &owner,
+            &events,
+            original.as_deref(),
+            now,
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(tag = %owner_tag, error = %e, "cannot compose the merged mail; sending the held mails as they were");
+                for h in &rows {
+                    outbound::requeue(conn, h.id, now)?;
+                }
+                return Ok(format!("compose failed: {e}"));
+            }
+        };
+        let (first, rest) = rows.split_first().expect("events is not empty");
+        outbound::requeue_composed(conn, first.id, &composed.subject, &composed.bytes, now)?;
+        for h in rest {
+            outbound::delete(conn, h.id)?;
+        }
+        if unthreaded {
+            let total = incidents::get_kv(conn, "unthreaded_after_timeout")?
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+                + 1;
+            incidents::set_kv(conn, "unthreaded_after_timeout", &total.to_string())?;
+            tracing::warn!(tag = %owner_tag, unthreaded_total = total, "no GLPI ticket id in time: held news sent unthreaded");
+        }
+        Ok(format!(
+            "{} event(s) sent in one {} mail",
+            events.len(),
+            if unthreaded { "unthreaded" } else { "threaded" }
+        ))
+    }
+
+    /// News for a known ticket through the API: one follow-up for everything but a
+    /// final recovery, which becomes the solution (queued after it, so never first).
+    fn queue_api_news(
+        &mut self,
+        conn: &Connection,
+        owner: &Incident,
+        ticket: u64,
+        events: &[IncidentMail],
+        now: i64,
+    ) -> Result<String, PipelineError> {
+        let tag = &owner.tag;
+        let solves = self.settings.solve_on_recovery
+            && events.last().is_some_and(|e| {
+                matches!(e.kind, correlate::MailKind::Resolve) && e.via_digest.is_none()
+            });
+        let (news, solution) = match (solves, events.split_last()) {
+            (true, Some((last, rest))) => (rest, Some(last)),
+            _ => (events, None),
+        };
+        if !news.is_empty() {
+            actions::add(conn, tag, ticket, actions::FOLLOWUP, &news_text(news), now)?;
+        }
+        if let Some(last) = solution {
+            actions::add(conn, tag, ticket, actions::SOLVE, &solution_text(last), now)?;
+        }
+        Ok(format!(
+            "{} event(s) for ticket {ticket} through the API{}",
+            events.len(),
+            if solution.is_some() {
+                ", then its solution"
+            } else {
+                ""
+            }
+        ))
+    }
+
+    /// `Ticket` input for `create = "api"`: the open mail's subject and text, urgency and
+    /// impact from the state, and the configured fields (entity, category, requester).
+    fn ticket_input(
+        &self,
+        composed: &ComposedMail,
+        states: impl Iterator<Item = crate::alert::State>,
+    ) -> String {
+        let worst = states
+            .max_by_key(|s| s.severity())
+            .unwrap_or(crate::alert::State::Unknown);
+        let mut input = self.settings.glpi.ticket_fields.clone();
+        input.insert("name".into(), composed.subject.clone().into());
+        input.insert("content".into(), mail_text(&composed.bytes).into());
+        input.insert("urgency".into(), urgency_of(worst).into());
+        input.insert("impact".into(), urgency_of(worst).into());
+        serde_json::Value::Object(input).to_string()
     }
 
     fn is_feedback(&self, row: &SpoolRow) -> bool {
@@ -431,59 +735,12 @@ impl PipelineCore<'_> {
             ));
         };
         incidents::save(conn, &incident, now)?;
-        let released = self.release_held(conn, &incident, now)?;
+        actions::set_ticket(conn, &incident.tag, info.ticket_id)?;
+        let flushed = self.flush(conn, &incident.tag, now)?;
         Ok(format!(
-            "ticket {} ({:?}) recorded for {}; {released} held mail(s) released",
+            "ticket {} ({:?}) recorded for {}; {flushed}",
             info.ticket_id, incident.ticket_status, incident.tag
         ))
-    }
-
-    /// Compose the incident's held mails again, now with the ticket id, and queue them.
-    fn release_held(
-        &mut self,
-        conn: &Connection,
-        incident: &Incident,
-        now: i64,
-    ) -> Result<usize, PipelineError> {
-        let held = outbound::held_for(conn, &incident.tag)?;
-        for h in &held {
-            let Some(mut mail) = h
-                .event
-                .as_deref()
-                .and_then(|e| serde_json::from_str::<IncidentMail>(e).ok())
-            else {
-                outbound::requeue(conn, h.id, now)?;
-                continue;
-            };
-            mail.incident.ticket_id = incident.ticket_id;
-            mail.incident.glpi_message_id = incident.glpi_message_id.clone();
-            if let (true, Some(ticket)) = (self.solves_instead(&mail), incident.ticket_id) {
-                outbound::delete(conn, h.id)?;
-                actions::add(
-                    conn,
-                    &incident.tag,
-                    ticket,
-                    actions::SOLVE,
-                    &solution_text(&mail),
-                    now,
-                )?;
-                continue;
-            }
-            let original = match h.spool_id {
-                Some(id) => spool::get(conn, id)?.and_then(|r| r.raw),
-                None => None,
-            };
-            match compose_incident_mail(&self.settings.compose, &mail, original.as_deref(), now) {
-                Ok(composed) => {
-                    outbound::requeue_composed(conn, h.id, &composed.subject, &composed.bytes, now)?
-                }
-                Err(e) => {
-                    tracing::error!(tag = %incident.tag, error = %e, "cannot compose a held mail again; sending it as it was");
-                    outbound::requeue(conn, h.id, now)?;
-                }
-            }
-        }
-        Ok(held.len())
     }
 
     fn unmatched(
@@ -590,10 +847,21 @@ pub fn compose_incident_mail(
     original: Option<&[u8]>,
     now: i64,
 ) -> Result<ComposedMail, compose::ComposeError> {
+    compose_mail(cfg, mail, original, &[], None, now)
+}
+
+fn compose_mail(
+    cfg: &ComposeConfig,
+    mail: &IncidentMail,
+    original: Option<&[u8]>,
+    changes: &[compose::Change],
+    reason: Option<&str>,
+    now: i64,
+) -> Result<ComposedMail, compose::ComposeError> {
     let kind = match mail.kind {
         correlate::MailKind::Open => compose::MailKind::Open,
-        correlate::MailKind::Update { reason } => compose::MailKind::Update {
-            reason: update_reason_word(reason).into(),
+        correlate::MailKind::Update { reason: r } => compose::MailKind::Update {
+            reason: reason.unwrap_or(update_reason_word(r)).into(),
         },
         correlate::MailKind::Resolve => compose::MailKind::Resolve,
     };
@@ -620,10 +888,130 @@ pub fn compose_incident_mail(
         },
         alert: &mail.alert,
         folded: &folded,
+        changes,
         original,
         now,
     };
     compose::compose(cfg, &event)
+}
+
+/// One mail to `owner`'s ticket for `events` (oldest first): the latest event of the
+/// owner itself leads, and when the mail stands for several events (or for incidents a
+/// digest holds) it lists them all with their times.
+pub fn compose_news(
+    cfg: &ComposeConfig,
+    owner: &Incident,
+    events: &[IncidentMail],
+    original: Option<&[u8]>,
+    now: i64,
+) -> Result<ComposedMail, compose::ComposeError> {
+    let Some(last) = events.last() else {
+        return Err(compose::ComposeError::EmptyDigest);
+    };
+    let own_last = last.via_digest.is_none();
+    let (mut base, reason) = if own_last {
+        (last.clone(), None)
+    } else {
+        let base = IncidentMail {
+            kind: correlate::MailKind::Update {
+                reason: correlate::UpdateReason::Custom,
+            },
+            seq: last.seq,
+            incident: owner.clone(),
+            alert: owner.last_alert.clone(),
+            folded: Vec::new(),
+            deferred_event: None,
+            via_digest: None,
+        };
+        (base, Some("storm digest"))
+    };
+    base.incident.ticket_id = owner.ticket_id;
+    base.incident.glpi_message_id = owner.glpi_message_id.clone();
+    let changes: Vec<compose::Change> = if events.len() > 1 || !own_last {
+        events.iter().map(change_of).collect()
+    } else {
+        Vec::new()
+    };
+    compose_mail(cfg, &base, original, &changes, reason, now)
+}
+
+fn kind_for_compose(kind: correlate::MailKind) -> compose::MailKind {
+    match kind {
+        correlate::MailKind::Open => compose::MailKind::Open,
+        correlate::MailKind::Update { reason } => compose::MailKind::Update {
+            reason: update_reason_word(reason).into(),
+        },
+        correlate::MailKind::Resolve => compose::MailKind::Resolve,
+    }
+}
+
+/// One line of a merged mail or follow-up.
+fn change_of(event: &IncidentMail) -> compose::Change {
+    let a = &event.alert;
+    let what = if a.service.is_empty() {
+        a.host.clone()
+    } else {
+        format!("{} / {}", a.host, a.service)
+    };
+    let word = compose::event_word(&kind_for_compose(event.kind), a);
+    let word = match event.kind {
+        correlate::MailKind::Open => format!("NEW {word}"),
+        _ => word,
+    };
+    compose::Change {
+        time: event.incident.last_seen,
+        event: format!("{} {what}: {word}", event.incident.tag),
+        state: a.state,
+        output: a.output.lines().next().unwrap_or("").to_owned(),
+    }
+}
+
+/// The text of an API follow-up carrying `events`.
+fn news_text(events: &[IncidentMail]) -> String {
+    let mut text = match events {
+        [one] if one.via_digest.is_none() => {
+            let c = change_of(one);
+            return format!(
+                "{} ({} {}). {}",
+                c.event,
+                c.state.as_str().to_uppercase(),
+                compose::format_time(c.time),
+                c.output
+            );
+        }
+        _ => format!("alertgate: {} events since the last update\n", events.len()),
+    };
+    for c in events.iter().map(change_of) {
+        text.push_str(&format!(
+            "- {} {} ({}): {}\n",
+            compose::format_time(c.time),
+            c.event,
+            c.state.as_str().to_uppercase(),
+            c.output
+        ));
+    }
+    text
+}
+
+/// The body GLPI would show for a composed mail: its HTML part, else its text.
+fn mail_text(bytes: &[u8]) -> String {
+    let parsed = mail_parser::MessageParser::default().parse(bytes);
+    parsed
+        .as_ref()
+        .and_then(|m| m.body_html(0).or_else(|| m.body_text(0)))
+        .map(|b| b.into_owned())
+        .unwrap_or_default()
+}
+
+/// GLPI urgency (and impact) for a state: 5 very high … 1 very low.
+pub fn urgency_of(state: crate::alert::State) -> u8 {
+    use crate::alert::State::*;
+    match state {
+        Critical | Down => 5,
+        Unreachable => 4,
+        Warning | Unknown => 3,
+        Ok | Up => 2,
+    }
 }
 
 /// What the ITILSolution says when alertgate solves a ticket on recovery.

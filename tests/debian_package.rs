@@ -34,7 +34,10 @@ fn skip_unless_possible() -> bool {
     let dpkg = Path::new("/usr/bin/dpkg").exists();
     let missing: Vec<&str> = [
         (!root, "root (dpkg -i)"),
-        (!cargo_deb, "cargo-deb (cargo install cargo-deb --locked; .ci/run does)"),
+        (
+            !cargo_deb,
+            "cargo-deb (cargo install cargo-deb --locked; .ci/run does)",
+        ),
         (!dpkg, "dpkg"),
     ]
     .into_iter()
@@ -43,7 +46,10 @@ fn skip_unless_possible() -> bool {
     if missing.is_empty() {
         return false;
     }
-    assert!(!in_ci, "the .deb test cannot run in CI; missing: {missing:?}");
+    assert!(
+        !in_ci,
+        "the .deb test cannot run in CI; missing: {missing:?}"
+    );
     eprintln!("SKIPPED debian_package: needs {}", missing.join(", "));
     true
 }
@@ -60,7 +66,15 @@ fn deb_builds_installs_and_its_unit_verifies() {
     // The binary `cargo test` just built (dev profile); README documents the release
     // build, `cargo deb`, which is the same packaging with an optimized binary.
     let built = Command::new("cargo")
-        .args(["deb", "--no-build", "--profile", "dev", "--fast", "-o", deb_path])
+        .args([
+            "deb",
+            "--no-build",
+            "--profile",
+            "dev",
+            "--fast",
+            "-o",
+            deb_path,
+        ])
         .current_dir(repo)
         .output()
         .expect("cargo deb");
@@ -78,13 +92,22 @@ fn deb_builds_installs_and_its_unit_verifies() {
 
     let installed = ok(&run("dpkg", &["-i", deb_path]));
     let result = std::panic::catch_unwind(|| {
-        assert!(installed.contains("/etc/alertgate/alertgate.toml: ok"), "postinst did not check the config:\n{installed}");
+        assert!(
+            installed.contains("/etc/alertgate/alertgate.toml: ok"),
+            "postinst did not check the config:\n{installed}"
+        );
         let conffiles = ok(&run("dpkg-query", &["-W", "-f=${Conffiles}", "alertgate"]));
-        assert!(conffiles.contains("/etc/alertgate/alertgate.toml"), "{conffiles}");
+        assert!(
+            conffiles.contains("/etc/alertgate/alertgate.toml"),
+            "{conffiles}"
+        );
         let user = ok(&run("getent", &["passwd", "alertgate"]));
         assert!(user.contains("/var/lib/alertgate"), "{user}");
         assert!(Path::new("/var/lib/alertgate").is_dir());
-        ok(&run("systemd-analyze", &["verify", "/usr/lib/systemd/system/alertgate.service"]));
+        ok(&run(
+            "systemd-analyze",
+            &["verify", "/usr/lib/systemd/system/alertgate.service"],
+        ));
         let unit = std::fs::read_to_string("/usr/lib/systemd/system/alertgate.service").unwrap();
         for line in [
             "Type=notify",
@@ -96,7 +119,10 @@ fn deb_builds_installs_and_its_unit_verifies() {
         ] {
             assert!(unit.lines().any(|l| l == line), "{line} missing");
         }
-        let check = ok(&run("/usr/bin/alertgate", &["check", "-c", "/etc/alertgate/alertgate.toml"]));
+        let check = ok(&run(
+            "/usr/bin/alertgate",
+            &["check", "-c", "/etc/alertgate/alertgate.toml"],
+        ));
         assert!(check.contains(": ok"), "{check}");
     });
     let purged = run("dpkg", &["--purge", "alertgate"]);
@@ -105,5 +131,8 @@ fn deb_builds_installs_and_its_unit_verifies() {
     }
     ok(&purged);
     assert!(!Path::new("/usr/bin/alertgate").exists());
-    assert!(run("getent", &["passwd", "alertgate"]).stdout.is_empty(), "user left after purge");
+    assert!(
+        run("getent", &["passwd", "alertgate"]).stdout.is_empty(),
+        "user left after purge"
+    );
 }

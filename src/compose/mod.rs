@@ -183,6 +183,18 @@ pub struct FoldedService {
     pub time: i64,
 }
 
+/// One event of an incident (or of an incident held by a storm digest) since the
+/// last mail to its ticket: a merged mail lists them all, with their times.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// Unix seconds.
+    pub time: i64,
+    /// What happened, e.g. `ALERT-1f3a9c2e web01 / disk: NOW CRITICAL`.
+    pub event: String,
+    pub state: State,
+    pub output: String,
+}
+
 /// One mail to compose for an incident.
 #[derive(Debug, Clone)]
 pub struct MailEvent<'a> {
@@ -190,6 +202,9 @@ pub struct MailEvent<'a> {
     pub incident: IncidentRef,
     pub alert: &'a Alert,
     pub folded: &'a [FoldedService],
+    /// Every event since the last mail to the ticket when this mail stands for several
+    /// (empty for a mail about one event).
+    pub changes: &'a [Change],
     /// The monitoring mail as received, attached per configuration.
     pub original: Option<&'a [u8]>,
     /// Unix seconds; the Date header.
@@ -230,6 +245,11 @@ struct Draft {
 enum Subject {
     Template(String),
     Fixed(String),
+}
+
+/// The word an operator reads for an event: `NOW CRITICAL`, `ACKNOWLEDGED`, `RECOVERED`…
+pub fn event_word(kind: &MailKind, alert: &Alert) -> String {
+    state_word(kind, alert)
 }
 
 /// Composes one incident mail (open, update, resolve).
@@ -603,6 +623,28 @@ fn alert_report(ev: &MailEvent<'_>, state_word: &str) -> Report {
         r.link("Link", url);
     }
     r.text("Rule", alert.rule.as_str());
+    if !ev.changes.is_empty() {
+        r.tables.push(Table {
+            title: format!(
+                "Since the last mail ({} {})",
+                ev.changes.len(),
+                plural(ev.changes.len(), "event", "events")
+            ),
+            columns: vec!["Time", "Event", "State", "Output"],
+            rows: ev
+                .changes
+                .iter()
+                .map(|c| {
+                    vec![
+                        format_time(c.time),
+                        c.event.clone(),
+                        c.state.as_str().to_ascii_uppercase(),
+                        c.output.clone(),
+                    ]
+                })
+                .collect(),
+        });
+    }
     if !ev.folded.is_empty() {
         r.tables.push(Table {
             title: format!(

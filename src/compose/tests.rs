@@ -66,6 +66,7 @@ fn event<'a>(kind: MailKind, incident: IncidentRef, alert: &'a Alert) -> MailEve
         incident,
         alert,
         folded: &[],
+        changes: &[],
         original: None,
         now: NOW,
     }

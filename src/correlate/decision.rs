@@ -44,6 +44,17 @@ pub struct IncidentMail {
     /// Set on an `Open` mail of an incident the storm guard had only listed in a
     /// digest: the event (update or resolve) that made it send its open mail now.
     pub deferred_event: Option<MailKind>,
+    /// Set when the incident is held by a storm digest: the digest's tag. The mail is
+    /// then news for the digest's ticket (`seq` counts in the digest's thread).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via_digest: Option<String>,
+}
+
+impl IncidentMail {
+    /// The incident whose ticket this mail is for: the digest for a digested incident.
+    pub fn owner_tag(&self) -> &str {
+        self.via_digest.as_deref().unwrap_or(&self.incident.tag)
+    }
 }
 
 /// One alert held back by the storm guard.
@@ -55,10 +66,15 @@ pub struct DigestEntry {
     pub alert: Alert,
 }
 
-/// One mail listing the new incidents of a minute beyond the storm limit.
+/// The open mail of a storm digest: the new incidents beyond the storm limit. The
+/// digest is an incident of its own (`tag`), with a ticket learned like any other.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DigestMail {
-    /// Start (unix seconds, multiple of 60) of the minute these incidents opened in.
+    /// The digest incident's thread tag.
+    pub tag: String,
+    /// Sequence number of this mail in the digest's thread (0: its open mail).
+    pub seq: u64,
+    /// When the first of these incidents was deferred (unix seconds).
     pub window_start: i64,
     /// Number of entries, for the subject line.
     pub count: usize,

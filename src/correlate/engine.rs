@@ -7,7 +7,7 @@ use super::decision::{
 };
 use super::incident::{thread_tag, EndReason, Ending, Incident, TicketStatus};
 use super::policy::CorrelationPolicy;
-use super::state::{minute_of, CorrelationState};
+use super::state::{CorrelationState, STORM_WINDOW_SECS};
 use crate::alert::{Alert, AlertKey, AlertKind, NotificationType, State};
 
 /// What a notification means for correlation.
@@ -83,7 +83,7 @@ pub fn correlate(
     policy: &CorrelationPolicy,
 ) -> Decision {
     let mut decision = Decision::default();
-    flush_finished_window(state, now, &mut decision);
+    flush_pending(state, now, false, &mut decision);
     let key = alert_key(alert, policy);
     let event = Event::of(alert);
     if state.open.contains_key(&key) {
@@ -96,10 +96,10 @@ pub fn correlate(
     decision
 }
 
-/// Time passing: sends the digest of a minute that is over.
+/// Time passing: sends the storm digest's alerts once they waited a full window.
 pub fn tick(state: &mut CorrelationState, now: i64, _policy: &CorrelationPolicy) -> Decision {
     let mut decision = Decision::default();
-    flush_finished_window(state, now, &mut decision);
+    flush_pending(state, now, false, &mut decision);
     decision
 }
 
@@ -159,7 +159,25 @@ fn on_open_incident(
                 Event::Notice(reason) => on_notice(incident, reason, policy),
                 Event::Recovery => return,
             };
+            let digested = !incident.announced && incident.digest_tag.is_some();
             match outcome {
+                Outcome::Mail(reason) if digested => {
+                    // News for the digest's ticket; its alert is listed there first.
+                    let member = incident.clone();
+                    decision.record(&member);
+                    if member.in_pending_digest {
+                        flush_pending(state, now, true, decision);
+                    }
+                    let member = state.open.get(&key).cloned().unwrap_or(member);
+                    let kind = MailKind::Update { reason };
+                    if !emit_via_digest(state, &member, kind, alert, now, decision) {
+                        if let Some(incident) = state.open.get_mut(&key) {
+                            emit_update(incident, reason, alert, now, decision);
+                            decision.record(incident);
+                        }
+                    }
+                    return;
+                }
                 Outcome::Mail(UpdateReason::Reopen) => {
                     // GLPI reopens a solved ticket on any follow-up mail.
                     incident.ticket_status = TicketStatus::Open;
@@ -285,6 +303,7 @@ fn emit_mail(
         alert: alert.clone(),
         folded: incident.folded.clone(),
         deferred_event,
+        via_digest: None,
     })));
 }
 
@@ -304,6 +323,26 @@ fn resolve(
     if incident.ticket_status.is_done() {
         finish(incident, now, EndReason::RecoveredTicketDone, decision);
         return;
+    }
+    if let (false, Some(digest_tag)) = (incident.announced, incident.digest_tag.clone()) {
+        if incident.in_pending_digest {
+            // The digest lists its problem before its recovery is news for the digest's ticket.
+            state.insert(incident.clone());
+            flush_pending(state, now, true, decision);
+            incident = state.remove(key).unwrap_or(incident);
+            incident.in_pending_digest = false;
+        }
+        incident.ended = Some(Ending {
+            at: now,
+            reason: EndReason::Recovered,
+        });
+        if emit_via_digest(state, &incident, MailKind::Resolve, alert, now, decision) {
+            decision.record(&incident);
+            decision.ended.push(incident.id);
+            member_recovered(state, &digest_tag, now, decision);
+            return;
+        }
+        incident.ended = None;
     }
     if !incident.announced {
         // Its ticket must exist before it can be resolved: open it with the problem it had.
@@ -389,12 +428,24 @@ fn open_incident(
     let id = state.allocate_id();
     let tag = thread_tag(&key, id, now, |t| state.tag_taken(t));
     let mut incident = Incident::new(id, tag, key, alert, now);
-    state.storm.count = state.storm.count.saturating_add(1);
-    if state.storm.count <= policy.max_new_incidents_per_minute {
+    let recent = &mut state.storm.recent;
+    while recent
+        .front()
+        .is_some_and(|&at| at <= now - STORM_WINDOW_SECS || at > now)
+    {
+        recent.pop_front();
+    }
+    if recent.len() < policy.max_new_incidents_per_minute as usize {
+        recent.push_back(now);
         incident.announced = true;
         emit_mail(&mut incident, MailKind::Open, alert, now, None, decision);
     } else {
+        let digest_tag = storm_digest(state, alert, now, policy, decision);
         incident.in_pending_digest = true;
+        incident.digest_tag = Some(digest_tag);
+        if state.storm.pending.is_empty() {
+            state.storm.window_start = now;
+        }
         state.storm.pending.push(DigestEntry {
             incident_id: id,
             tag: incident.tag.clone(),
@@ -409,6 +460,173 @@ fn open_incident(
     }
     decision.record(&incident);
     state.insert(incident);
+}
+
+/// The digest incident a deferred incident joins: the current storm's while it is open
+/// and not quiet for `storm_split_after_secs`, else a new one. Counts the new member.
+fn storm_digest(
+    state: &mut CorrelationState,
+    alert: &Alert,
+    now: i64,
+    policy: &CorrelationPolicy,
+    decision: &mut Decision,
+) -> String {
+    let quiet_limit = i64::try_from(policy.storm_split_after_secs).unwrap_or(i64::MAX);
+    let current = state
+        .storm
+        .digest_tag
+        .as_deref()
+        .and_then(|t| state.by_tag.get(t))
+        .cloned()
+        .filter(|k| {
+            state
+                .open
+                .get(k)
+                .is_some_and(|d| now.saturating_sub(d.last_seen) < quiet_limit)
+        });
+    let key = match current {
+        Some(key) => key,
+        None => {
+            let id = state.allocate_id();
+            let key = AlertKey {
+                source: DIGEST_SOURCE.to_string(),
+                host: "storm".to_string(),
+                service: format!("digest {id}"),
+            };
+            let tag = thread_tag(&key, id, now, |t| state.tag_taken(t));
+            let mut digest = Incident::new(
+                id,
+                tag,
+                key.clone(),
+                &digest_alert(alert.state, 0, now),
+                now,
+            );
+            digest.is_digest = true;
+            digest.notifications = 0;
+            state.storm.digest_tag = Some(digest.tag.clone());
+            state.insert(digest);
+            key
+        }
+    };
+    let Some(digest) = state.open.get_mut(&key) else {
+        return String::new();
+    };
+    digest.digest_members_open = digest.digest_members_open.saturating_add(1);
+    digest.notifications = digest.notifications.saturating_add(1);
+    digest.last_seen = digest.last_seen.max(now);
+    if alert.state.severity() > digest.worst_state.severity() {
+        digest.set_state(alert.state);
+    }
+    digest.last_alert = digest_alert(digest.worst_state, digest.digest_members_open, now);
+    decision.record(digest);
+    digest.tag.clone()
+}
+
+/// Source of a storm digest's own alert (never a monitoring tool's).
+pub const DIGEST_SOURCE: &str = "alertgate";
+
+/// The alert a digest incident reports as its own.
+fn digest_alert(state: State, open: u64, now: i64) -> Alert {
+    let output = if state.is_good() {
+        "Every incident of this storm has recovered".to_string()
+    } else {
+        format!("Storm: {open} incidents not recovered yet")
+    };
+    Alert {
+        source: DIGEST_SOURCE.into(),
+        kind: AlertKind::Service,
+        host: "storm".into(),
+        host_alias: None,
+        service: "digest".into(),
+        state,
+        notification_type: if state.is_good() {
+            NotificationType::Recovery
+        } else {
+            NotificationType::Problem
+        },
+        output,
+        long_output: None,
+        author: None,
+        comment: None,
+        address: None,
+        event_time: crate::compose::format_time(now).into(),
+        vendor_id: None,
+        url: None,
+        rule: "storm-guard".into(),
+        needs_sanitizing: false,
+    }
+}
+
+/// News about an incident held by a digest, for the digest's ticket: numbered in the
+/// digest's thread. Returns false when its digest is gone (the caller mails it itself).
+fn emit_via_digest(
+    state: &mut CorrelationState,
+    member: &Incident,
+    kind: MailKind,
+    alert: &Alert,
+    now: i64,
+    decision: &mut Decision,
+) -> bool {
+    let Some(digest_tag) = member.digest_tag.clone() else {
+        return false;
+    };
+    let Some(key) = state.by_tag.get(&digest_tag).cloned() else {
+        return false;
+    };
+    let Some(digest) = state.open.get_mut(&key) else {
+        return false;
+    };
+    let seq = digest.take_seq(now);
+    digest.last_seen = digest.last_seen.max(now);
+    decision.record(digest);
+    decision.push(Action::Mail(Box::new(IncidentMail {
+        kind,
+        seq,
+        incident: member.clone(),
+        alert: alert.clone(),
+        folded: member.folded.clone(),
+        deferred_event: None,
+        via_digest: Some(digest_tag),
+    })));
+    true
+}
+
+/// A member of `digest_tag` recovered: when it was the last one, the digest recovers too
+/// (its final mail, and with the API its solution).
+fn member_recovered(
+    state: &mut CorrelationState,
+    digest_tag: &str,
+    now: i64,
+    decision: &mut Decision,
+) {
+    let Some(key) = state.by_tag.get(digest_tag).cloned() else {
+        return;
+    };
+    let Some(digest) = state.open.get_mut(&key) else {
+        return;
+    };
+    digest.digest_members_open = digest.digest_members_open.saturating_sub(1);
+    digest.last_alert = digest_alert(digest.state, digest.digest_members_open, now);
+    if digest.digest_members_open > 0 {
+        decision.record(digest);
+        return;
+    }
+    let Some(mut digest) = state.remove(&key) else {
+        return;
+    };
+    if state.storm.digest_tag.as_deref() == Some(digest_tag) {
+        state.storm.digest_tag = None;
+    }
+    let ok = digest_alert(State::Ok, 0, now);
+    digest.observe(&ok, now);
+    digest.set_state(State::Ok);
+    digest.ended = Some(Ending {
+        at: now,
+        reason: EndReason::Recovered,
+    });
+    emit_mail(&mut digest, MailKind::Resolve, &ok, now, None, decision);
+    decision.record(&digest);
+    decision.ended.push(digest.id);
 }
 
 /// The open host incident a service notification folds into: only problems, and
@@ -458,31 +676,53 @@ fn fold_into_host(
     decision.record(host);
 }
 
-/// Closes the storm window once its minute is over: one digest for its pending
-/// alerts, then a fresh count. A clock going backwards keeps the current window.
-fn flush_finished_window(state: &mut CorrelationState, now: i64, decision: &mut Decision) {
-    let minute = minute_of(now);
-    if minute <= state.storm.window_start {
+/// Sends the storm digest's pending alerts once the oldest has waited a full window
+/// (or at once with `force`): the digest's open mail the first time, later as news for
+/// its ticket. A clock going backwards keeps them waiting.
+fn flush_pending(state: &mut CorrelationState, now: i64, force: bool, decision: &mut Decision) {
+    if state.storm.pending.is_empty()
+        || !(force || now >= state.storm.window_start + STORM_WINDOW_SECS)
+    {
         return;
     }
     let window_start = state.storm.window_start;
     let entries = std::mem::take(&mut state.storm.pending);
-    state.storm.window_start = minute;
-    state.storm.count = 0;
-    if entries.is_empty() {
-        return;
-    }
+    state.storm.window_start = 0;
+    let mut members = Vec::new();
     for entry in &entries {
         if let Some(key) = state.by_tag.get(&entry.tag).cloned() {
             if let Some(incident) = state.open.get_mut(&key) {
                 incident.in_pending_digest = false;
                 decision.digested.push(incident.id);
+                members.push(incident.clone());
             }
         }
     }
-    decision.push(Action::Digest(DigestMail {
-        window_start,
-        count: entries.len(),
-        entries,
-    }));
+    // Entries of one flush all belong to one digest (a new digest starts with an empty list).
+    let digest_key = entries
+        .first()
+        .and_then(|e| state.by_tag.get(&e.tag))
+        .and_then(|k| state.open.get(k))
+        .and_then(|i| i.digest_tag.clone())
+        .or_else(|| state.storm.digest_tag.clone())
+        .and_then(|t| state.by_tag.get(&t).cloned());
+    let Some(digest) = digest_key.and_then(|k| state.open.get_mut(&k)) else {
+        return;
+    };
+    if !digest.announced {
+        digest.announced = true;
+        let seq = digest.take_seq(now);
+        decision.record(digest);
+        decision.push(Action::Digest(DigestMail {
+            tag: digest.tag.clone(),
+            seq,
+            window_start,
+            count: entries.len(),
+            entries,
+        }));
+        return;
+    }
+    for (entry, member) in entries.iter().zip(members.iter()) {
+        emit_via_digest(state, member, MailKind::Open, &entry.alert, now, decision);
+    }
 }

@@ -96,6 +96,16 @@ pub struct Incident {
     pub folded_notifications: u64,
     #[serde(default)]
     pub ended: Option<Ending>,
+    /// Set on an incident the storm guard listed in a digest: the digest incident's tag.
+    /// Its later updates and its recovery go to the digest's ticket, never to one of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest_tag: Option<String>,
+    /// This incident is a storm digest: its ticket stands for the incidents it holds.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub is_digest: bool,
+    /// For a digest: incidents it holds that have not recovered yet.
+    #[serde(default)]
+    pub digest_members_open: u64,
 }
 
 impl Incident {
@@ -139,6 +149,9 @@ impl Incident {
             folded: Vec::new(),
             folded_notifications: 0,
             ended: None,
+            digest_tag: None,
+            is_digest: false,
+            digest_members_open: 0,
         }
     }
 

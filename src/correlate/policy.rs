@@ -18,8 +18,13 @@ pub struct CorrelationPolicy {
     pub suppress_downtime: bool,
     /// Count flapping start/stop/disabled notifications instead of mailing them.
     pub suppress_flapping: bool,
-    /// New incidents announced one by one per minute; the excess goes into a digest.
+    /// New incidents announced one by one in any 60 s (a sliding window); the excess
+    /// goes into a storm digest, an incident with one ticket for all of them.
     pub max_new_incidents_per_minute: u32,
+    /// A storm ends once no new incident joined its digest for this long; a later
+    /// burst starts a new digest. The incidents of a digest stay on its ticket until
+    /// they recover (they are never split into tickets of their own).
+    pub storm_split_after_secs: u64,
     /// alias → canonical host, compared case-insensitively (e.g. Centreon's
     /// `$HOSTALIAS$` in service mails → `$HOSTNAME$` of host mails).
     pub host_aliases: HashMap<String, String>,
@@ -36,6 +41,7 @@ impl Default for CorrelationPolicy {
             suppress_downtime: false,
             suppress_flapping: false,
             max_new_incidents_per_minute: 60,
+            storm_split_after_secs: 1800,
             host_aliases: HashMap::new(),
             reopen_on_worse: true,
         }

@@ -5,23 +5,28 @@ use super::decision::DigestEntry;
 use super::incident::Incident;
 use crate::alert::AlertKey;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
-/// New-incident counting for the current minute and the alerts held for its digest.
+/// The storm guard: announcements of the last 60 s (a sliding window), the digest
+/// incident collecting the current storm, and the alerts waiting for its next mail.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StormWindow {
-    /// Start of the current minute (unix seconds, multiple of 60).
+    /// When the oldest pending entry was deferred (unix seconds); 0 when none waits.
+    #[serde(default)]
     pub window_start: i64,
-    /// New incidents created in this minute.
-    pub count: u32,
-    /// Alerts of un-announced incidents, waiting for the digest of this minute.
+    /// When each incident announced in the last 60 s was opened, oldest first.
+    #[serde(default)]
+    pub recent: VecDeque<i64>,
+    /// Tag of the digest incident of the current storm.
+    #[serde(default)]
+    pub digest_tag: Option<String>,
+    /// Alerts of un-announced incidents, waiting for the digest's next mail.
+    #[serde(default)]
     pub pending: Vec<DigestEntry>,
 }
 
-/// Start of the minute holding `now`.
-pub(crate) fn minute_of(now: i64) -> i64 {
-    now.div_euclid(60) * 60
-}
+/// Seconds the storm guard looks back, and how long deferred alerts wait to be listed together.
+pub(crate) const STORM_WINDOW_SECS: i64 = 60;
 
 /// Open incidents and engine bookkeeping. Serializes as a list of incidents plus
 /// counters (JSON-friendly); the indexes are rebuilt on load.
@@ -124,12 +129,18 @@ impl CorrelationState {
             })
             .collect();
         pending.sort_by_key(|e| e.incident_id);
-        let window_start = pending.iter().map(|e| minute_of(e.at)).min().unwrap_or(0);
-        // The minute these came from was over its limit; keep it that way if it is still running.
-        let count = if pending.is_empty() { 0 } else { u32::MAX };
+        let window_start = pending.iter().map(|e| e.at).min().unwrap_or(0);
+        // The newest open digest is the current storm's, so later deferrals join it.
+        let digest_tag = self
+            .open
+            .values()
+            .filter(|i| i.is_digest)
+            .max_by_key(|i| i.id)
+            .map(|i| i.tag.clone());
         self.storm = StormWindow {
             window_start,
-            count,
+            recent: VecDeque::new(),
+            digest_tag,
             pending,
         };
     }

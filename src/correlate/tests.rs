@@ -665,35 +665,54 @@ fn storm_guard_digests_the_excess() {
                 deferred_tags.push(tag.clone());
             }
         }
-        assert_eq!(d.digests().count(), 0, "no digest while the minute runs");
+        assert_eq!(d.digests().count(), 0, "no digest while the window runs");
     }
     assert_eq!(opens, 60);
     assert_eq!(deferred_tags.len(), 440);
     assert_eq!(
         st.open_count(),
-        500,
-        "every incident exists so repeats correlate"
+        501,
+        "every incident exists so repeats correlate, plus the digest incident"
     );
     assert_eq!(st.pending_digest().len(), 440);
+    let digest = st
+        .open_incidents()
+        .find(|i| i.is_digest)
+        .expect("a digest incident")
+        .clone();
+    assert_eq!(digest.digest_members_open, 440);
+    assert!(!digest.announced);
 
     // A repeat of an un-announced incident correlates (suppressed), no new incident.
     let d = correlate(&mut st, &distinct_problem(499), T0 + 59, &policy());
     assert_eq!(suppress_reason(&d).0, SuppressReason::Repeat);
 
-    // Still the same minute: tick sends nothing.
+    // The oldest deferral (T0) has not waited 60 s yet: tick sends nothing.
     assert!(tick(&mut st, T0 + 59, &policy()).actions.is_empty());
     let d = tick(&mut st, T0 + 60, &policy());
     let digests: Vec<_> = d.digests().collect();
     assert_eq!(digests.len(), 1);
     assert_eq!(digests[0].count, 440);
+    assert_eq!(
+        (digests[0].tag.as_str(), digests[0].seq),
+        (digest.tag.as_str(), 0)
+    );
     assert_eq!(digests[0].window_start, T0);
     let listed: Vec<_> = digests[0].entries.iter().map(|e| e.tag.clone()).collect();
     assert_eq!(listed, deferred_tags);
     assert_eq!(d.digested.len(), 440);
-    assert!(d.changed.is_empty(), "no full snapshots for a digest");
+    assert_eq!(
+        d.changed.len(),
+        1,
+        "only the digest's snapshot: {:?}",
+        d.changed.iter().map(|i| i.id).collect::<Vec<_>>()
+    );
     assert!(listed.iter().all(|tag| {
         let i = st.incident_by_tag(tag).expect("still open");
-        !i.in_pending_digest && !i.announced && d.digested.contains(&i.id)
+        !i.in_pending_digest
+            && !i.announced
+            && d.digested.contains(&i.id)
+            && i.digest_tag.as_deref() == Some(digest.tag.as_str())
     }));
     assert!(st.pending_digest().is_empty());
     assert!(
@@ -703,22 +722,30 @@ fn storm_guard_digests_the_excess() {
 }
 
 #[test]
-fn storm_window_rolls_over_and_correlate_flushes() {
+fn storm_window_slides_instead_of_restarting_each_minute() {
     let pol = CorrelationPolicy {
         max_new_incidents_per_minute: 2,
         ..policy()
     };
     let mut st = CorrelationState::default();
-    for i in 0..5 {
-        correlate(&mut st, &distinct_problem(i), T0 + i as i64, &pol);
+    // A burst straddling a minute boundary: the calendar minute would announce 4.
+    let mut opens = 0;
+    for (i, t) in [58, 59, 60, 61, 62].into_iter().enumerate() {
+        let d = correlate(&mut st, &distinct_problem(i), T0 + t, &pol);
+        opens += d.mails().filter(|m| m.kind == MailKind::Open).count();
     }
+    assert_eq!(opens, 2);
     assert_eq!(st.pending_digest().len(), 3);
-    // Next minute: the next alert's decision carries the digest, and its own open is announced.
-    let d = correlate(&mut st, &distinct_problem(5), T0 + 65, &pol);
-    assert_eq!(d.digests().map(|g| g.count).collect::<Vec<_>>(), vec![3]);
+    // 60 s after the first announcement there is room again.
+    let d = correlate(&mut st, &distinct_problem(5), T0 + 118, &pol);
     assert_eq!(single_mail(&d).kind, MailKind::Open);
-    correlate(&mut st, &distinct_problem(6), T0 + 66, &pol);
-    let d = correlate(&mut st, &distinct_problem(7), T0 + 67, &pol);
+    // The digest goes out once the oldest deferral (T0 + 60) waited 60 s.
+    assert!(tick(&mut st, T0 + 119, &pol).actions.is_empty());
+    let d = tick(&mut st, T0 + 120, &pol);
+    assert_eq!(d.digests().map(|g| g.count).collect::<Vec<_>>(), vec![3]);
+    correlate(&mut st, &distinct_problem(6), T0 + 120, &pol);
+    // A later excess joins the same digest, as news for its ticket.
+    let d = correlate(&mut st, &distinct_problem(7), T0 + 121, &pol);
     assert!(matches!(
         d.actions.as_slice(),
         [Action::Deferred {
@@ -727,74 +754,116 @@ fn storm_window_rolls_over_and_correlate_flushes() {
         }]
     ));
     let d = tick(&mut st, T0 + 200, &pol);
-    let digest = d.digests().next().expect("digest");
-    assert_eq!((digest.count, digest.window_start), (1, T0 + 60));
+    assert_eq!(d.digests().count(), 0, "one digest per storm");
+    let news: Vec<_> = d.mails().collect();
+    assert_eq!(news.len(), 1);
+    assert_eq!(news[0].kind, MailKind::Open);
+    assert!(news[0].via_digest.is_some());
+    assert_eq!(news[0].seq, 1, "numbered in the digest's thread");
 }
 
 #[test]
-fn unannounced_incident_sends_open_on_next_mailed_event() {
+fn digested_incidents_report_to_the_digest_and_its_last_recovery_resolves_it() {
     let pol = CorrelationPolicy {
         max_new_incidents_per_minute: 0,
         ..policy()
     };
     let mut st = CorrelationState::default();
-    let d = correlate(
+    no_mail(&correlate(
         &mut st,
         &svc("a", "cpu", State::Warning, N::Problem),
         T0,
         &pol,
-    );
-    no_mail(&d);
+    ));
+    no_mail(&correlate(
+        &mut st,
+        &svc("b", "cpu", State::Critical, N::Problem),
+        T0 + 1,
+        &pol,
+    ));
+    // An update of a pending member sends the digest first, then the news for its ticket.
     let d = correlate(
         &mut st,
         &svc("a", "cpu", State::Critical, N::Problem),
         T0 + 5,
         &pol,
     );
+    let digest = d.digests().next().expect("digest sent first").clone();
+    assert_eq!(digest.count, 2);
     let mail = single_mail(&d);
-    assert_eq!(mail.kind, MailKind::Open);
-    assert_eq!(mail.seq, 0);
     assert_eq!(
-        mail.deferred_event,
-        Some(MailKind::Update {
+        mail.kind,
+        MailKind::Update {
             reason: UpdateReason::StateChange
-        })
+        }
     );
-    assert!(mail.incident.announced);
-    assert_eq!(mail.alert.state, State::Critical);
+    assert_eq!(mail.via_digest.as_deref(), Some(digest.tag.as_str()));
+    assert_eq!(mail.owner_tag(), digest.tag);
+    assert_eq!(mail.seq, 1);
+    assert!(matches!(d.actions.first(), Some(Action::Digest(_))));
+    // Recoveries: news for the digest; the last one also resolves the digest.
     let d = correlate(
         &mut st,
         &svc("a", "cpu", State::Ok, N::Recovery),
         T0 + 10,
         &pol,
     );
-    assert_eq!(single_mail(&d).kind, MailKind::Resolve);
-    assert_eq!(single_mail(&d).seq, 1);
-
-    // Resolved while still un-announced: open mail (with the problem) then the resolve.
+    let mail = single_mail(&d);
+    assert_eq!((mail.kind, mail.seq), (MailKind::Resolve, 2));
+    assert_eq!(mail.owner_tag(), digest.tag);
+    assert_eq!(d.ended.len(), 1);
     let d = correlate(
+        &mut st,
+        &svc("b", "cpu", State::Ok, N::Recovery),
+        T0 + 20,
+        &pol,
+    );
+    let mails: Vec<_> = d.mails().collect();
+    assert_eq!(mails.len(), 2);
+    assert_eq!(
+        (mails[0].kind, mails[0].owner_tag()),
+        (MailKind::Resolve, digest.tag.as_str())
+    );
+    assert!(mails[0].via_digest.is_some());
+    assert_eq!(
+        (mails[1].kind, mails[1].incident.tag.as_str()),
+        (MailKind::Resolve, digest.tag.as_str())
+    );
+    assert!(mails[1].via_digest.is_none(), "the digest's own recovery");
+    assert!(mails[1].incident.is_digest);
+    assert_eq!(d.ended.len(), 2);
+    assert_eq!(st.open_count(), 0);
+    assert!(d.changed.iter().all(|i| !i.is_open()));
+}
+
+#[test]
+fn a_member_recovering_before_its_digest_went_out_is_listed_then_recovered() {
+    let pol = CorrelationPolicy {
+        max_new_incidents_per_minute: 0,
+        ..policy()
+    };
+    let mut st = CorrelationState::default();
+    correlate(
         &mut st,
         &svc("b", "cpu", State::Critical, N::Problem),
         T0 + 20,
         &pol,
     );
-    no_mail(&d);
     let d = correlate(
         &mut st,
         &svc("b", "cpu", State::Ok, N::Recovery),
         T0 + 30,
         &pol,
     );
+    assert!(matches!(d.actions.first(), Some(Action::Digest(g)) if g.count == 1));
     let mails: Vec<_> = d.mails().collect();
-    assert_eq!(mails.len(), 2);
-    assert_eq!((mails[0].kind, mails[0].seq), (MailKind::Open, 0));
-    assert_eq!(mails[0].deferred_event, Some(MailKind::Resolve));
-    assert_eq!(mails[0].alert.state, State::Critical);
-    assert_eq!((mails[1].kind, mails[1].seq), (MailKind::Resolve, 1));
-    assert_eq!(mails[1].alert.state, State::Ok);
-    // Its alert still reaches the digest: nothing is lost.
-    let d = tick(&mut st, T0 + 60, &pol);
-    assert_eq!(d.digests().next().map(|g| g.count), Some(2));
+    assert_eq!(mails.len(), 2, "member recovery, digest recovery");
+    assert!(mails.iter().all(|m| m.kind == MailKind::Resolve));
+    assert!(
+        mails.iter().all(|m| m.kind != MailKind::Open),
+        "never a ticket whose first mail is a recovery"
+    );
+    assert!(tick(&mut st, T0 + 200, &pol).actions.is_empty());
 }
 
 fn with_ticket(status: TicketStatus) -> (CorrelationState, Incident) {
@@ -1091,7 +1160,7 @@ fn from_incidents_rebuilds_state() {
     };
     let mut st = CorrelationState::default();
     let mut store: HashMap<u64, Incident> = HashMap::new();
-    for (i, h) in ["a", "b", "c"].iter().enumerate() {
+    for (i, h) in ["a", "b"].iter().enumerate() {
         let d = correlate(
             &mut st,
             &svc(h, "cpu", State::Critical, N::Problem),
@@ -1102,33 +1171,38 @@ fn from_incidents_rebuilds_state() {
             store.insert(inc.id, inc);
         }
     }
+    let a_tag = store[&1].tag.clone();
     let d = correlate(
         &mut st,
-        &svc("c", "cpu", State::Ok, N::Recovery),
+        &svc("a", "cpu", State::Ok, N::Recovery),
         T0 + 5,
         &pol,
     );
     for inc in d.changed {
         store.insert(inc.id, inc);
     }
-    // The ended incident "c" and a stale duplicate of "a" must not come back.
-    let mut stale = store[&1].clone();
+    assert_eq!(store.len(), 3, "a, b and the digest");
+    // The ended incident "a" and a stale duplicate of "b" must not come back.
+    let mut stale = store[&2].clone();
     stale.id = 0;
     let rows = store.values().cloned().chain(std::iter::once(stale));
     let mut rebuilt = CorrelationState::from_incidents(rows, 1);
-    assert_eq!(rebuilt.open_count(), 2);
+    assert_eq!(rebuilt.open_count(), 2, "b and its digest");
     assert_eq!(rebuilt.next_id(), 4);
+    assert!(rebuilt.incident_by_tag(&a_tag).is_none());
     assert_eq!(
-        rebuilt
-            .incident(&st.incident_by_tag(&store[&1].tag).expect("a").key)
-            .map(|i| i.id),
-        Some(1)
+        rebuilt.incident_by_tag(&store[&2].tag).map(|i| i.id),
+        Some(2)
     );
-    // "b" was still waiting for its digest: it is queued again and sent once its minute is over.
-    assert!(tick(&mut rebuilt, T0 + 59, &pol).actions.is_empty());
+    // "b" was still waiting for its digest: it is queued again and sent once it waited 60 s.
+    assert!(tick(&mut rebuilt, T0 + 60, &pol).actions.is_empty());
     assert_eq!(rebuilt.pending_digest().len(), 1);
-    let d = tick(&mut rebuilt, T0 + 60, &pol);
+    let d = tick(&mut rebuilt, T0 + 61, &pol);
     assert_eq!(d.digests().map(|g| g.count).collect::<Vec<_>>(), vec![1]);
+    assert_eq!(
+        d.digests().next().map(|g| g.tag.clone()),
+        Some(store[&3].tag.clone())
+    );
     // A new problem gets a fresh id.
     let d = correlate(
         &mut rebuilt,
@@ -1136,7 +1210,7 @@ fn from_incidents_rebuilds_state() {
         T0 + 70,
         &pol,
     );
-    assert_eq!(d.changed[0].id, 4);
+    assert!(d.changed.iter().any(|i| i.id == 4));
 }
 
 mod properties {
@@ -1199,6 +1273,7 @@ mod properties {
             let mut last_seq: HashMap<u64, u64> = HashMap::new();
             let mut open_by_key: HashMap<AlertKey, u64> = HashMap::new();
             let mut ended: HashSet<u64> = HashSet::new();
+            let mut owners: HashMap<String, u64> = HashMap::new();
             let statuses = [TicketStatus::Unknown, TicketStatus::Open, TicketStatus::Solved, TicketStatus::Closed];
             for s in steps {
                 let d = match s {
@@ -1225,8 +1300,19 @@ mod properties {
                         continue;
                     }
                 };
+                for digest in d.digests() {
+                    let id = d.changed.iter().find(|i| i.tag == digest.tag).map(|i| i.id).expect("digest snapshot");
+                    prop_assert!(!last_seq.contains_key(&id), "digest sent twice");
+                    prop_assert_eq!(digest.seq, 0);
+                    last_seq.insert(id, 0);
+                    owners.insert(digest.tag.clone(), id);
+                }
                 for mail in d.mails() {
-                    let id = mail.incident.id;
+                    let id = match &mail.via_digest {
+                        Some(tag) => *owners.get(tag).expect("news for a digest that was sent"),
+                        None => mail.incident.id,
+                    };
+                    owners.insert(mail.incident.tag.clone(), mail.incident.id);
                     prop_assert!(!ended.contains(&id), "mail for an ended incident");
                     if let Some(prev) = last_seq.get(&id) {
                         prop_assert!(mail.seq > *prev, "seq not increasing: {} after {}", mail.seq, prev);

@@ -55,9 +55,17 @@ pub struct RelayConfig {
     /// Name sent in EHLO; defaults to this machine's host name.
     #[serde(default)]
     pub helo_name: Option<String>,
-    /// Seconds allowed for connecting (TCP, TLS, EHLO, AUTH), and again for sending one mail.
+    /// Seconds allowed for each step of the exchange with the relay (connect, greeting,
+    /// each command reply) unless `[relay.timeouts]` sets that step.
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
+    /// Per-step timeouts, as Postfix's `smtp_*_timeout`.
+    #[serde(default)]
+    pub timeouts: RelayTimeouts,
+    /// Largest mail sent, in bytes, even when the relay advertises more (or no) `SIZE`.
+    /// A bigger composed mail is shrunk: the attached original first, then the text.
+    #[serde(default)]
+    pub max_message_size: Option<usize>,
     /// Skip certificate and host name checks (self-signed relays, tests). Never in production.
     #[serde(default)]
     pub accept_invalid_certs: bool,
@@ -103,6 +111,8 @@ impl RelayConfig {
             password: None,
             helo_name: None,
             timeout_secs: default_timeout_secs(),
+            timeouts: RelayTimeouts::default(),
+            max_message_size: None,
             accept_invalid_certs: false,
             pool_max_idle: default_pool_max_idle(),
             pool_idle_timeout_secs: default_pool_idle_timeout_secs(),
@@ -129,6 +139,50 @@ impl RelayConfig {
     pub fn timeout(&self) -> Duration {
         Duration::from_secs(self.timeout_secs)
     }
+
+    /// Each step's timeout, with `timeout_secs` standing in for the steps not set.
+    pub fn step_timeouts(&self) -> StepTimeouts {
+        let or_default = |secs: Option<u64>| Duration::from_secs(secs.unwrap_or(self.timeout_secs));
+        StepTimeouts {
+            connect: or_default(self.timeouts.connect_secs),
+            greeting: or_default(self.timeouts.greeting_secs),
+            command: or_default(self.timeouts.command_secs),
+            data_done: Duration::from_secs(
+                self.timeouts
+                    .data_done_secs
+                    .unwrap_or(DEFAULT_DATA_DONE_SECS),
+            ),
+        }
+    }
+}
+
+/// Postfix's `smtp_data_done_timeout`: RFC 5321 4.5.3.2.6 gives the final reply 10 minutes.
+pub const DEFAULT_DATA_DONE_SECS: u64 = 600;
+
+/// `[relay.timeouts]`: seconds per step of one exchange with the relay. A slow step is
+/// not charged to the next one, so a relay slow on every reply still gets its mail.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayTimeouts {
+    /// TCP connect and, for `tls = "tls"`, the TLS handshake.
+    pub connect_secs: Option<u64>,
+    /// The greeting, and each of EHLO, STARTTLS and AUTH.
+    pub greeting_secs: Option<u64>,
+    /// Each reply to MAIL, RCPT, DATA, RSET and NOOP.
+    pub command_secs: Option<u64>,
+    /// Sending the message and its final reply (default 600, `smtp_data_done_timeout`).
+    /// A timeout here may leave a delivered mail: it is retried and logged as a possible
+    /// duplicate (the same Message-ID makes the copy recognisable).
+    pub data_done_secs: Option<u64>,
+}
+
+/// The resolved per-step timeouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepTimeouts {
+    pub connect: Duration,
+    pub greeting: Duration,
+    pub command: Duration,
+    pub data_done: Duration,
 }
 
 // Hand-written so that the password never reaches a log line.
@@ -144,6 +198,8 @@ impl fmt::Debug for RelayConfig {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("helo_name", &self.helo_name)
             .field("timeout_secs", &self.timeout_secs)
+            .field("timeouts", &self.timeouts)
+            .field("max_message_size", &self.max_message_size)
             .field("accept_invalid_certs", &self.accept_invalid_certs)
             .field("pool_max_idle", &self.pool_max_idle)
             .field("pool_idle_timeout_secs", &self.pool_idle_timeout_secs)
@@ -262,6 +318,8 @@ mod tests {
         assert_eq!(cfg.timeout(), Duration::from_secs(30));
         assert_eq!(cfg.max_parallel, 4);
         assert_eq!(cfg.retry, RetryPolicy::default());
+        assert_eq!(cfg.step_timeouts().data_done, Duration::from_secs(600));
+        assert_eq!(cfg.step_timeouts().greeting, Duration::from_secs(30));
     }
 
     #[test]
@@ -279,6 +337,10 @@ mod tests {
             pool_max_idle = 2
             pool_idle_timeout_secs = 5
             max_parallel = 8
+            max_message_size = 10240000
+            [timeouts]
+            connect_secs = 5
+            data_done_secs = 900
             [retry]
             initial_backoff_secs = 1
             max_backoff_secs = 4
@@ -290,6 +352,11 @@ mod tests {
         assert_eq!(cfg.port, 465);
         assert_eq!(cfg.password.as_deref(), Some("s3cret"));
         assert_eq!(cfg.retry.max_backoff_secs, 4);
+        assert_eq!(cfg.max_message_size, Some(10_240_000));
+        let steps = cfg.step_timeouts();
+        assert_eq!(steps.connect, Duration::from_secs(5));
+        assert_eq!(steps.command, Duration::from_secs(10), "from timeout_secs");
+        assert_eq!(steps.data_done, Duration::from_secs(900));
         assert!(!format!("{cfg:?}").contains("s3cret"));
     }
 

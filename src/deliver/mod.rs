@@ -5,11 +5,12 @@
 mod client;
 mod config;
 mod maildir;
+mod shrink;
 mod transport;
 mod worker;
 
 pub use client::{DeliverError, RelayClient};
-pub use config::{RelayConfig, RelayKind, RelayTls, RetryPolicy};
+pub use config::{RelayConfig, RelayKind, RelayTimeouts, RelayTls, RetryPolicy, StepTimeouts};
 pub use maildir::MaildirOutbox;
 pub use transport::Transport;
 pub use worker::{

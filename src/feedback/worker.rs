@@ -3,8 +3,9 @@
 //! API actions the pipeline stored (solving tickets on recovery), retrying through outages.
 
 use super::api::{lookup_backoff, ApiError, GlpiApi};
+use crate::clock::Clock;
 use crate::pipeline::TicketInfo;
-use crate::store::{actions, incidents, unix_now, StoreError};
+use crate::store::{actions, incidents, StoreError};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -27,6 +28,7 @@ pub struct ApiWorker {
     pub opened: mpsc::UnboundedReceiver<String>,
     /// Where found tickets go (the pipeline records them).
     pub found: mpsc::UnboundedSender<TicketInfo>,
+    clock: Clock,
 }
 
 impl ApiWorker {
@@ -44,13 +46,20 @@ impl ApiWorker {
             lookup_timeout_secs,
             opened,
             found,
+            clock: Clock::system(),
         })
+    }
+
+    /// Read time from `clock` instead of the system's.
+    pub fn with_clock(mut self, clock: Clock) -> ApiWorker {
+        self.clock = clock;
+        self
     }
 
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let mut lookups = self.pending_at_start().await;
         loop {
-            let now = unix_now();
+            let now = self.clock.now();
             while let Ok(tag) = self.opened.try_recv() {
                 lookups.entry(tag).or_insert(Lookup {
                     attempts: 0,
@@ -77,7 +86,7 @@ impl ApiWorker {
     async fn pending_at_start(&self) -> HashMap<String, Lookup> {
         let timeout = self.lookup_timeout_secs;
         let loaded = self.with_store(|conn| incidents::load(conn, false)).await;
-        let now = unix_now();
+        let now = self.clock.now();
         match loaded {
             Some(list) => list
                 .into_iter()

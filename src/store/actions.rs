@@ -16,6 +16,9 @@ pub struct GlpiAction {
 }
 
 pub const SOLVE: &str = "solve";
+pub const FOLLOWUP: &str = "followup";
+/// Create the ticket (`create = "api"`); `content` is the ticket's JSON input.
+pub const CREATE: &str = "create";
 
 pub fn add(
     conn: &Connection,
@@ -32,10 +35,15 @@ pub fn add(
     Ok(conn.last_insert_rowid())
 }
 
+/// The head of each ticket's queue that is due: one per incident, so a solution never
+/// overtakes a follow-up still waiting for GLPI.
 pub fn due(conn: &Connection, now: i64, limit: usize) -> Result<Vec<GlpiAction>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, tag, ticket_id, action, content, attempts FROM glpi_actions
-         WHERE state = 'pending' AND next_attempt_at <= ?1 ORDER BY id LIMIT ?2",
+        "SELECT id, tag, ticket_id, action, content, attempts FROM glpi_actions AS a
+         WHERE state = 'pending' AND next_attempt_at <= ?1
+           AND NOT EXISTS (SELECT 1 FROM glpi_actions AS p
+                           WHERE p.tag = a.tag AND p.id < a.id AND p.state = 'pending')
+         ORDER BY id LIMIT ?2",
     )?;
     let rows = stmt
         .query_map(params![now, limit as i64], |r| {
@@ -64,6 +72,25 @@ pub fn finish(
         "UPDATE glpi_actions SET state = ?2, attempts = attempts + 1, next_attempt_at = ?3, last_error = ?4 WHERE id = ?1",
     )?
     .execute(params![id, state, next_attempt_at, error])?;
+    Ok(())
+}
+
+/// Carry out a pending action as another kind (a refused solution becomes a follow-up).
+pub fn convert(conn: &Connection, id: i64, action: &str, now: i64) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE glpi_actions SET action = ?2, attempts = attempts + 1, next_attempt_at = ?3 WHERE id = ?1",
+    )?
+    .execute(params![id, action, now])?;
+    Ok(())
+}
+
+/// Ticket ids learned by creating tickets (`create = "api"`): pending actions of the
+/// incident that were queued before the id was known get it.
+pub fn set_ticket(conn: &Connection, tag: &str, ticket_id: u64) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE glpi_actions SET ticket_id = ?2 WHERE tag = ?1 AND ticket_id = 0 AND state = 'pending' AND action != 'create'",
+    )?
+    .execute(params![tag, ticket_id as i64])?;
     Ok(())
 }
 

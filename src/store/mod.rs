@@ -98,6 +98,8 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX glpi_actions_state ON glpi_actions(state, next_attempt_at);",
     // 4: the delivery worker's scan: pending mail in id order.
     "CREATE INDEX outbound_pending ON outbound(id) WHERE state IN ('queued', 'held');",
+    // 5: GLPI actions run in order per incident (the head of each tag's queue).
+    "CREATE INDEX glpi_actions_tag ON glpi_actions(tag, id);",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -163,10 +165,7 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
 
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    crate::clock::Clock::system().now()
 }
 
 #[cfg(test)]

@@ -274,6 +274,37 @@ pub fn release_expired_holds(conn: &Connection, now: i64) -> Result<Vec<String>,
     Ok(keys)
 }
 
+/// Incidents with held mail due for a decision (their wait for a ticket id, or for
+/// the pace of GLPI's intake, is over).
+pub fn held_due_keys(conn: &Connection, now: i64) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT DISTINCT order_key FROM outbound WHERE state = 'held' AND next_attempt_at <= ?1",
+    )?;
+    let keys = stmt
+        .query_map([now], |r| r.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(keys)
+}
+
+/// Look at an incident's held mail again at `at`.
+pub fn hold_until(conn: &Connection, order_key: &str, at: i64) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE outbound SET next_attempt_at = ?2 WHERE order_key = ?1 AND state = 'held'",
+    )?
+    .execute(params![order_key, at])?;
+    Ok(())
+}
+
+/// When the incident's latest mail left (or is due to leave) for GLPI.
+pub fn last_release_at(conn: &Connection, order_key: &str) -> Result<Option<i64>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT MAX(COALESCE(sent_at, next_attempt_at)) FROM outbound
+             WHERE order_key = ?1 AND state IN ('queued', 'sent')",
+        )?
+        .query_row([order_key], |r| r.get::<_, Option<i64>>(0))?)
+}
+
 /// The outbound queue as the delivery worker sees it, on its own connection.
 pub struct SqliteQueue {
     conn: std::sync::Mutex<Connection>,

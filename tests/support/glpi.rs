@@ -1,16 +1,29 @@
 //! A strict GLPI double for end-to-end tests: an SMTP server playing GLPI's mail
 //! collector by the rules of shared/design/glpi-collector.md, GLPI's notification mails
 //! sent back by SMTP, and a small HTTP/1.1 server speaking the legacy REST API.
+//!
+//! Time is GLPI's: by default the collector imports each mail the instant it arrives and
+//! notifications leave at once (the "instant" mode), but [`GlpiConfig::batched`] makes
+//! the collector a cron task (`mailgate`: every `interval`, at most `per_run` mails) and
+//! notifications leave through their own queue (`queuednotification`). The REST API
+//! enforces the API user's profile rights as GLPI does ([`ApiProfile`]).
 #![allow(dead_code)]
+
+mod api;
+mod notify;
+
+#[allow(unused_imports)]
+pub use api::*;
+#[allow(unused_imports)]
+pub use notify::{modern_new_id, GlpiVersion, Labels, Language};
 
 use mail_parser::{Address, HeaderName, Message, MessageParser};
 use regex::Regex;
-use serde_json::{json, Value};
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
@@ -21,12 +34,27 @@ pub const STATUS_WAITING: u8 = 4;
 pub const STATUS_SOLVED: u8 = 5;
 pub const STATUS_CLOSED: u8 = 6;
 
+/// When a cron-like part of GLPI does its work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schedule {
+    /// At once (the double's historical mode; no real GLPI works like this).
+    Instant,
+    /// A cron task: every `interval`, at most `per_run` items, oldest first.
+    Every { interval: Duration, per_run: usize },
+}
+
+/// GLPI's default "Number of emails to process" of a mail collector.
+pub const GLPI_COLLECTOR_BATCH: usize = 10;
+/// GLPI's default number of notifications sent per `queuednotification` run.
+pub const GLPI_NOTIFICATIONS_PER_RUN: usize = 50;
+
 /// How the double is set up; `Default` matches tests/support/gateway.rs.
 #[derive(Debug, Clone)]
 pub struct GlpiConfig {
     /// GLPI's notification uuid (lowercase letters and digits).
     pub uuid: String,
-    /// E-mail addresses of GLPI users (lowercase); only they may open tickets.
+    /// E-mail addresses of GLPI users (lowercase); only they may open tickets. The
+    /// first one is the API user (the one whose user token is `user_token`).
     pub users: Vec<String>,
     /// The collector's own mailbox: mail from it is dropped.
     pub collector_address: String,
@@ -40,6 +68,20 @@ pub struct GlpiConfig {
     pub notify_new: bool,
     /// Send the solved/closed notifications.
     pub notify_solved: bool,
+    /// Send the "New followup" notification for every follow-up.
+    pub notify_followups: bool,
+    /// The mail collector's cron (`mailgate`).
+    pub collector: Schedule,
+    /// The notification queue's cron (`queuednotification`).
+    pub notification_queue: Schedule,
+    /// Which GLPI's notification shapes (Message-IDs, threading) the double speaks.
+    pub version: GlpiVersion,
+    /// Language of the notifications (subject label, status line).
+    pub language: Language,
+    /// The API user's active profile.
+    pub api_profile: ApiProfile,
+    /// Host part of GLPI's Message-IDs.
+    pub host: String,
 }
 
 impl Default for GlpiConfig {
@@ -54,7 +96,70 @@ impl Default for GlpiConfig {
             app_token: Some("app-token-91ab".into()),
             notify_new: true,
             notify_solved: true,
+            notify_followups: false,
+            collector: Schedule::Instant,
+            notification_queue: Schedule::Instant,
+            version: GlpiVersion::Modern,
+            language: Language::En,
+            api_profile: ApiProfile::technician(),
+            host: "glpi.test".into(),
         }
+    }
+}
+
+impl GlpiConfig {
+    /// GLPI's real timing: the collector runs every `interval` and imports at most
+    /// `per_run` mails; notifications leave every `interval` too, 50 a run.
+    pub fn batched(interval: Duration, per_run: usize) -> GlpiConfig {
+        GlpiConfig {
+            collector: Schedule::Every { interval, per_run },
+            notification_queue: Schedule::Every {
+                interval,
+                per_run: GLPI_NOTIFICATIONS_PER_RUN,
+            },
+            ..GlpiConfig::default()
+        }
+    }
+
+    /// The notification queue runs every `interval`, sending at most `per_run`.
+    pub fn notifications_every(mut self, interval: Duration, per_run: usize) -> GlpiConfig {
+        self.notification_queue = Schedule::Every { interval, per_run };
+        self
+    }
+
+    pub fn with_version(mut self, version: GlpiVersion) -> GlpiConfig {
+        self.version = version;
+        self
+    }
+
+    pub fn with_language(mut self, language: Language) -> GlpiConfig {
+        self.language = language;
+        self
+    }
+
+    pub fn with_profile(mut self, profile: ApiProfile) -> GlpiConfig {
+        self.api_profile = profile;
+        self
+    }
+
+    /// The API user's e-mail address.
+    pub fn api_user(&self) -> &str {
+        self.users.first().map(String::as_str).unwrap_or("")
+    }
+
+    /// GLPI user id of an address (users are numbered from 7, like a fresh install's
+    /// first added user); `None` for an unknown address.
+    pub fn user_id(&self, address: &str) -> Option<u64> {
+        self.users
+            .iter()
+            .position(|u| u.eq_ignore_ascii_case(address))
+            .map(|i| i as u64 + 7)
+    }
+
+    fn user_by_id(&self, id: u64) -> Option<&str> {
+        id.checked_sub(7)
+            .and_then(|i| self.users.get(i as usize))
+            .map(String::as_str)
     }
 }
 
@@ -72,25 +177,82 @@ pub struct Followup {
     pub subject: String,
     pub message_id: Option<String>,
     pub source: Source,
+    /// When it was added.
+    pub at: Instant,
+    /// Order of everything that happened in the double (follow-ups, solutions).
+    pub seq: u64,
+}
+
+/// GLPI's `ITILSolution.status` (CommonITILValidation's values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SolutionStatus {
+    /// 2: the ticket is solved, waiting for the requester (or auto-close).
+    Waiting,
+    /// 3: the ticket was closed.
+    Accepted,
+    /// 4: a follow-up reopened the ticket.
+    Refused,
+}
+
+#[derive(Debug, Clone)]
+pub struct Solution {
+    pub content: String,
+    pub source: Source,
+    pub status: SolutionStatus,
+    pub at: Instant,
+    pub seq: u64,
 }
 
 #[derive(Debug, Clone)]
 pub struct Ticket {
     pub id: u64,
     pub title: String,
+    /// The first mail's body (or the API's `content`).
     pub content: String,
     pub status: u8,
     pub requester: String,
     /// Message-ID of the mail that opened it.
     pub message_id: Option<String>,
     pub followups: Vec<Followup>,
+    /// The current solution's content (`None` once refused).
     pub solution: Option<String>,
+    /// Every solution ever added, with its status.
+    pub solutions: Vec<Solution>,
     /// The closed ticket this one was opened for.
     pub linked_to: Option<u64>,
     /// A technician is assigned: a reopened ticket goes back to "assigned".
     pub assigned: bool,
     /// How many times a follow-up reopened it.
     pub reopened: u32,
+    /// How it was opened (a mail through the collector, or `POST Ticket`).
+    pub created_by: Source,
+    pub created_at: Instant,
+    pub urgency: u8,
+    pub impact: u8,
+    pub entities_id: u64,
+    pub itilcategories_id: u64,
+}
+
+impl Ticket {
+    /// Follow-ups added after the first solution (none, when nothing ever reopened it).
+    pub fn followups_after_solution(&self) -> Vec<&Followup> {
+        match self.solutions.first() {
+            Some(first) => self
+                .followups
+                .iter()
+                .filter(|f| f.seq > first.seq)
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Solutions a later follow-up refused (reopened the ticket).
+    pub fn refused_solutions(&self) -> usize {
+        self.solutions
+            .iter()
+            .filter(|s| s.status == SolutionStatus::Refused)
+            .count()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,22 +287,44 @@ pub struct SentNotification {
     pub subject: String,
     pub message_id: String,
     pub result: Result<(), String>,
+    /// When GLPI queued it (the event) and when it left.
+    pub queued_at: Instant,
+    pub sent_at: Instant,
 }
 
 #[derive(Default)]
 struct State {
     tickets: Vec<Ticket>,
     refused: Vec<Refused>,
+    /// Mails the collector imported (tickets, follow-ups, refusals).
     mails_received: usize,
+    /// Mails the mailbox accepted over SMTP.
+    mails_accepted: usize,
+    /// Mails accepted but not imported yet (cron mode).
+    mailbox: VecDeque<ReceivedMail>,
+    collector_paused: bool,
+    collector_runs: usize,
     notifications: Vec<SentNotification>,
+    /// Notifications waiting for the next `queuednotification` run.
+    notification_queue: VecDeque<notify::Notice>,
     notify_target: Option<(SocketAddr, String)>,
     notify_new: bool,
     notify_solved: bool,
+    notify_followups: bool,
     api_down: bool,
+    api_profile: ApiProfile,
     sessions: HashSet<String>,
     next_session: u64,
     next_item_id: u64,
     api_calls: HashMap<String, usize>,
+    seq: u64,
+}
+
+impl State {
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
 }
 
 struct Inner {
@@ -178,6 +362,8 @@ impl GlpiDouble {
         let state = State {
             notify_new: config.notify_new,
             notify_solved: config.notify_solved,
+            notify_followups: config.notify_followups,
+            api_profile: config.api_profile.clone(),
             ..State::default()
         };
         let inner = Arc::new(Inner {
@@ -188,28 +374,51 @@ impl GlpiDouble {
         let api = TcpListener::bind("127.0.0.1:0").await.expect("bind api");
         let smtp_addr = smtp.local_addr().expect("smtp addr");
         let api_addr = api.local_addr().expect("api addr");
-        let collector = {
+        let mut tasks = Vec::new();
+        let mailbox = {
             let inner = inner.clone();
             tokio::spawn(serve_smtp(smtp, move |mail| {
-                collect(&inner, &mail);
+                deliver_to_mailbox(&inner, mail);
             }))
         };
+        tasks.push(mailbox);
+        if let Schedule::Every { interval, per_run } = inner.config.collector {
+            let inner = inner.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut ticks = cron(interval);
+                loop {
+                    ticks.tick().await;
+                    run_collector(&inner, per_run, false);
+                }
+            }));
+        }
+        if let Schedule::Every { interval, per_run } = inner.config.notification_queue {
+            let inner = inner.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut ticks = cron(interval);
+                loop {
+                    ticks.tick().await;
+                    notify::run_queue(&inner, per_run).await;
+                }
+            }));
+        }
         let rest = {
             let inner = inner.clone();
             tokio::spawn(async move {
                 while let Ok((stream, _)) = api.accept().await {
                     let inner = inner.clone();
                     tokio::spawn(async move {
-                        let _ = serve_http(stream, &inner).await;
+                        let _ = api::serve_http(stream, &inner).await;
                     });
                 }
             })
         };
+        tasks.push(rest);
         GlpiDouble {
             inner,
             smtp_addr,
             api_addr,
-            tasks: vec![collector, rest],
+            tasks,
         }
     }
 
@@ -243,12 +452,83 @@ impl GlpiDouble {
             .cloned()
     }
 
+    /// Every follow-up of a ticket, oldest first (empty for an unknown ticket).
+    pub fn followups(&self, id: u64) -> Vec<Followup> {
+        self.ticket(id).map(|t| t.followups).unwrap_or_default()
+    }
+
+    /// Each ticket's id with its first mail (title and body), in ticket order.
+    pub fn first_mails(&self) -> Vec<(u64, String, String)> {
+        self.inner
+            .state()
+            .tickets
+            .iter()
+            .map(|t| (t.id, t.title.clone(), t.content.clone()))
+            .collect()
+    }
+
+    /// Solutions refused by a follow-up, over every ticket.
+    pub fn solutions_refused(&self) -> usize {
+        self.inner
+            .state()
+            .tickets
+            .iter()
+            .map(Ticket::refused_solutions)
+            .sum()
+    }
+
+    /// Reopenings (a follow-up to a solved or waiting ticket), over every ticket.
+    pub fn reopen_count(&self) -> u32 {
+        self.inner.state().tickets.iter().map(|t| t.reopened).sum()
+    }
+
     pub fn refused(&self) -> Vec<Refused> {
         self.inner.state().refused.clone()
     }
 
+    /// Mails the collector imported (whatever became of them).
     pub fn mails_received(&self) -> usize {
         self.inner.state().mails_received
+    }
+
+    /// Mails the mailbox accepted over SMTP, imported or not.
+    pub fn mails_accepted(&self) -> usize {
+        self.inner.state().mails_accepted
+    }
+
+    /// Mails waiting in the mailbox for a collector run.
+    pub fn mailbox_len(&self) -> usize {
+        self.inner.state().mailbox.len()
+    }
+
+    /// Collector runs so far (cron mode).
+    pub fn collector_runs(&self) -> usize {
+        self.inner.state().collector_runs
+    }
+
+    /// A stopped collector leaves every mail in the mailbox (its cron task disabled).
+    pub fn pause_collector(&self, paused: bool) {
+        self.inner.state().collector_paused = paused;
+    }
+
+    /// One collector run now, as the cron would do it (even when paused, like "Execute"
+    /// on the cron task's page); returns the mails imported.
+    pub fn run_collector_now(&self) -> usize {
+        let per_run = match self.inner.config.collector {
+            Schedule::Every { per_run, .. } => per_run,
+            Schedule::Instant => usize::MAX,
+        };
+        run_collector(&self.inner, per_run, true)
+    }
+
+    /// Notifications waiting for the next queue run.
+    pub fn notifications_queued(&self) -> usize {
+        self.inner.state().notification_queue.len()
+    }
+
+    /// Sends every queued notification now.
+    pub async fn flush_notifications(&self) {
+        notify::run_queue(&self.inner, usize::MAX).await;
     }
 
     pub fn notifications(&self) -> Vec<SentNotification> {
@@ -271,6 +551,16 @@ impl GlpiDouble {
         self.inner.state().notify_solved = on;
     }
 
+    /// "New followup" notifications on or off.
+    pub fn set_followup_notifications(&self, on: bool) {
+        self.inner.state().notify_followups = on;
+    }
+
+    /// The API user's active profile from now on.
+    pub fn set_profile(&self, profile: ApiProfile) {
+        self.inner.state().api_profile = profile;
+    }
+
     /// "GLPI down": the API answers 500 to everything.
     pub fn set_api_down(&self, down: bool) {
         self.inner.state().api_down = down;
@@ -282,7 +572,8 @@ impl GlpiDouble {
     }
 
     /// API calls received for an endpoint (`initSession`, `search/Ticket`,
-    /// `ITILSolution`, `ITILFollowup`, `killSession`).
+    /// `ITILSolution`, `ITILFollowup`, `Ticket`, `Ticket/N`, `getFullSession`,
+    /// `getActiveProfile`, `killSession`).
     pub fn api_calls(&self, endpoint: &str) -> usize {
         self.inner
             .state()
@@ -309,15 +600,16 @@ impl GlpiDouble {
     pub async fn solve(&self, id: u64) {
         let notice = {
             let mut state = self.inner.state();
-            let ticket = ticket_mut(&mut state, id);
-            ticket.status = STATUS_SOLVED;
-            ticket.solution = Some("Solved by the technician.".into());
-            let ticket = ticket.clone();
-            solved_or_closed_notice(&self.inner, &state, &ticket, "solved")
+            add_solution(
+                &mut state,
+                id,
+                "Solved by the technician.".into(),
+                Source::Technician,
+            );
+            let ticket = ticket_mut(&mut state, id).clone();
+            notify::event_notice(&self.inner, &state, &ticket, notify::Event::Solved)
         };
-        if let Some(notice) = notice {
-            send_notification(self.inner.clone(), notice).await;
-        }
+        notify::dispatch(&self.inner, notice).await;
     }
 
     /// A technician (or the auto-close) closes the ticket; GLPI notifies the requester.
@@ -326,12 +618,15 @@ impl GlpiDouble {
             let mut state = self.inner.state();
             let ticket = ticket_mut(&mut state, id);
             ticket.status = STATUS_CLOSED;
+            for solution in &mut ticket.solutions {
+                if solution.status == SolutionStatus::Waiting {
+                    solution.status = SolutionStatus::Accepted;
+                }
+            }
             let ticket = ticket.clone();
-            solved_or_closed_notice(&self.inner, &state, &ticket, "closed")
+            notify::event_notice(&self.inner, &state, &ticket, notify::Event::Closed)
         };
-        if let Some(notice) = notice {
-            send_notification(self.inner.clone(), notice).await;
-        }
+        notify::dispatch(&self.inner, notice).await;
     }
 
     /// Waits until at least `n` tickets exist; panics with the double's state on timeout.
@@ -344,6 +639,12 @@ impl GlpiDouble {
     /// Waits until at least `n` mails reached the collector (tickets, follow-ups, refusals).
     pub async fn wait_for_mails(&self, n: usize, timeout: Duration) {
         self.wait_until(timeout, &format!("{n} mails"), |s| s.mails_received >= n)
+            .await;
+    }
+
+    /// Waits until the collector imported every mail the mailbox accepted.
+    pub async fn wait_mailbox_empty(&self, timeout: Duration) {
+        self.wait_until(timeout, "an empty mailbox", |s| s.mailbox.is_empty())
             .await;
     }
 
@@ -360,6 +661,17 @@ impl GlpiDouble {
         self.notifications()
     }
 
+    /// Waits until `done` holds for the tickets; panics with the double's state on timeout.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        what: &str,
+        done: impl Fn(&[Ticket]) -> bool,
+    ) -> Vec<Ticket> {
+        self.wait_until(timeout, what, |s| done(&s.tickets)).await;
+        self.tickets()
+    }
+
     async fn wait_until(&self, timeout: Duration, what: &str, done: impl Fn(&State) -> bool) {
         let deadline = Instant::now() + timeout;
         loop {
@@ -370,8 +682,8 @@ impl GlpiDouble {
                 }
                 if Instant::now() >= deadline {
                     panic!(
-                        "GLPI double: timed out waiting for {what}; mails received {}, tickets {:#?}, refused {:#?}",
-                        state.mails_received, state.tickets, state.refused
+                        "GLPI double: timed out waiting for {what}; mails received {} (in the mailbox {}), tickets {:#?}, refused {:#?}",
+                        state.mails_received, state.mailbox.len(), state.tickets, state.refused
                     );
                 }
             }
@@ -380,12 +692,34 @@ impl GlpiDouble {
     }
 }
 
+/// A cron's ticks: the first one `interval` from now, missed ones not made up.
+fn cron(interval: Duration) -> tokio::time::Interval {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks
+}
+
 fn ticket_mut(state: &mut State, id: u64) -> &mut Ticket {
     state
         .tickets
         .iter_mut()
         .find(|t| t.id == id)
         .unwrap_or_else(|| panic!("GLPI double has no ticket {id}"))
+}
+
+/// Solves a ticket: a new solution waiting for approval, status solved.
+fn add_solution(state: &mut State, id: u64, content: String, source: Source) {
+    let seq = state.next_seq();
+    let ticket = ticket_mut(state, id);
+    ticket.status = STATUS_SOLVED;
+    ticket.solution = Some(content.clone());
+    ticket.solutions.push(Solution {
+        content,
+        source,
+        status: SolutionStatus::Waiting,
+        at: Instant::now(),
+        seq,
+    });
 }
 
 // ---------------------------------------------------------------------------
@@ -397,6 +731,36 @@ pub struct ReceivedMail {
     pub mail_from: String,
     pub rcpt_to: Vec<String>,
     pub data: Vec<u8>,
+}
+
+/// The mailbox takes every mail; the collector imports it now or at its next run.
+fn deliver_to_mailbox(inner: &Arc<Inner>, mail: ReceivedMail) {
+    let mut state = inner.state();
+    state.mails_accepted += 1;
+    match inner.config.collector {
+        Schedule::Instant => {
+            drop(state);
+            collect(inner, &mail);
+        }
+        Schedule::Every { .. } => state.mailbox.push_back(mail),
+    }
+}
+
+/// One `mailgate` run: the oldest `per_run` mails of the mailbox are imported.
+fn run_collector(inner: &Arc<Inner>, per_run: usize, forced: bool) -> usize {
+    let batch: Vec<ReceivedMail> = {
+        let mut state = inner.state();
+        if state.collector_paused && !forced {
+            return 0;
+        }
+        state.collector_runs += 1;
+        let n = per_run.min(state.mailbox.len());
+        state.mailbox.drain(..n).collect()
+    };
+    for mail in &batch {
+        collect(inner, mail);
+    }
+    batch.len()
 }
 
 fn modern_id_regex() -> &'static Regex {
@@ -418,7 +782,8 @@ fn legacy_id_regex() -> &'static Regex {
 fn pre10_id_regex() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();
     RE.get_or_init(|| {
-        Regex::new(r"(?i)GLPI(-[a-z]+)?(-[0-9]+)?\.[0-9]+\.[0-9]+@.+").expect("regex")
+        Regex::new(r"(?i)GLPI(-(?<itemtype>[a-z]+))?(-(?<items_id>[0-9]+))?\.[0-9]+\.[0-9]+@.+")
+            .expect("regex")
     })
 }
 
@@ -434,18 +799,24 @@ fn looks_like_glpi_message_id(id: &str) -> bool {
         || pre10_id_regex().is_match(id)
 }
 
-/// The ticket a header value names, when it holds a GLPI Message-ID of this instance.
-fn ticket_in_header(value: &str, uuid: &str) -> Option<u64> {
-    for re in [modern_id_regex(), legacy_id_regex()] {
-        for caps in re.captures_iter(value) {
-            let same_instance = caps["uuid"].eq_ignore_ascii_case(uuid);
-            let is_ticket = caps
-                .name("itemtype")
-                .is_some_and(|t| t.as_str().eq_ignore_ascii_case("ticket"));
-            if same_instance && is_ticket {
-                if let Some(id) = caps.name("items_id").and_then(|m| m.as_str().parse().ok()) {
-                    return Some(id);
-                }
+/// The ticket a header value names, when it holds a Message-ID of the shape this GLPI
+/// version's collector looks for (and, from GLPI 10 on, of this instance's uuid).
+fn ticket_in_header(value: &str, config: &GlpiConfig) -> Option<u64> {
+    let re = match config.version {
+        GlpiVersion::Modern => modern_id_regex(),
+        GlpiVersion::Legacy10 => legacy_id_regex(),
+        GlpiVersion::V9_5 => pre10_id_regex(),
+    };
+    for caps in re.captures_iter(value) {
+        let same_instance = caps
+            .name("uuid")
+            .is_none_or(|u| u.as_str().eq_ignore_ascii_case(&config.uuid));
+        let is_ticket = caps
+            .name("itemtype")
+            .is_some_and(|t| t.as_str().eq_ignore_ascii_case("ticket"));
+        if same_instance && is_ticket {
+            if let Some(id) = caps.name("items_id").and_then(|m| m.as_str().parse().ok()) {
+                return Some(id);
             }
         }
     }
@@ -512,7 +883,7 @@ fn collect(inner: &Arc<Inner>, mail: &ReceivedMail) {
         .find_map(|h| {
             message
                 .header_raw(h)
-                .and_then(|v| ticket_in_header(v, &config.uuid))
+                .and_then(|v| ticket_in_header(v, config))
         })
         .or_else(|| {
             subject_ticket_regex()
@@ -523,53 +894,108 @@ fn collect(inner: &Arc<Inner>, mail: &ReceivedMail) {
     let existing = named.and_then(|id| state.tickets.iter().position(|t| t.id == id));
     let linked_to = match existing {
         Some(index) if state.tickets[index].status != STATUS_CLOSED => {
-            let ticket = &mut state.tickets[index];
-            if !ticket.requester.eq_ignore_ascii_case(&from) {
+            if !state.tickets[index].requester.eq_ignore_ascii_case(&from) {
                 return refuse(&mut state, RefuseReason::NoFollowupRight);
             }
-            add_followup(
-                ticket,
-                Followup {
-                    content,
-                    from: from.clone(),
-                    subject: subject.clone(),
-                    message_id: message_id.clone(),
-                    source: Source::Mail,
-                },
+            let id = state.tickets[index].id;
+            let notice = add_followup(
+                inner,
+                &mut state,
+                id,
+                content,
+                from.clone(),
+                subject.clone(),
+                message_id.clone(),
+                Source::Mail,
             );
+            drop(state);
+            notify::dispatch_now(inner, notice);
             return;
         }
         Some(index) => Some(state.tickets[index].id),
         None => None,
     };
-    let ticket = Ticket {
-        id: state.tickets.iter().map(|t| t.id).max().unwrap_or(0) + 1,
-        title: if subject.is_empty() {
-            "(No title)".into()
-        } else {
-            subject.clone()
-        },
-        content,
-        status: STATUS_NEW,
-        requester: from.clone(),
-        message_id: message_id.clone(),
-        followups: Vec::new(),
-        solution: None,
-        linked_to,
-        assigned: false,
-        reopened: 0,
+    let title = if subject.is_empty() {
+        "(No title)".into()
+    } else {
+        subject.clone()
     };
-    let notice = new_ticket_notice(inner, &state, &ticket);
-    state.tickets.push(ticket);
+    let notice = open_ticket(
+        inner,
+        &mut state,
+        NewTicket {
+            title,
+            content,
+            requester: from.clone(),
+            message_id: message_id.clone(),
+            linked_to,
+            created_by: Source::Mail,
+            urgency: 3,
+            impact: 3,
+            entities_id: 0,
+            itilcategories_id: 0,
+        },
+    );
     drop(state);
-    if let Some(notice) = notice {
-        // GLPI queues notifications and sends them later, never inside the collection.
-        tokio::spawn(send_notification(inner.clone(), notice));
-    }
+    // GLPI queues notifications and sends them later, never inside the collection.
+    notify::dispatch_now(inner, notice);
 }
 
-/// A follow-up from the requester reopens a solved or waiting ticket.
-fn add_followup(ticket: &mut Ticket, followup: Followup) {
+/// What opening a ticket needs (from a mail or `POST Ticket`).
+struct NewTicket {
+    title: String,
+    content: String,
+    requester: String,
+    message_id: Option<String>,
+    linked_to: Option<u64>,
+    created_by: Source,
+    urgency: u8,
+    impact: u8,
+    entities_id: u64,
+    itilcategories_id: u64,
+}
+
+/// Opens a ticket; returns its id and the new-ticket notification to send.
+fn open_ticket(inner: &Inner, state: &mut State, new: NewTicket) -> Option<notify::Notice> {
+    let ticket = Ticket {
+        id: state.tickets.iter().map(|t| t.id).max().unwrap_or(0) + 1,
+        title: new.title,
+        content: new.content,
+        status: STATUS_NEW,
+        requester: new.requester,
+        message_id: new.message_id,
+        followups: Vec::new(),
+        solution: None,
+        solutions: Vec::new(),
+        linked_to: new.linked_to,
+        assigned: false,
+        reopened: 0,
+        created_by: new.created_by,
+        created_at: Instant::now(),
+        urgency: new.urgency,
+        impact: new.impact,
+        entities_id: new.entities_id,
+        itilcategories_id: new.itilcategories_id,
+    };
+    state.tickets.push(ticket.clone());
+    notify::event_notice(inner, state, &ticket, notify::Event::New)
+}
+
+/// A follow-up from the requester reopens a solved or waiting ticket (and a solved
+/// ticket's solution is then refused). Returns the "New followup" notification.
+#[allow(clippy::too_many_arguments)]
+fn add_followup(
+    inner: &Inner,
+    state: &mut State,
+    id: u64,
+    content: String,
+    from: String,
+    subject: String,
+    message_id: Option<String>,
+    source: Source,
+) -> Option<notify::Notice> {
+    let seq = state.next_seq();
+    let ticket = ticket_mut(state, id);
     if matches!(ticket.status, STATUS_SOLVED | STATUS_WAITING) {
         ticket.status = if ticket.assigned {
             STATUS_ASSIGNED
@@ -578,8 +1004,23 @@ fn add_followup(ticket: &mut Ticket, followup: Followup) {
         };
         ticket.solution = None;
         ticket.reopened += 1;
+        for solution in &mut ticket.solutions {
+            if solution.status == SolutionStatus::Waiting {
+                solution.status = SolutionStatus::Refused;
+            }
+        }
     }
-    ticket.followups.push(followup);
+    ticket.followups.push(Followup {
+        content,
+        from,
+        subject,
+        message_id,
+        source,
+        at: Instant::now(),
+        seq,
+    });
+    let ticket = ticket.clone();
+    notify::event_notice(inner, state, &ticket, notify::Event::Followup)
 }
 
 /// The HTML part when there is one, else the text part (GLPI's choice).
@@ -600,180 +1041,6 @@ fn has_real_html(message: &Message<'_>) -> bool {
             .get(i as usize)
             .is_some_and(|p| matches!(p.body, mail_parser::PartType::Html(_)))
     })
-}
-
-// ---------------------------------------------------------------------------
-// Notifications
-
-struct Notice {
-    ticket_id: u64,
-    event: String,
-    target: (SocketAddr, String),
-    subject: String,
-    message_id: String,
-    raw: Vec<u8>,
-}
-
-fn new_id(config: &GlpiConfig, ticket_id: u64) -> String {
-    format!("<GLPI_{}-Ticket-{ticket_id}/new@glpi.test>", config.uuid)
-}
-
-fn new_ticket_notice(inner: &Inner, state: &State, ticket: &Ticket) -> Option<Notice> {
-    if !state.notify_new {
-        return None;
-    }
-    let target = state.notify_target.clone()?;
-    let config = &inner.config;
-    let subject = format!(
-        "[{} #{:07}] New ticket {}",
-        config.subject_tag, ticket.id, ticket.title
-    );
-    let message_id = new_id(config, ticket.id);
-    let raw = notification_mail(config, ticket, &subject, &message_id, None, "New ticket");
-    Some(Notice {
-        ticket_id: ticket.id,
-        event: "new".into(),
-        target,
-        subject,
-        message_id,
-        raw,
-    })
-}
-
-fn solved_or_closed_notice(
-    inner: &Inner,
-    state: &State,
-    ticket: &Ticket,
-    event: &str,
-) -> Option<Notice> {
-    if !state.notify_solved {
-        return None;
-    }
-    let target = state.notify_target.clone()?;
-    let config = &inner.config;
-    let action = if event == "solved" {
-        "Ticket solved"
-    } else {
-        "Closing of the ticket"
-    };
-    let subject = format!(
-        "[{} #{:07}] {action} {}",
-        config.subject_tag, ticket.id, ticket.title
-    );
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let message_id = format!(
-        "<GLPI_{}-Ticket-{}/{event}.{now}.{}@glpi.test>",
-        config.uuid,
-        ticket.id,
-        rand::random::<u32>() % 1_000_000
-    );
-    let root = new_id(config, ticket.id);
-    let raw = notification_mail(config, ticket, &subject, &message_id, Some(&root), action);
-    Some(Notice {
-        ticket_id: ticket.id,
-        event: event.into(),
-        target,
-        subject,
-        message_id,
-        raw,
-    })
-}
-
-fn encode_header_text(text: &str) -> String {
-    use base64::Engine as _;
-    if text.is_ascii() {
-        text.to_owned()
-    } else {
-        format!(
-            "=?UTF-8?B?{}?=",
-            base64::engine::general_purpose::STANDARD.encode(text)
-        )
-    }
-}
-
-fn notification_mail(
-    config: &GlpiConfig,
-    ticket: &Ticket,
-    subject: &str,
-    message_id: &str,
-    in_reply_to: Option<&str>,
-    action: &str,
-) -> Vec<u8> {
-    use base64::Engine as _;
-    let date = time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc2822)
-        .unwrap_or_default();
-    let mut head = format!(
-        "Date: {date}\r\nFrom: GLPI <{from}>\r\nReply-To: GLPI <{from}>\r\nTo: {to}\r\n\
-         Subject: {subject}\r\nMessage-ID: {message_id}\r\n",
-        from = config.notification_from,
-        to = ticket.requester,
-        subject = encode_header_text(subject),
-    );
-    if let Some(root) = in_reply_to {
-        head.push_str(&format!("In-Reply-To: {root}\r\nReferences: {root}\r\n"));
-    }
-    let url = format!("https://glpi.test/front/ticket.form.php?id={}", ticket.id);
-    let text = format!(
-        "URL : {url}\n\nTicket: Description\n\nTitle : {}\nStatus : {}\nRequester : {}\n",
-        ticket.title,
-        status_name(ticket.status),
-        ticket.requester
-    );
-    let html = format!(
-        "<html><body><p>{action}</p><p>URL : <a href=\"{url}\">{url}</a></p>\
-         <p><strong>Title</strong> : {}</p><p><strong>Status</strong> : {}</p></body></html>",
-        html_escape(&ticket.title),
-        status_name(ticket.status)
-    );
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    head.push_str(&format!(
-        "Auto-Submitted: auto-generated\r\nX-Auto-Response-Suppress: OOF, DR, NDR, RN, NRN\r\n\
-         MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=\"_glpi_b1\"\r\n\r\n\
-         --_glpi_b1\r\nContent-Type: text/plain; charset=UTF-8\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n\
-         --_glpi_b1\r\nContent-Type: text/html; charset=UTF-8\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n\
-         --_glpi_b1--\r\n",
-        b64(&text),
-        b64(&html)
-    ));
-    head.into_bytes()
-}
-
-fn status_name(status: u8) -> &'static str {
-    match status {
-        STATUS_NEW => "New",
-        STATUS_ASSIGNED => "Processing (assigned)",
-        STATUS_PLANNED => "Processing (planned)",
-        STATUS_WAITING => "Pending",
-        STATUS_SOLVED => "Solved",
-        STATUS_CLOSED => "Closed",
-        _ => "Unknown",
-    }
-}
-
-fn html_escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-async fn send_notification(inner: Arc<Inner>, notice: Notice) {
-    let (addr, rcpt) = &notice.target;
-    let result = smtp_send(
-        *addr,
-        &inner.config.notification_from,
-        &[rcpt.as_str()],
-        &notice.raw,
-    )
-    .await;
-    inner.state().notifications.push(SentNotification {
-        ticket_id: notice.ticket_id,
-        event: notice.event,
-        subject: notice.subject,
-        message_id: notice.message_id,
-        result,
-    });
 }
 
 // ---------------------------------------------------------------------------
@@ -1015,378 +1282,4 @@ impl SmtpSink {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-}
-
-// ---------------------------------------------------------------------------
-// The legacy REST API (apirest.php)
-
-struct HttpRequest {
-    method: String,
-    path: String,
-    query: Vec<(String, String)>,
-    headers: HashMap<String, String>,
-    body: Vec<u8>,
-}
-
-impl HttpRequest {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .get(&name.to_ascii_lowercase())
-            .map(String::as_str)
-    }
-
-    fn query_value(&self, name: &str) -> Option<&str> {
-        self.query
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-async fn serve_http(stream: TcpStream, inner: &Arc<Inner>) -> std::io::Result<()> {
-    let (read, mut write) = stream.into_split();
-    let mut reader = BufReader::new(read);
-    let Some(request) = read_request(&mut reader).await? else {
-        return Ok(());
-    };
-    let (status, body) = route(inner, &request);
-    let reason = match status {
-        200 => "OK",
-        201 => "Created",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        404 => "Not Found",
-        _ => "Internal Server Error",
-    };
-    let body = body.to_string();
-    let head = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json; charset=UTF-8\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    write.write_all(head.as_bytes()).await?;
-    write.write_all(body.as_bytes()).await?;
-    write.shutdown().await
-}
-
-async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(
-    reader: &mut R,
-) -> std::io::Result<Option<HttpRequest>> {
-    let mut first = String::new();
-    if reader.read_line(&mut first).await? == 0 {
-        return Ok(None);
-    }
-    let mut parts = first.split_whitespace();
-    let method = parts.next().unwrap_or_default().to_owned();
-    let target = parts.next().unwrap_or_default().to_owned();
-    let mut headers = HashMap::new();
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).await? == 0 {
-            return Ok(None);
-        }
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':') {
-            headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_owned());
-        }
-    }
-    let length: usize = headers
-        .get("content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).await?;
-    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-    let query = query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect();
-    Ok(Some(HttpRequest {
-        method,
-        path: percent_decode(path),
-        query,
-        headers,
-        body,
-    }))
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
-                match u8::from_str_radix(hex, 16) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn glpi_error(status: u16, code: &str, message: &str) -> (u16, Value) {
-    (status, json!([code, message]))
-}
-
-fn route(inner: &Arc<Inner>, request: &HttpRequest) -> (u16, Value) {
-    let config = &inner.config;
-    let mut state = inner.state();
-    let Some(endpoint) = request.path.strip_prefix("/apirest.php/") else {
-        return glpi_error(
-            400,
-            "ERROR_RESOURCE_NOT_FOUND_NOR_COMMONDBTM",
-            "resource not found",
-        );
-    };
-    let endpoint = endpoint.trim_end_matches('/').to_owned();
-    *state.api_calls.entry(endpoint.clone()).or_default() += 1;
-    if state.api_down {
-        return (500, json!(["ERROR", "Internal Server Error"]));
-    }
-    if let Some(expected) = &config.app_token {
-        if request.header("app-token") != Some(expected.as_str()) {
-            return glpi_error(
-                400,
-                "ERROR_WRONG_APP_TOKEN_PARAMETER",
-                "parameter app_token seems wrong",
-            );
-        }
-    }
-    if endpoint == "initSession" {
-        return init_session(config, &mut state, request);
-    }
-    let Some(session) = request.header("session-token") else {
-        return glpi_error(
-            400,
-            "ERROR_SESSION_TOKEN_MISSING",
-            "parameter session_token is missing or empty",
-        );
-    };
-    if !state.sessions.contains(session) {
-        return glpi_error(
-            401,
-            "ERROR_SESSION_TOKEN_INVALID",
-            "session_token seems invalid",
-        );
-    }
-    let session = session.to_owned();
-    match (request.method.as_str(), endpoint.as_str()) {
-        ("GET", "killSession") => {
-            state.sessions.remove(&session);
-            (200, json!(true))
-        }
-        ("GET", "search/Ticket") => search_tickets(&state, request),
-        ("POST", "ITILSolution") => match itil_input(request) {
-            Ok((id, content)) => {
-                let (answer, notice) = api_solve(inner, &mut state, id, content);
-                drop(state);
-                if let Some(notice) = notice {
-                    tokio::spawn(send_notification(inner.clone(), notice));
-                }
-                answer
-            }
-            Err(e) => e,
-        },
-        ("POST", "ITILFollowup") => match itil_input(request) {
-            Ok((id, content)) => api_followup(&mut state, id, content),
-            Err(e) => e,
-        },
-        _ => glpi_error(
-            400,
-            "ERROR_RESOURCE_NOT_FOUND_NOR_COMMONDBTM",
-            "resource not found",
-        ),
-    }
-}
-
-fn init_session(config: &GlpiConfig, state: &mut State, request: &HttpRequest) -> (u16, Value) {
-    let Some(authorization) = request.header("authorization") else {
-        return glpi_error(
-            400,
-            "ERROR_LOGIN_PARAMETERS_MISSING",
-            "parameter(s) login, password or user_token are missing",
-        );
-    };
-    let token = authorization.strip_prefix("user_token ").map(str::trim);
-    if token != Some(config.user_token.as_str()) {
-        return glpi_error(
-            401,
-            "ERROR_GLPI_LOGIN_USER_TOKEN",
-            "parameter user_token seems invalid",
-        );
-    }
-    state.next_session += 1;
-    let session = format!("{:016x}{:08x}", rand::random::<u64>(), state.next_session);
-    state.sessions.insert(session.clone());
-    (200, json!({ "session_token": session }))
-}
-
-/// `criteria[0][field]=1&criteria[0][searchtype]=contains&criteria[0][value]=…`:
-/// GLPI's LIKE '%value%' on the title, case-insensitive.
-fn search_tickets(state: &State, request: &HttpRequest) -> (u16, Value) {
-    let field = request.query_value("criteria[0][field]");
-    let searchtype = request.query_value("criteria[0][searchtype]");
-    let Some(value) = request.query_value("criteria[0][value]") else {
-        return glpi_error(
-            400,
-            "ERROR",
-            "the double only supports criteria[0] searches",
-        );
-    };
-    if field != Some("1") || searchtype != Some("contains") {
-        return glpi_error(
-            400,
-            "ERROR",
-            "the double only supports title contains searches",
-        );
-    }
-    let needle = value.to_lowercase();
-    let rows: Vec<Value> = state
-        .tickets
-        .iter()
-        .filter(|t| t.title.to_lowercase().contains(&needle))
-        .map(|t| {
-            let mut row = serde_json::Map::new();
-            row.insert("1".into(), json!(t.title));
-            row.insert("2".into(), json!(t.id));
-            let forced: Vec<&str> = request
-                .query
-                .iter()
-                .filter(|(k, _)| k.starts_with("forcedisplay["))
-                .map(|(_, v)| v.as_str())
-                .collect();
-            if forced.contains(&"12") {
-                row.insert("12".into(), json!(t.status));
-            }
-            Value::Object(row)
-        })
-        .collect();
-    let count = rows.len();
-    let mut answer = json!({
-        "totalcount": count,
-        "count": count,
-        "sort": [1],
-        "order": ["ASC"],
-    });
-    if count > 0 {
-        answer["data"] = Value::Array(rows);
-        answer["content-range"] = json!(format!("0-{}/{count}", count - 1));
-    }
-    (200, answer)
-}
-
-/// `{"input":{"itemtype":"Ticket","items_id":N,"content":"…"}}`
-fn itil_input(request: &HttpRequest) -> Result<(u64, String), (u16, Value)> {
-    let bad = || {
-        glpi_error(
-            400,
-            "ERROR_BAD_ARRAY",
-            "input parameter must be an array of objects",
-        )
-    };
-    let body: Value = serde_json::from_slice(&request.body).map_err(|_| {
-        glpi_error(
-            400,
-            "ERROR_JSON_PAYLOAD_INVALID",
-            "JSON payload seems not valid",
-        )
-    })?;
-    let input = body.get("input").ok_or_else(bad)?;
-    if input.get("itemtype").and_then(Value::as_str) != Some("Ticket") {
-        return Err(bad());
-    }
-    let id = input
-        .get("items_id")
-        .and_then(Value::as_u64)
-        .ok_or_else(bad)?;
-    let content = input
-        .get("content")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
-    Ok((id, content))
-}
-
-fn created(state: &mut State) -> (u16, Value) {
-    state.next_item_id += 1;
-    (201, json!({ "id": state.next_item_id, "message": "" }))
-}
-
-fn api_solve(
-    inner: &Inner,
-    state: &mut State,
-    id: u64,
-    content: String,
-) -> ((u16, Value), Option<Notice>) {
-    let Some(ticket) = state.tickets.iter_mut().find(|t| t.id == id) else {
-        return (
-            glpi_error(
-                400,
-                "ERROR_GLPI_ADD",
-                "You don't have permission to perform this action.",
-            ),
-            None,
-        );
-    };
-    if matches!(ticket.status, STATUS_SOLVED | STATUS_CLOSED) {
-        return (
-            glpi_error(
-                400,
-                "ERROR_GLPI_ADD",
-                "The item is already solved, did anyone pushed a solution before you?",
-            ),
-            None,
-        );
-    }
-    ticket.status = STATUS_SOLVED;
-    ticket.solution = Some(content);
-    let ticket = ticket.clone();
-    let notice = solved_or_closed_notice(inner, state, &ticket, "solved");
-    (created(state), notice)
-}
-
-fn api_followup(state: &mut State, id: u64, content: String) -> (u16, Value) {
-    let Some(ticket) = state.tickets.iter_mut().find(|t| t.id == id) else {
-        return glpi_error(
-            400,
-            "ERROR_GLPI_ADD",
-            "You don't have permission to perform this action.",
-        );
-    };
-    if ticket.status == STATUS_CLOSED {
-        return glpi_error(
-            400,
-            "ERROR_GLPI_ADD",
-            "You don't have permission to perform this action.",
-        );
-    }
-    let from = ticket.requester.clone();
-    add_followup(
-        ticket,
-        Followup {
-            content,
-            from,
-            subject: String::new(),
-            message_id: None,
-            source: Source::Api,
-        },
-    );
-    created(state)
 }
