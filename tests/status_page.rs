@@ -122,6 +122,8 @@ fn tag_of(dir: &Path, host: &str) -> String {
         .unwrap_or_else(|| panic!("no outbound mail for {host}: {out}"))
 }
 
+const TOKEN: &str = "5f0c2b7e9a1d4c3b8e6f";
+
 #[test]
 fn status_page_in_chromium_and_metrics() {
     let tmp = tempfile::tempdir().unwrap();
@@ -131,7 +133,7 @@ fn status_page_in_chromium_and_metrics() {
         dir,
         smtp_port,
         http_port,
-        "[glpi]\nurl = \"https://glpi.example.test/\"\n",
+        &format!("token = \"{TOKEN}\"\n[glpi]\nurl = \"https://glpi.example.test/\"\n"),
     );
     config = config.replace(
         &format!(
@@ -269,13 +271,6 @@ fn status_page_in_chromium_and_metrics() {
         std::fs::copy(&shot, target).unwrap();
     }
 
-    // Actions: never by GET; by POST only with the token (none configured here).
-    assert_eq!(ops::get(http, "/actions/retry/1").0, 405);
-    assert_eq!(
-        ops::http(http, "POST", "/actions/retry/1", &[], "token=x").0,
-        403
-    );
-
     // Metrics.
     let (code, response) = ops::get(http, "/metrics");
     assert_eq!(code, 200);
@@ -327,6 +322,38 @@ fn status_page_in_chromium_and_metrics() {
     assert!(
         text.contains("alertgate_store_commit_latency_seconds_count"),
         "{text}"
+    );
+
+    // Actions: never by GET; by POST only with the token.
+    assert_eq!(ops::get(http, "/actions/retry/1").0, 405);
+    assert_eq!(
+        ops::http(http, "POST", "/actions/retry/1", &[], "token=").0,
+        403
+    );
+    assert_eq!(
+        ops::http(http, "POST", "/actions/retry/1", &[], "token=wrong").0,
+        403
+    );
+    let (code, _) = ops::http(
+        http,
+        "POST",
+        "/actions/retry/1",
+        &[],
+        &format!("token={TOKEN}"),
+    );
+    assert_eq!(
+        code, 303,
+        "a retried dead letter sends the browser back to the page"
+    );
+    ops::wait_for(20, "the retried letter's second attempt", || {
+        let (_, r) = ops::get(http, "/metrics");
+        r.contains("alertgate_delivery_attempts_total{outcome=\"dead\"} 3")
+            .then_some(())
+    });
+    let bearer = format!("Authorization: Bearer {TOKEN}");
+    assert_eq!(
+        ops::http(http, "POST", "/actions/release/999", &[&bearer], "").0,
+        404
     );
 
     // Ready: the relay was reached (it refused for good), the store is writable.

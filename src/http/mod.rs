@@ -6,7 +6,7 @@ pub mod metrics;
 mod page;
 
 use crate::store::{self, outbound, status, StoreError};
-use axum::extract::{ConnectInfo, Form, Path as UrlPath, Query, State};
+use axum::extract::{ConnectInfo, Path as UrlPath, Query, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
@@ -331,40 +331,44 @@ async fn status_page(State(state): State<Shared>, Query(query): Query<PageQuery>
     }
 }
 
+/// The action's form; a POST with only the bearer header may have no body at all.
+fn action_form(body: &[u8]) -> ActionForm {
+    serde_urlencoded::from_bytes(body).unwrap_or(ActionForm {
+        token: String::new(),
+    })
+}
+
 #[derive(Debug, Deserialize)]
 struct ActionForm {
     #[serde(default)]
     token: String,
 }
 
-/// Actions need the token (header or form field); without a configured token they are off.
-fn action_allowed(
-    state: &AppState,
-    headers: &HeaderMap,
-    form: &ActionForm,
-) -> Result<(), Response> {
+/// Actions need the token (header or form field); without a configured token they are
+/// off. Returns the refusal, if any.
+fn action_refused(state: &AppState, headers: &HeaderMap, form: &ActionForm) -> Option<Response> {
     let Some(token) = &state.settings.token else {
-        return Err((
-            StatusCode::FORBIDDEN,
-            "actions are disabled: set [http] token to enable them\n",
-        )
-            .into_response());
+        return Some(
+            (
+                StatusCode::FORBIDDEN,
+                "actions are disabled: set [http] token to enable them\n",
+            )
+                .into_response(),
+        );
     };
     let given = bearer(headers).unwrap_or(form.token.trim());
-    if token_matches(token, given) {
-        Ok(())
-    } else {
-        Err((StatusCode::FORBIDDEN, "wrong or missing token\n").into_response())
-    }
+    (!token_matches(token, given))
+        .then(|| (StatusCode::FORBIDDEN, "wrong or missing token\n").into_response())
 }
 
 async fn retry_dead(
     State(state): State<Shared>,
     UrlPath(id): UrlPath<i64>,
     headers: HeaderMap,
-    Form(form): Form<ActionForm>,
+    body: axum::body::Bytes,
 ) -> Response {
-    if let Err(r) = action_allowed(&state, &headers, &form) {
+    let form = action_form(&body);
+    if let Some(r) = action_refused(&state, &headers, &form) {
         return r;
     }
     let done = with_conn(&state, move |c| {
@@ -378,9 +382,10 @@ async fn release_held(
     State(state): State<Shared>,
     UrlPath(id): UrlPath<i64>,
     headers: HeaderMap,
-    Form(form): Form<ActionForm>,
+    body: axum::body::Bytes,
 ) -> Response {
-    if let Err(r) = action_allowed(&state, &headers, &form) {
+    let form = action_form(&body);
+    if let Some(r) = action_refused(&state, &headers, &form) {
         return r;
     }
     let done = with_conn(&state, move |c| outbound::requeue(c, id, store::unix_now())).await;
