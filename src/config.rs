@@ -244,13 +244,23 @@ impl Default for FeedbackConfig {
 impl Config {
     /// Settings that work but that an admin should change; `check` prints them.
     pub fn warnings(&self) -> Vec<String> {
-        self.server
+        let mut warnings: Vec<String> = self.server
             .auth
             .users
             .iter()
             .filter(|u| u.password.is_some())
             .map(|u| format!("`server.auth.users`: user `{}` has a plaintext password; prefer password_hash (`alertgate passwd`)", u.username))
-            .collect()
+            .collect();
+        if let Some(http) = &self.http {
+            let public = http
+                .listen
+                .parse::<SocketAddr>()
+                .is_ok_and(|a| !a.ip().is_loopback());
+            if public && http.token.is_none() {
+                warnings.push(format!("`http.listen`: {} is reachable from other hosts but no `http.token` is set: they get 401 and the page's actions are off", http.listen));
+            }
+        }
+        warnings
     }
 
     /// A ticket id can be learned, so updates are held until it is.
@@ -762,6 +772,34 @@ mod tests {
     fn syntax_error_names_the_line() {
         let err = load("[server]\nlisten = [\n").expect_err("invalid");
         assert!(err.to_string().contains("test.toml:"), "{err}");
+    }
+
+    #[test]
+    fn auth_users_listen_tls_and_http_are_checked() {
+        let text = "[server]\naccepted_recipients = [\"g@x.test\"]\nlisten_tls = [\"127.0.0.1:465\"]\n[server.auth]\nusers = [{ username = \"a\", password_hash = \"md5:x\" }, { username = \"b\" }]\n[http]\nlisten = \"nowhere\"\ntoken = \"short\"\n";
+        let msg = load(text).expect_err("invalid").to_string();
+        for expected in [
+            "`server.listen_tls`: implicit TLS needs a certificate",
+            "user `a`: password_hash: unknown scheme",
+            "user `b` (#2): no password_hash",
+            "`http.listen`: `nowhere` is not a socket address",
+            "`http.token`: too short",
+        ] {
+            assert!(msg.contains(expected), "{expected} missing:\n{msg}");
+        }
+        let plain = load("[server]\naccepted_recipients = [\"g@x.test\"]\n[server.auth]\nusers = [{ username = \"a\", password = \"p\" }]\n[http]\nlisten = \"0.0.0.0:9925\"\n").expect("valid");
+        let warnings = plain.config.warnings();
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("user `a` has a plaintext password")),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings.iter().any(|w| w.contains("no `http.token`")),
+            "{warnings:?}"
+        );
+        assert_eq!(plain.http.map(|h| h.listen.port()), Some(9925));
     }
 
     #[test]

@@ -158,3 +158,38 @@ fn inject_the_examples_and_read_the_outbox() {
     assert_eq!(line["alerts"], 4, "{line}");
     served.stop();
 }
+
+#[test]
+fn inject_refuses_what_smtp_would_refuse_and_keeps_going() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let config = ops::ops_config(dir.path(), 0, 0, "");
+    std::fs::write(dir.path().join("alertgate.toml"), config).unwrap();
+    std::fs::write(
+        dir.path().join("stranger.eml"),
+        "To: someone@else.test\nFrom: a@b.test\nSubject: x\n\nbody\n",
+    )
+    .unwrap();
+    let good = repo.join("examples/mail/01-problem.eml");
+    let (ok, out, err) = ops::run(
+        dir.path(),
+        &[
+            "inject",
+            "-c",
+            "alertgate.toml",
+            "stranger.eml",
+            "missing.eml",
+            good.to_str().unwrap(),
+        ],
+    );
+    assert!(!ok, "a refused file makes inject fail");
+    assert!(
+        err.contains("stranger.eml: recipient <someone@else.test> is not in accepted_recipients"),
+        "{err}"
+    );
+    assert!(err.contains("missing.eml: cannot read"), "{err}");
+    assert!(
+        out.contains("01-problem.eml: queued as 1"),
+        "the good file still goes in: {out}"
+    );
+}

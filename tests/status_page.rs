@@ -362,3 +362,47 @@ fn status_page_in_chromium_and_metrics() {
     assert!(ops::body(&response).contains("\"ready\":true"));
     served.stop();
 }
+
+#[test]
+fn ready_is_503_while_the_relay_is_unreachable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (smtp_port, http_port, closed) = (ops::free_port(), ops::free_port(), ops::free_port());
+    let config = ops::ops_config(dir, smtp_port, http_port, "").replace(
+        &format!(
+            "kind = \"maildir\"\nmaildir = \"{}\"",
+            dir.join("var/outbox").display()
+        ),
+        &format!("host = \"127.0.0.1\"\nport = {closed}\ntls = \"none\""),
+    );
+    std::fs::write(dir.join("alertgate.toml"), &config).unwrap();
+    let served = Served::start(dir, "alertgate.toml");
+    let http: SocketAddr = format!("127.0.0.1:{http_port}").parse().unwrap();
+    let smtp: SocketAddr = format!("127.0.0.1:{smtp_port}").parse().unwrap();
+    ops::wait_for(20, "the HTTP listener", || TcpStream::connect(http).ok());
+    let (code, before) = ops::get(http, "/ready");
+    assert_eq!(code, 200, "nothing tried yet: {before}");
+    assert_eq!(
+        smtp_send(
+            smtp,
+            "glpi@example.test",
+            &centreon("web-01", "HTTP", "CRITICAL", "down", "r1")
+        ),
+        250
+    );
+    let response = ops::wait_for(20, "/ready to turn 503", || {
+        let (code, r) = ops::get(http, "/ready");
+        (code == 503).then_some(r)
+    });
+    let body: serde_json::Value = serde_json::from_str(ops::body(&response).trim()).unwrap();
+    assert_eq!(body["ready"], false);
+    assert_eq!(body["checks"]["store"]["ok"], true);
+    assert_eq!(body["checks"]["delivery"]["ok"], false, "{body}");
+    assert_eq!(ops::get(http, "/health").0, 200, "the process is still up");
+    let (_, metrics) = ops::get(http, "/metrics");
+    assert!(
+        metrics.contains("alertgate_delivery_attempts_total{outcome=\"deferred\"} 1"),
+        "{metrics}"
+    );
+    served.stop();
+}
