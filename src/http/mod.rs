@@ -402,3 +402,107 @@ fn action_result(done: Result<usize, Response>, id: i64, what: &str) -> Response
         Err(r) => r,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    const TOKEN: &str = "0123456789abcdef0123";
+
+    fn app(dir: &std::path::Path) -> Router {
+        let settings = HttpSettings::from_config(&HttpConfig {
+            listen: "127.0.0.1:0".into(),
+            allowed_networks: vec!["127.0.0.0/8".into(), "192.0.2.0/24".into()],
+            token: Some(TOKEN.into()),
+        })
+        .expect("valid");
+        let conn = store::open(&dir.join("db")).unwrap();
+        router(Arc::new(AppState {
+            settings,
+            conn: Mutex::new(conn),
+            glpi_url: None,
+            glpi_api: false,
+        }))
+    }
+
+    async fn status(
+        app: Router,
+        from: &str,
+        method: &str,
+        path: &str,
+        bearer: Option<&str>,
+    ) -> StatusCode {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(t) = bearer {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let mut req = req.body(Body::empty()).unwrap();
+        let peer = SocketAddr::new(from.parse().unwrap(), 40000);
+        req.extensions_mut().insert(ConnectInfo(peer));
+        app.oneshot(req).await.unwrap().status()
+    }
+
+    #[tokio::test]
+    async fn networks_then_token_for_anyone_but_loopback() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = app(dir.path());
+        assert_eq!(
+            status(a.clone(), "198.51.100.7", "GET", "/health", Some(TOKEN)).await,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            status(a.clone(), "192.0.2.7", "GET", "/metrics", None).await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            status(a.clone(), "192.0.2.7", "GET", "/metrics", Some("nope")).await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            status(a.clone(), "192.0.2.7", "GET", "/metrics", Some(TOKEN)).await,
+            StatusCode::OK
+        );
+        assert_eq!(
+            status(a.clone(), "127.0.0.1", "GET", "/", None).await,
+            StatusCode::OK
+        );
+        assert_eq!(
+            status(a.clone(), "::ffff:192.0.2.7", "GET", "/health", Some(TOKEN)).await,
+            StatusCode::OK
+        );
+        // Actions: the token even from loopback; POST only.
+        assert_eq!(
+            status(a.clone(), "127.0.0.1", "POST", "/actions/retry/1", None).await,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            status(
+                a.clone(),
+                "127.0.0.1",
+                "POST",
+                "/actions/retry/1",
+                Some(TOKEN)
+            )
+            .await,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            status(
+                a.clone(),
+                "192.0.2.7",
+                "GET",
+                "/actions/retry/1",
+                Some(TOKEN)
+            )
+            .await,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            status(a, "127.0.0.1", "GET", "/nothing", None).await,
+            StatusCode::NOT_FOUND
+        );
+    }
+}
