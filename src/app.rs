@@ -70,6 +70,8 @@ pub async fn serve_until(loaded: LoadedConfig, stop: watch::Receiver<bool>) -> a
 /// A started gateway: its listeners are bound, its workers running.
 pub struct Running {
     pub addrs: Vec<SocketAddr>,
+    /// The implicit-TLS listeners' addresses (`listen_tls`).
+    pub tls_addrs: Vec<SocketAddr>,
     /// The HTTP listener's address, when `[http]` is configured.
     pub http_addr: Option<SocketAddr>,
     /// What the GLPI API user may do, checked at start (`None` without `[glpi_api]`).
@@ -140,6 +142,9 @@ fn needs_restart(old: &LoadedConfig, new: &LoadedConfig) -> Vec<&'static str> {
     let mut changed = Vec::new();
     if old.policy.listen != new.policy.listen {
         changed.push("server.listen");
+    }
+    if old.policy.listen_tls != new.policy.listen_tls {
+        changed.push("server.listen_tls");
     }
     if old.config.server.max_connections != new.config.server.max_connections {
         changed.push("server.max_connections");
@@ -279,6 +284,7 @@ pub async fn start_with_clock(
 
     let server = Server::bind(loaded.config.clone(), loaded.policy.clone(), spool.clone()).await?;
     let addrs = server.local_addrs();
+    let tls_addrs = server.local_tls_addrs();
     let http = match &loaded.http {
         Some(settings) => Some(
             HttpServer::bind(
@@ -339,6 +345,7 @@ pub async fn start_with_clock(
     Ok(Running {
         addrs,
         glpi_rights,
+        tls_addrs,
         http_addr,
         server: all,
         reloader,

@@ -86,6 +86,9 @@ pub struct Config {
 pub struct ServerConfig {
     /// Addresses to listen on, e.g. "127.0.0.1:2525" or "[::1]:2525".
     pub listen: Vec<String>,
+    /// Addresses speaking TLS from the first byte (RFC 8314, "SMTPS", vROps "SSL"),
+    /// with the `[server.tls]` certificate.
+    pub listen_tls: Vec<String>,
     /// Name used in the greeting, EHLO reply and `Received:` header.
     pub hostname: String,
     /// Client networks allowed to connect (CIDR); everything else gets 554 at connect.
@@ -128,6 +131,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: vec!["127.0.0.1:2525".into()],
+            listen_tls: Vec::new(),
             hostname: default_hostname(),
             allowed_networks: vec!["127.0.0.0/8".into(), "::1/128".into()],
             accepted_recipients: Vec::new(),
@@ -166,7 +170,7 @@ pub struct TlsConfig {
     pub key: PathBuf,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct AuthConfig {
     /// Users allowed to AUTH (vROps "Requires Authentication").
@@ -175,12 +179,47 @@ pub struct AuthConfig {
     pub required: bool,
     /// Offer AUTH without TLS to loopback clients (for tests and same-host tools only).
     pub allow_plaintext_on_loopback: bool,
+    /// Wait before answering the 6th to 10th failed AUTH of one address in a minute
+    /// (the 11th gets 421).
+    pub failure_delay_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AuthUser {
     pub username: String,
-    pub password: String,
+    /// Plaintext (accepted; `check` warns): prefer `password_hash`.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// argon2id (`alertgate passwd`) or SHA-512-crypt, optionally with Dovecot's
+    /// `{SCHEME}` prefix.
+    #[serde(default)]
+    pub password_hash: Option<String>,
+}
+
+// Hand-written so that no password or hash reaches a log line.
+impl fmt::Debug for AuthUser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthUser")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field(
+                "password_hash",
+                &self.password_hash.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            users: Vec::new(),
+            required: false,
+            allow_plaintext_on_loopback: false,
+            failure_delay_ms: 3000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -275,6 +314,27 @@ impl FeedbackConfig {
 }
 
 impl Config {
+    /// Settings that work but that an admin should change; `check` prints them.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings: Vec<String> = self.server
+            .auth
+            .users
+            .iter()
+            .filter(|u| u.password.is_some())
+            .map(|u| format!("`server.auth.users`: user `{}` has a plaintext password; prefer password_hash (`alertgate passwd`)", u.username))
+            .collect();
+        if let Some(http) = &self.http {
+            let public = http
+                .listen
+                .parse::<SocketAddr>()
+                .is_ok_and(|a| !a.ip().is_loopback());
+            if public && http.token.is_none() {
+                warnings.push(format!("`http.listen`: {} is reachable from other hosts but no `http.token` is set: they get 401 and the page's actions are off", http.listen));
+            }
+        }
+        warnings
+    }
+
     /// A ticket id can be learned, so updates are held until it is.
     pub fn feedback_enabled(&self) -> bool {
         !self.server.feedback_addresses.is_empty() || self.glpi_api.is_some()
@@ -362,6 +422,7 @@ impl RecipientPattern {
 #[derive(Debug, Clone)]
 pub struct ServerPolicy {
     pub listen: Vec<SocketAddr>,
+    pub listen_tls: Vec<SocketAddr>,
     pub allowed_networks: Vec<IpNet>,
     pub accepted_recipients: Vec<RecipientPattern>,
     pub feedback_addresses: Vec<RecipientPattern>,
@@ -571,9 +632,63 @@ fn validate(
             ),
         }
     }
+    let mut listen_tls = Vec::new();
+    for addr in &server.listen_tls {
+        match addr.parse::<SocketAddr>() {
+            Ok(a) => listen_tls.push(a),
+            Err(_) => push(
+                "server.listen_tls",
+                Some(addr),
+                format!(
+                    "`{addr}` is not a socket address (expected IP:PORT, e.g. \"0.0.0.0:465\")"
+                ),
+            ),
+        }
+    }
+    if !server.listen_tls.is_empty() && server.tls.is_none() {
+        push(
+            "server.listen_tls",
+            None,
+            "implicit TLS needs a certificate: add [server.tls] cert and key".into(),
+        );
+    }
+    for (i, user) in server.auth.users.iter().enumerate() {
+        let key = "server.auth.users";
+        match (&user.password, &user.password_hash) {
+            (Some(_), Some(_)) => push(
+                key,
+                Some(&user.username),
+                format!(
+                    "user `{}` (#{}): give either password or password_hash, not both",
+                    user.username,
+                    i + 1
+                ),
+            ),
+            (None, None) => push(
+                key,
+                Some(&user.username),
+                format!(
+                    "user `{}` (#{}): no password_hash (make one with `alertgate passwd`)",
+                    user.username,
+                    i + 1
+                ),
+            ),
+            (None, Some(hash)) => {
+                if let Some(problem) = crate::smtp::auth::hash_problem(hash) {
+                    push(
+                        key,
+                        Some(&user.username),
+                        format!("user `{}`: password_hash: {problem}", user.username),
+                    );
+                }
+            }
+            (Some(_), None) => {}
+        }
+    }
     let mut seen = HashSet::new();
-    for a in &listen {
-        if !seen.insert(*a) {
+    for a in listen.iter().chain(&listen_tls) {
+        // Port 0 (any free port, tests) cannot clash.
+        if a.port() != 0 && !seen.insert(*a) {
             push("server.listen", None, format!("`{a}` is listed twice"));
         }
     }
@@ -676,6 +791,7 @@ fn validate(
 
     ServerPolicy {
         listen,
+        listen_tls,
         allowed_networks,
         accepted_recipients,
         feedback_addresses,
@@ -866,6 +982,34 @@ mod tests {
         .unwrap();
         assert_eq!(c.config.feedback.lookup_timeout_secs_for_backlog(300), 5000);
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn auth_users_listen_tls_and_http_are_checked() {
+        let text = "[server]\naccepted_recipients = [\"g@x.test\"]\nlisten_tls = [\"127.0.0.1:465\"]\n[server.auth]\nusers = [{ username = \"a\", password_hash = \"md5:x\" }, { username = \"b\" }]\n[http]\nlisten = \"nowhere\"\ntoken = \"short\"\n";
+        let msg = load(text).expect_err("invalid").to_string();
+        for expected in [
+            "`server.listen_tls`: implicit TLS needs a certificate",
+            "user `a`: password_hash: unknown scheme",
+            "user `b` (#2): no password_hash",
+            "`http.listen`: `nowhere` is not a socket address",
+            "`http.token`: too short",
+        ] {
+            assert!(msg.contains(expected), "{expected} missing:\n{msg}");
+        }
+        let plain = load("[server]\naccepted_recipients = [\"g@x.test\"]\n[server.auth]\nusers = [{ username = \"a\", password = \"p\" }]\n[http]\nlisten = \"0.0.0.0:9925\"\n").expect("valid");
+        let warnings = plain.config.warnings();
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("user `a` has a plaintext password")),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings.iter().any(|w| w.contains("no `http.token`")),
+            "{warnings:?}"
+        );
+        assert_eq!(plain.http.map(|h| h.listen.port()), Some(9925));
     }
 
     #[test]

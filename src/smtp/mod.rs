@@ -1,9 +1,11 @@
 //! Inbound SMTP: the listeners, the connection policy applied at connect (client networks,
 //! connection limit), TLS setup, and graceful shutdown. Sessions live in `session`.
 
+pub mod auth;
 pub mod reply;
 pub mod session;
 pub mod slots;
+mod tls;
 
 use crate::config::{Config, ServerPolicy};
 use crate::store::SpoolHandle;
@@ -38,6 +40,8 @@ pub struct Shared {
     pub policy: ServerPolicy,
     pub spool: SpoolHandle,
     pub tls: Option<TlsAcceptor>,
+    /// Kept across reloads: failures count per address, whatever the configuration.
+    pub auth_throttle: Arc<auth::AuthThrottle>,
 }
 
 impl Shared {
@@ -68,6 +72,8 @@ pub struct Server {
     shared: Arc<Shared>,
     current: Current,
     listeners: Vec<TcpListener>,
+    /// Implicit-TLS listeners (`listen_tls`).
+    tls_listeners: Vec<TcpListener>,
 }
 
 /// Applies a reloaded configuration to the sessions that start from now on.
@@ -85,11 +91,13 @@ impl ServerReloader {
         };
         let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
         let spool = current.spool.clone();
+        let auth_throttle = current.auth_throttle.clone();
         *current = Arc::new(Shared {
             config,
             policy,
             spool,
             tls,
+            auth_throttle,
         });
         Ok(())
     }
@@ -111,25 +119,41 @@ impl Server {
         };
         let mut listeners = Vec::new();
         for addr in &policy.listen {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|source| SmtpError::Bind {
-                    addr: *addr,
-                    source,
-                })?;
-            listeners.push(listener);
+            listeners.push(bind_one(*addr).await?);
         }
+        let mut tls_listeners = Vec::new();
+        for addr in &policy.listen_tls {
+            if tls.is_none() {
+                return Err(SmtpError::Tls(format!(
+                    "listen_tls {addr} needs [server.tls] cert and key"
+                )));
+            }
+            tls_listeners.push(bind_one(*addr).await?);
+        }
+        let auth_throttle = Arc::new(auth::AuthThrottle::new(Duration::from_millis(
+            config.server.auth.failure_delay_ms,
+        )));
         let shared = Arc::new(Shared {
             config,
             policy,
             spool,
             tls,
+            auth_throttle,
         });
         Ok(Server {
             current: Arc::new(std::sync::RwLock::new(shared.clone())),
             shared,
             listeners,
+            tls_listeners,
         })
+    }
+
+    /// Addresses of the implicit-TLS listeners.
+    pub fn local_tls_addrs(&self) -> Vec<SocketAddr> {
+        self.tls_listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
     }
 
     pub fn reloader(&self) -> ServerReloader {
@@ -157,12 +181,18 @@ impl Server {
             Duration::from_secs(5),
         ));
         let mut accepts = JoinSet::new();
-        for listener in self.listeners {
+        let all = self
+            .listeners
+            .into_iter()
+            .map(|l| (l, false))
+            .chain(self.tls_listeners.into_iter().map(|l| (l, true)));
+        for (listener, implicit_tls) in all {
             if let Ok(addr) = listener.local_addr() {
-                tracing::info!(%addr, "listening");
+                tracing::info!(%addr, implicit_tls, "listening");
             }
             accepts.spawn(accept_loop(
                 listener,
+                implicit_tls,
                 self.current.clone(),
                 limit.clone(),
                 shutdown.clone(),
@@ -183,8 +213,15 @@ impl Server {
     }
 }
 
+async fn bind_one(addr: SocketAddr) -> Result<TcpListener, SmtpError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| SmtpError::Bind { addr, source })
+}
+
 async fn accept_loop(
     listener: TcpListener,
+    implicit_tls: bool,
     current: Current,
     limit: Arc<slots::Slots>,
     shutdown: watch::Receiver<bool>,
@@ -206,7 +243,11 @@ async fn accept_loop(
         tokio::spawn(async move {
             match limit.admit(peer.ip()).await {
                 slots::Admission::Admitted(slot) => {
-                    handle_connection(stream, peer, shared, shutdown, slot).await;
+                    if implicit_tls {
+                        tls::handle_implicit(stream, peer, shared, shutdown, slot).await;
+                    } else {
+                        handle_connection(stream, peer, shared, shutdown, slot).await;
+                    }
                 }
                 slots::Admission::ClientLimit => {
                     tracing::warn!(%peer, "refused: too many connections from this address");
@@ -239,7 +280,7 @@ async fn handle_connection(
         .await;
 }
 
-async fn refuse(mut stream: TcpStream, r: reply::Reply) {
+async fn refuse<S: tokio::io::AsyncWrite + Unpin>(mut stream: S, r: reply::Reply) {
     crate::http::metrics::metrics().smtp_reply(r.code);
     let mut out = Vec::new();
     r.write_to(&mut out);

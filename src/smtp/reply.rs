@@ -197,6 +197,13 @@ pub fn already_authenticated() -> Reply {
 pub fn auth_mechanism_unsupported() -> Reply {
     Reply::new(504, "5.5.4", "Unrecognized authentication type")
 }
+pub fn too_many_auth_failures() -> Reply {
+    Reply::new(
+        421,
+        "4.7.0",
+        "Too many failed authentication attempts, try again later",
+    )
+}
 pub fn auth_failed() -> Reply {
     Reply::new(535, "5.7.8", "Authentication credentials invalid")
 }

@@ -10,6 +10,7 @@ use smtp_proto::request::receiver::{DataReceiver, DummyDataReceiver};
 use smtp_proto::{Error as ProtoError, Request};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -60,6 +61,8 @@ pub struct Session {
     auth_step: Option<AuthStep>,
     transaction: Option<Transaction>,
     errors: u32,
+    /// Set after a throttled AUTH failure: the next flush waits this long first.
+    reply_delay: Option<Duration>,
     shutdown: watch::Receiver<bool>,
     /// The connection slot, through which the server may ask an idle session to close.
     slot: Option<super::slots::Slot>,
@@ -92,6 +95,7 @@ impl Session {
             auth_step: None,
             transaction: None,
             errors: 0,
+            reply_delay: None,
             shutdown,
             slot: None,
         }
@@ -118,6 +122,9 @@ impl Session {
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
+        if let Some(delay) = self.reply_delay.take() {
+            tokio::time::sleep(delay).await;
+        }
         if !self.wbuf.is_empty() {
             self.io.write_all(&self.wbuf).await?;
             self.io.flush().await?;
@@ -266,7 +273,12 @@ impl Session {
     /// Send an error reply and count it; past the limit the session ends.
     fn refuse(&mut self, r: Reply) -> Next {
         tracing::info!(peer = %self.peer, code = r.code, reason = %r.text, "command refused");
+        // RFC 5321 4.2.2: 421 is the server closing the channel.
+        let closing = r.code == 421;
         self.reply(r);
+        if closing {
+            return Next::Close;
+        }
         self.errors += 1;
         if self.errors >= self.shared.config.server.max_errors {
             tracing::info!(peer = %self.peer, errors = self.errors, "too many errors, closing");
@@ -628,6 +640,9 @@ impl Session {
         if !self.auth_configured() {
             return Some(reply::auth_not_enabled());
         }
+        if self.shared.auth_throttle.blocked(self.peer.ip()) {
+            return Some(reply::too_many_auth_failures());
+        }
         if !self.tls && !self.plaintext_auth_allowed() {
             return Some(if self.shared.tls.is_some() {
                 reply::encryption_required()
@@ -713,17 +728,43 @@ impl Session {
     }
 
     fn check_credentials(&mut self, user: &str, password: &str) -> Reply {
-        let ok = self.shared.config.server.auth.users.iter().any(|u| {
-            u.username == user && constant_time_eq(u.password.as_bytes(), password.as_bytes())
-        });
+        let ok = self
+            .shared
+            .config
+            .server
+            .auth
+            .users
+            .iter()
+            .any(|u| u.username == user && super::auth::verify(u, password));
         if ok {
             tracing::info!(peer = %self.peer, user, "authenticated");
             self.auth_user = Some(user.to_string());
             reply::auth_ok()
         } else {
             tracing::info!(peer = %self.peer, user, "authentication failed");
-            reply::auth_failed()
+            self.throttle_failure()
         }
+    }
+
+    /// A failed AUTH: answered at once, after a delay, or with 421 (see `auth::AuthThrottle`).
+    fn throttle_failure(&mut self) -> Reply {
+        match self.shared.auth_throttle.failure(self.peer.ip()) {
+            super::auth::Throttle::Answer => reply::auth_failed(),
+            super::auth::Throttle::Delay(d) => {
+                self.reply_delay = Some(d);
+                reply::auth_failed()
+            }
+            super::auth::Throttle::Refuse => {
+                tracing::warn!(peer = %self.peer, "too many failed AUTH attempts, closing");
+                reply::too_many_auth_failures()
+            }
+        }
+    }
+
+    /// Sessions on the implicit-TLS listener start encrypted.
+    pub fn with_tls(mut self) -> Session {
+        self.tls = true;
+        self
     }
 }
 
@@ -764,10 +805,6 @@ fn decode_b64(b: &[u8]) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 fn proto_error_reply(e: ProtoError) -> Reply {
     match e {
         ProtoError::UnknownCommand => reply::unknown_command(),
@@ -788,6 +825,7 @@ fn proto_error_reply(e: ProtoError) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::smtp::auth::constant_time_eq;
 
     #[test]
     fn protocol_errors_map_to_precise_replies() {

@@ -130,6 +130,14 @@ impl TestGateway {
         }
     }
 
+    /// The implicit-TLS listeners (`listen_tls`).
+    pub fn tls_addrs(&self) -> Vec<SocketAddr> {
+        self.running
+            .as_ref()
+            .map(|r| r.tls_addrs.clone())
+            .unwrap_or_default()
+    }
+
     /// A gateway relaying to 127.0.0.1:`relay_port`, retrying after 1 s (2 s at most).
     pub async fn with_relay(relay_port: u16, server_extra: &str, sections: &str) -> TestGateway {
         let relay = format!(
