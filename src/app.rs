@@ -70,10 +70,10 @@ pub async fn serve_until(loaded: LoadedConfig, stop: watch::Receiver<bool>) -> a
 /// A started gateway: its listeners are bound, its workers running.
 pub struct Running {
     pub addrs: Vec<SocketAddr>,
-    /// What the GLPI API user may do, checked at start (`None` without `[glpi_api]`).
-    pub glpi_rights: Option<RightsCheck>,
     /// The HTTP listener's address, when `[http]` is configured.
     pub http_addr: Option<SocketAddr>,
+    /// What the GLPI API user may do, checked at start (`None` without `[glpi_api]`).
+    pub glpi_rights: Option<RightsCheck>,
     server: tokio::task::JoinHandle<()>,
     reloader: Reloader,
 }
@@ -85,7 +85,7 @@ pub struct Reloader {
     current: Arc<std::sync::Mutex<LoadedConfig>>,
     smtp: ServerReloader,
     pipeline: mpsc::UnboundedSender<PipelineSettings>,
-    /// The start-up rights check allowed solving (it is not re-run on reload).
+    /// From the rights check at start: the API session is not reopened on reload.
     may_solve: bool,
 }
 
@@ -161,8 +161,6 @@ fn needs_restart(old: &LoadedConfig, new: &LoadedConfig) -> Vec<&'static str> {
     changed
 }
 
-/// `may_solve`: the API user's rights allow solutions (checked at start); a user GLPI
-/// would refuse them to gets none, its recoveries go as follow-ups.
 fn pipeline_settings(loaded: &LoadedConfig, rules: RuleSet, may_solve: bool) -> PipelineSettings {
     PipelineSettings {
         rules: Arc::new(rules),
@@ -175,7 +173,9 @@ fn pipeline_settings(loaded: &LoadedConfig, rules: RuleSet, may_solve: bool) -> 
         correlation: loaded.config.correlation.clone(),
         unmatched: loaded.config.rules.unmatched,
         hold_until_ticket_known: loaded.config.feedback_enabled(),
-        ticket_timeout_secs: loaded.config.feedback.lookup_timeout_secs() as i64,
+        // Unset: derived from GLPI's pace and the backlog as the pipeline goes.
+        ticket_timeout_secs: explicit_ticket_timeout(loaded),
+        // A user GLPI would refuse solutions to gets none: recoveries go as follow-ups.
         solve_on_recovery: may_solve
             && loaded
                 .config
@@ -183,10 +183,7 @@ fn pipeline_settings(loaded: &LoadedConfig, rules: RuleSet, may_solve: bool) -> 
                 .as_ref()
                 .is_some_and(|a| a.solve_on_recovery),
         feedback_addresses: loaded.policy.feedback_addresses.clone(),
-        glpi: crate::pipeline::GlpiFlow {
-            api_updates: loaded.config.glpi_api.is_some(),
-            ..crate::pipeline::GlpiFlow::default()
-        },
+        glpi: glpi_flow(loaded),
     }
 }
 
@@ -253,10 +250,16 @@ pub async fn start_with_clock(
                 ApiWorker::new(
                     api,
                     store_path.clone(),
-                    loaded.config.feedback.lookup_timeout_secs() as i64,
+                    explicit_ticket_timeout(&loaded),
                     opened_rx,
                     found_tx,
                 )?
+                .with_pace(
+                    loaded.config.feedback.collector_interval_secs as i64,
+                    loaded.config.feedback.collector_batch as i64,
+                )
+                .with_solving(may_solve)
+                .with_tickets(loaded.config.glpi_api.clone())
                 .with_clock(clock.clone()),
             )
         }
@@ -268,7 +271,11 @@ pub async fn start_with_clock(
         client,
         loaded.relay.retry.clone(),
         outbound_wake.clone(),
-    );
+    )
+    .with_clock({
+        let clock = clock.clone();
+        Arc::new(move || clock.now())
+    });
 
     let server = Server::bind(loaded.config.clone(), loaded.policy.clone(), spool.clone()).await?;
     let addrs = server.local_addrs();
@@ -305,11 +312,23 @@ pub async fn start_with_clock(
     let http = http.map(|h| tokio::spawn(h.serve(stop.clone())));
     let api = api_worker.map(|w| tokio::spawn(w.run(stop.clone())));
     let delivery = tokio::spawn(delivery.run(stop.clone()));
+    let store = &loaded.config.store;
+    let retention = tokio::spawn(crate::store::retention::run(
+        store_path.clone(),
+        crate::store::retention::Retention {
+            keep_processed_days: store.keep_processed_days,
+            keep_sent_days: store.keep_sent_days,
+            batch: 500,
+        },
+        std::time::Duration::from_secs(store.prune_interval_secs),
+        stop.clone(),
+    ));
     let server = tokio::spawn(server.serve(stop));
     let all = tokio::spawn(async move {
         let _ = server.await;
         let _ = pipeline.await;
         let _ = delivery.await;
+        let _ = retention.await;
         if let Some(api) = api {
             let _ = api.await;
         }
@@ -324,6 +343,31 @@ pub async fn start_with_clock(
         server: all,
         reloader,
     })
+}
+
+/// `[feedback] ticket_lookup_timeout_secs` when set; 0 lets the waits derive from GLPI's pace.
+fn explicit_ticket_timeout(loaded: &LoadedConfig) -> i64 {
+    loaded
+        .config
+        .feedback
+        .ticket_lookup_timeout_secs
+        .map_or(0, |secs| i64::try_from(secs).unwrap_or(i64::MAX))
+}
+
+/// How the pipeline paces and routes what it tells GLPI, from `[feedback]` and `[glpi_api]`.
+fn glpi_flow(loaded: &LoadedConfig) -> crate::pipeline::GlpiFlow {
+    let feedback = &loaded.config.feedback;
+    crate::pipeline::GlpiFlow {
+        api_updates: loaded.config.glpi_api.is_some(),
+        create_via_api: loaded
+            .config
+            .glpi_api
+            .as_ref()
+            .is_some_and(|a| a.create == crate::feedback::CreateMode::Api),
+        collector_interval_secs: feedback.collector_interval_secs as i64,
+        collector_batch: feedback.collector_batch as i64,
+        min_mail_interval_secs: feedback.min_mail_interval_secs as i64,
+    }
 }
 
 /// Process the spool whenever something was committed (or once a second, for the

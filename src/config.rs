@@ -107,6 +107,19 @@ pub struct ServerConfig {
     pub data_timeout_secs: u64,
     /// On shutdown, how long sessions in DATA may take to finish.
     pub shutdown_grace_secs: u64,
+    /// Sessions from one client address at a time; 0 = no limit (Postfix's
+    /// `smtpd_client_connection_count_limit`).
+    pub max_connections_per_client: usize,
+    /// Bytes per second a DATA transfer must average: its deadline is
+    /// `data_timeout_secs` plus the bytes received over this rate (`smtpd_min_data_rate`).
+    pub min_data_rate: u64,
+    /// When every slot is taken, a session waiting this long for its next command is
+    /// closed first to make room.
+    pub idle_eviction_secs: u64,
+    /// Bytes received in DATA and not yet committed, across sessions, beyond which a new
+    /// DATA gets `452 4.3.1` until they are committed (DATA streams to disk: this bounds
+    /// the spool's scratch space, memory stays small per session).
+    pub max_inflight_bytes: usize,
     pub tls: Option<TlsConfig>,
     pub auth: AuthConfig,
 }
@@ -127,6 +140,10 @@ impl Default for ServerConfig {
             command_timeout_secs: 300,
             data_timeout_secs: 180,
             shutdown_grace_secs: 30,
+            max_connections_per_client: 50,
+            min_data_rate: 500,
+            idle_eviction_secs: 10,
+            max_inflight_bytes: 2 << 30,
             tls: None,
             auth: AuthConfig::default(),
         }
@@ -173,6 +190,13 @@ pub struct StoreConfig {
     pub path: PathBuf,
     /// Most messages committed together by the spool writer.
     pub group_commit_max: usize,
+    /// Days a processed (or dropped, or feedback) spooled message is kept; incidents'
+    /// history stays.
+    pub keep_processed_days: u64,
+    /// Days a sent outbound mail is kept.
+    pub keep_sent_days: u64,
+    /// Seconds between two background prunings.
+    pub prune_interval_secs: u64,
 }
 
 impl Default for StoreConfig {
@@ -180,6 +204,9 @@ impl Default for StoreConfig {
         StoreConfig {
             path: PathBuf::from("./var/alertgate.db"),
             group_commit_max: 512,
+            keep_processed_days: 7,
+            keep_sent_days: 7,
+            prune_interval_secs: 600,
         }
     }
 }
@@ -366,9 +393,9 @@ pub struct LoadedConfig {
     pub policy: ServerPolicy,
     pub compose: crate::compose::ComposeConfig,
     pub relay: crate::deliver::RelayConfig,
+    pub http: Option<crate::http::HttpSettings>,
     /// What works but probably not as meant (`check` prints them, `serve` logs them).
     pub warnings: Vec<ConfigProblem>,
-    pub http: Option<crate::http::HttpSettings>,
 }
 
 impl LoadedConfig {
@@ -402,8 +429,6 @@ impl LoadedConfig {
             }
         };
         let policy = validate(path, text, &config, &mut problems);
-        validate_sections(path, text, &config, &mut problems);
-        let warnings = warnings(path, text, &config);
         let http = config.http.as_ref().and_then(|c| {
             crate::http::HttpSettings::from_config(c)
                 .map_err(|found| {
@@ -422,6 +447,8 @@ impl LoadedConfig {
                 })
                 .ok()
         });
+        validate_sections(path, text, &config, &mut problems);
+        let warnings = warnings(path, text, &config);
         match (
             problems.is_empty(),
             config.compose.clone(),
@@ -433,8 +460,8 @@ impl LoadedConfig {
                 policy,
                 compose,
                 relay,
-                warnings,
                 http,
+                warnings,
             }),
             _ => Err(ConfigError { problems }),
         }
@@ -600,9 +627,14 @@ fn validate(
     check_positive("server.max_errors", server.max_errors as u64);
     check_positive("server.command_timeout_secs", server.command_timeout_secs);
     check_positive("server.data_timeout_secs", server.data_timeout_secs);
+    check_positive("server.min_data_rate", server.min_data_rate);
     check_positive(
         "store.group_commit_max",
         config.store.group_commit_max as u64,
+    );
+    check_positive(
+        "store.prune_interval_secs",
+        config.store.prune_interval_secs,
     );
     if server.max_line_length < 512 {
         problems.push(ConfigProblem {

@@ -3,6 +3,7 @@
 
 pub mod reply;
 pub mod session;
+pub mod slots;
 
 use crate::config::{Config, ServerPolicy};
 use crate::store::SpoolHandle;
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
@@ -45,6 +46,17 @@ impl Shared {
     }
     fn data_timeout(&self) -> Duration {
         Duration::from_secs(self.config.server.data_timeout_secs)
+    }
+    /// A DATA transfer's deadline: `data_timeout` plus one second per `min_data_rate`
+    /// bytes received, so only a client sending at least that fast can stretch it.
+    fn data_deadline(
+        &self,
+        started: tokio::time::Instant,
+        received: usize,
+    ) -> tokio::time::Instant {
+        let rate = self.config.server.min_data_rate.max(1);
+        let earned = Duration::from_secs_f64(received as f64 / rate as f64);
+        started + self.data_timeout() + earned
     }
 }
 
@@ -136,7 +148,14 @@ impl Server {
     /// Serve until `shutdown` turns true; then stop accepting, give sessions in DATA up to
     /// `shutdown_grace_secs` to finish (the others are told 421), and return.
     pub async fn serve(self, shutdown: watch::Receiver<bool>) {
-        let limit = Arc::new(Semaphore::new(self.shared.config.server.max_connections));
+        let server = &self.shared.config.server;
+        let limit = Arc::new(slots::Slots::new(
+            server.max_connections,
+            server.max_connections_per_client,
+            Duration::from_secs(server.idle_eviction_secs),
+            // An evicted session answers 421 and closes at once; this is a safety bound.
+            Duration::from_secs(5),
+        ));
         let mut accepts = JoinSet::new();
         for listener in self.listeners {
             if let Ok(addr) = listener.local_addr() {
@@ -158,25 +177,16 @@ impl Server {
             grace_secs = grace.as_secs(),
             "shutting down: no new connections, waiting for sessions"
         );
-        let max = self.shared.config.server.max_connections;
-        if tokio::time::timeout(grace, wait_for_sessions(&limit, max))
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(grace, limit.all_free()).await.is_err() {
             tracing::warn!("shutdown grace period over; abandoning remaining sessions");
         }
     }
 }
 
-/// All permits back means every session has ended.
-async fn wait_for_sessions(limit: &Semaphore, max: usize) {
-    let _ = limit.acquire_many(max as u32).await;
-}
-
 async fn accept_loop(
     listener: TcpListener,
     current: Current,
-    limit: Arc<Semaphore>,
+    limit: Arc<slots::Slots>,
     shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -192,18 +202,22 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let shared = snapshot(&current);
         let shutdown = shutdown.clone();
-        match limit.clone().try_acquire_owned() {
-            Ok(permit) => {
-                tokio::spawn(async move {
-                    handle_connection(stream, peer, shared, shutdown).await;
-                    drop(permit);
-                });
+        let limit = limit.clone();
+        tokio::spawn(async move {
+            match limit.admit(peer.ip()).await {
+                slots::Admission::Admitted(slot) => {
+                    handle_connection(stream, peer, shared, shutdown, slot).await;
+                }
+                slots::Admission::ClientLimit => {
+                    tracing::warn!(%peer, "refused: too many connections from this address");
+                    refuse(stream, reply::too_many_connections_from_client()).await;
+                }
+                slots::Admission::Busy => {
+                    tracing::warn!(%peer, "refused: too many connections");
+                    refuse(stream, reply::too_many_connections()).await;
+                }
             }
-            Err(_) => {
-                tracing::warn!(%peer, "refused: too many connections");
-                tokio::spawn(refuse(stream, reply::too_many_connections()));
-            }
-        }
+        });
     }
 }
 
@@ -212,6 +226,7 @@ async fn handle_connection(
     peer: SocketAddr,
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
+    slot: slots::Slot,
 ) {
     if !shared.policy.client_allowed(peer.ip()) {
         tracing::info!(%peer, "refused: client not in allowed_networks");
@@ -219,6 +234,7 @@ async fn handle_connection(
         return;
     }
     session::Session::new(Box::new(stream), shared, peer, shutdown)
+        .with_slot(slot)
         .run()
         .await;
 }
