@@ -75,6 +75,10 @@ pub struct Config {
     pub feedback: FeedbackConfig,
     /// GLPI's REST API, to look tickets up and solve them (optional).
     pub glpi_api: Option<crate::feedback::GlpiApiConfig>,
+    /// The HTTP listener (metrics, probes, status page); none without the section.
+    pub http: Option<crate::http::HttpConfig>,
+    /// GLPI's web address, for ticket links on the status page.
+    pub glpi: Option<crate::http::GlpiWebConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -364,6 +368,7 @@ pub struct LoadedConfig {
     pub relay: crate::deliver::RelayConfig,
     /// What works but probably not as meant (`check` prints them, `serve` logs them).
     pub warnings: Vec<ConfigProblem>,
+    pub http: Option<crate::http::HttpSettings>,
 }
 
 impl LoadedConfig {
@@ -399,6 +404,24 @@ impl LoadedConfig {
         let policy = validate(path, text, &config, &mut problems);
         validate_sections(path, text, &config, &mut problems);
         let warnings = warnings(path, text, &config);
+        let http = config.http.as_ref().and_then(|c| {
+            crate::http::HttpSettings::from_config(c)
+                .map_err(|found| {
+                    for (key, value, message) in found {
+                        let line = Some(value.as_str())
+                            .filter(|v| !v.is_empty())
+                            .and_then(|v| find_value_line(text, v))
+                            .or_else(|| find_key_line(text, &key));
+                        problems.push(ConfigProblem {
+                            file: path.to_path_buf(),
+                            line,
+                            key,
+                            message,
+                        });
+                    }
+                })
+                .ok()
+        });
         match (
             problems.is_empty(),
             config.compose.clone(),
@@ -411,6 +434,7 @@ impl LoadedConfig {
                 compose,
                 relay,
                 warnings,
+                http,
             }),
             _ => Err(ConfigError { problems }),
         }
@@ -604,6 +628,17 @@ fn validate(
                     ),
                 });
             }
+        }
+    }
+
+    if let Some(relay) = &config.relay {
+        for (key, message) in relay.problems() {
+            problems.push(ConfigProblem {
+                file: path.to_path_buf(),
+                line: find_key_line(text, key).or_else(|| find_key_line(text, "relay")),
+                key: key.into(),
+                message,
+            });
         }
     }
 

@@ -1,4 +1,4 @@
-//! The `alertgate` command line: serve, check, parse, queue.
+//! The `alertgate` command line: serve, check, parse, queue, inject, incidents, reload, passwd.
 
 use alertgate::config::LoadedConfig;
 use alertgate::store::{self, outbound, spool};
@@ -52,12 +52,60 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Submit mail files into the spool as if received over SMTP (like `sendmail`).
+    Inject {
+        #[arg(short, long, default_value = "alertgate.toml")]
+        config: PathBuf,
+        /// Envelope sender (default: the From: header's address).
+        #[arg(long)]
+        from: Option<String>,
+        /// Envelope recipient, repeatable (default: the To: and Cc: headers).
+        #[arg(long)]
+        to: Vec<String>,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// List incidents: tag, source, host, service, state, since, alerts, GLPI ticket.
+    Incidents {
+        #[arg(short, long, default_value = "alertgate.toml")]
+        config: PathBuf,
+        /// Only open incidents.
+        #[arg(long)]
+        open: bool,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask the running gateway (through its pid file) to reload its configuration and rules.
+    Reload {
+        #[arg(short, long, default_value = "alertgate.toml")]
+        config: PathBuf,
+    },
+    /// Print an argon2id hash for a `[server.auth]` user's `password_hash` (reads the
+    /// password from standard input).
+    Passwd,
+    /// Rule authors' tools.
+    Rules {
+        #[command(subcommand)]
+        action: RulesAction,
+    },
     /// Inspect the spool and the outbound queue.
     Queue {
         #[arg(short, long, default_value = "alertgate.toml")]
         config: PathBuf,
         #[command(subcommand)]
         action: QueueAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesAction {
+    /// Check every NAME.eml of DIR against its NAME.expected.toml, field by field.
+    Test {
+        /// Rule directory (repeatable; later ones override earlier ones by rule name).
+        #[arg(long = "rules")]
+        rules: Vec<PathBuf>,
+        dir: PathBuf,
     },
 }
 
@@ -70,6 +118,9 @@ enum QueueAction {
         state: Option<String>,
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// One JSON object per line (like `postqueue -j`).
+        #[arg(long)]
+        json: bool,
     },
     /// Show one spooled message (ID) or outbound mail (oID): envelope, state and bytes.
     Show { id: String },
@@ -90,7 +141,19 @@ fn main() -> ExitCode {
             explain,
             files,
         } => parse(rules, explain, &files),
+        Command::Rules {
+            action: RulesAction::Test { rules, dir },
+        } => alertgate::rules::expect::run(&rule_dirs(rules), &dir),
         Command::Queue { config, action } => queue(&config, action),
+        Command::Inject {
+            config,
+            from,
+            to,
+            files,
+        } => inject(&config, from, to, files),
+        Command::Incidents { config, open, json } => incidents(&config, open, json),
+        Command::Reload { config } => reload(&config),
+        Command::Passwd => passwd(),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -187,19 +250,28 @@ fn check_online(loaded: &LoadedConfig) -> anyhow::Result<Vec<String>> {
 }
 
 fn parse(rules: Vec<PathBuf>, explain: bool, files: &[PathBuf]) -> anyhow::Result<bool> {
-    let dirs = if rules.is_empty() {
+    alertgate::rules::cli::run_parse(&rule_dirs(rules), files, explain)
+}
+
+/// `--rules` directories, `./rules` when none is given.
+fn rule_dirs(rules: Vec<PathBuf>) -> Vec<PathBuf> {
+    if rules.is_empty() {
         vec![PathBuf::from("rules")]
     } else {
         rules
-    };
-    alertgate::rules::cli::run_parse(&dirs, files, explain)
+    }
 }
 
 fn queue(config: &Path, action: QueueAction) -> anyhow::Result<bool> {
     let loaded = load(config)?;
     let conn = store::open(&loaded.config.store.path)?;
     match action {
-        QueueAction::List { state, limit } => queue_list(&conn, state.as_deref(), limit),
+        QueueAction::List {
+            state,
+            limit,
+            json: true,
+        } => queue_list_json(&conn, state.as_deref(), limit),
+        QueueAction::List { state, limit, .. } => queue_list(&conn, state.as_deref(), limit),
         QueueAction::Show { id } => match parse_queue_id(&id)? {
             QueueId::Spool(id) => show_spool(&conn, id),
             QueueId::Outbound(id) => show_outbound(&conn, id),
@@ -223,6 +295,101 @@ fn queue(config: &Path, action: QueueAction) -> anyhow::Result<bool> {
             Ok(true)
         }
     }
+}
+
+fn inject(
+    config: &Path,
+    from: Option<String>,
+    to: Vec<String>,
+    files: Vec<PathBuf>,
+) -> anyhow::Result<bool> {
+    use alertgate::cli::inject::{inject, InjectRequest};
+    let loaded = load(config)?;
+    let request = InjectRequest { files, from, to };
+    let runtime = tokio::runtime::Runtime::new()?;
+    let results = runtime.block_on(inject(&loaded, &request));
+    let mut all_ok = true;
+    for (file, result) in request.files.iter().zip(results) {
+        match result {
+            Ok(id) => println!("{}: queued as {id}", file.display()),
+            Err(e) => {
+                all_ok = false;
+                eprintln!("alertgate: {e}");
+            }
+        }
+    }
+    Ok(all_ok)
+}
+
+fn incidents(config: &Path, open: bool, json: bool) -> anyhow::Result<bool> {
+    use alertgate::cli::incidents::{render_json, render_text};
+    let loaded = load(config)?;
+    let conn = store::open(&loaded.config.store.path)?;
+    let list = store::incidents::load(&conn, !open)?;
+    if json {
+        print!("{}", render_json(&list));
+    } else {
+        print!("{}", render_text(&list, format_time));
+    }
+    Ok(true)
+}
+
+fn reload(config: &Path) -> anyhow::Result<bool> {
+    let loaded = load(config)?;
+    let pid = alertgate::cli::reload::signal_reload(&loaded.config.store.path)?;
+    println!("sent SIGHUP to alertgate (pid {pid}); its log says whether the new configuration was taken");
+    Ok(true)
+}
+
+fn passwd() -> anyhow::Result<bool> {
+    use std::io::{BufRead, IsTerminal};
+    if std::io::stdin().is_terminal() {
+        eprint!("password (echoed; or pipe it in): ");
+    }
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    let password = line.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        anyhow::bail!("empty password");
+    }
+    println!("{}", alertgate::cli::passwd::hash(password)?);
+    Ok(true)
+}
+
+fn queue_list_json(
+    conn: &rusqlite::Connection,
+    state: Option<&str>,
+    limit: usize,
+) -> anyhow::Result<bool> {
+    let spool_state = state.and_then(spool::SpoolState::parse);
+    let outbound_state = state.filter(|s| ["queued", "held", "sent", "dead"].contains(s));
+    if state.is_some() && spool_state.is_none() && outbound_state.is_none() {
+        anyhow::bail!("unknown state `{}`", state.unwrap_or_default());
+    }
+    if state.is_none() || spool_state.is_some() {
+        for row in spool::list(conn, spool_state, limit)? {
+            let line = serde_json::json!({
+                "queue": "spool", "id": row.id, "state": row.state,
+                "received_at": row.envelope.received_at, "size": row.size,
+                "sender": row.envelope.mail_from, "recipients": row.envelope.rcpt_to,
+                "message_id": row.message_id, "note": row.note,
+            });
+            println!("{line}");
+        }
+    }
+    if state.is_none() || outbound_state.is_some() {
+        for row in outbound::list(conn, outbound_state, limit)? {
+            let line = serde_json::json!({
+                "queue": "outbound", "id": format!("o{}", row.id), "state": row.state,
+                "incident": row.order_key, "attempts": row.attempts,
+                "queued_at": row.queued_at, "next_attempt_at": row.next_attempt_at,
+                "sender": row.envelope_from, "recipients": row.envelope_to,
+                "subject": row.subject, "message_id": row.message_id, "last_error": row.last_error,
+            });
+            println!("{line}");
+        }
+    }
+    Ok(true)
 }
 
 enum QueueId {

@@ -5,12 +5,14 @@
 use crate::alert::Alert;
 use crate::compose::{self, ComposeConfig, ComposedMail, MailEvent};
 use crate::config::{RecipientPattern, UnmatchedPolicy};
+use crate::correlate::reply::MailIds;
 use crate::correlate::{
     self, Action, CorrelationPolicy, CorrelationState, Decision, Incident, IncidentMail,
     TicketStatus,
 };
 use crate::rules::{ParseContext, ParseError, RuleSet};
 use crate::store::outbound::{self, NewOutbound, OutboundState};
+use crate::store::replies::StoreReplyIndex;
 use crate::store::spool::{self, SpoolRow, SpoolState};
 use crate::store::{actions, incidents, StoreError};
 use rusqlite::Connection;
@@ -139,6 +141,11 @@ impl Pipeline {
         })
     }
 
+    /// A reloaded configuration (rules, compose, correlation) for the mails from now on.
+    pub fn set_settings(&mut self, settings: PipelineSettings) {
+        self.settings = settings;
+    }
+
     pub fn state(&self) -> &CorrelationState {
         &self.state
     }
@@ -256,13 +263,24 @@ impl PipelineCore<'_> {
         now: i64,
     ) -> Result<StepResult, PipelineError> {
         let mut notes = Vec::new();
+        let mail_ids = MailIds {
+            own: row.message_id.clone(),
+            cited: crate::rules::cited_message_ids(raw),
+        };
         for alert in alerts {
             if let Some(mid) = &row.message_id {
                 if !alert.host.is_empty() {
                     incidents::remember_message_host(conn, mid, &alert.host)?;
                 }
             }
-            let decision = correlate::correlate(self.state, alert, now, &self.settings.correlation);
+            let decision = correlate::reply::correlate_threaded(
+                &StoreReplyIndex { conn },
+                self.state,
+                &mail_ids,
+                alert,
+                now,
+                &self.settings.correlation,
+            )?;
             notes.push(self.apply(conn, &decision, Some((row.id, raw)), now)?);
         }
         Ok(StepResult {

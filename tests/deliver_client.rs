@@ -188,6 +188,7 @@ async fn tls_relay(user: &str, password: &str) -> RecordingRelay {
     let options = RelayOptions {
         starttls: true,
         auth: Some((user.into(), password.into())),
+        ..RelayOptions::default()
     };
     RecordingRelay::start_with(0, options).await
 }

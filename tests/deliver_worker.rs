@@ -40,6 +40,9 @@ struct MemQueue {
     delivered: Mutex<Vec<String>>,
     /// Message-IDs marked sent a second time.
     sent_twice: Mutex<Vec<String>>,
+    /// A store fault: every write fails (disk full, read-only, lock held), reads work.
+    writes_fail: std::sync::atomic::AtomicBool,
+    failed_writes: std::sync::atomic::AtomicUsize,
 }
 
 impl MemQueue {
@@ -81,6 +84,10 @@ impl MemQueue {
     }
 
     fn update(&self, id: i64, change: impl FnOnce(&mut Row)) -> Result<(), QueueError> {
+        if self.writes_fail.load(Ordering::SeqCst) {
+            self.failed_writes.fetch_add(1, Ordering::SeqCst);
+            return Err(QueueError::new("database or disk is full"));
+        }
         let mut rows = self.rows.lock().expect("lock");
         let row = rows
             .iter_mut()
@@ -511,4 +518,83 @@ async fn queue_errors_are_survived() {
         .await
         .expect("dropping the sender stops the worker")
         .expect("no panic");
+}
+
+/// Finding 1: a store that cannot record "sent" must not turn into a resend loop. The
+/// relay gets each mail at most twice, and everything is delivered once the fault clears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_fault_while_recording_outcomes_is_not_a_resend_loop() {
+    let relay = RecordingRelay::start().await;
+    let queue = Arc::new(MemQueue::default());
+    for key in ["INC-1", "INC-2", "INC-3"] {
+        queue.push(key, 0, T0);
+        queue.push(key, 1, T0);
+    }
+    queue.writes_fail.store(true, Ordering::SeqCst);
+    let h = Harness::start(Arc::clone(&queue), relay.port(), 4);
+    relay.wait_for(3, WAIT).await;
+    // A second of fault: a loop would send hundreds of copies meanwhile.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        relay.received().len(),
+        3,
+        "the heads were sent once and not again while their outcome is unrecorded"
+    );
+    assert!(queue.failed_writes.load(Ordering::SeqCst) >= 3);
+    // Recording is retried with backoff, not in a tight loop.
+    assert!(
+        queue.failed_writes.load(Ordering::SeqCst) < 40,
+        "{} failed writes in a second",
+        queue.failed_writes.load(Ordering::SeqCst)
+    );
+
+    queue.writes_fail.store(false, Ordering::SeqCst);
+    h.wait_until("all recorded sent", all_sent).await;
+    let got = relay.wait_for(6, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut ids: Vec<_> = got.iter().filter_map(|m| m.header("Message-ID")).collect();
+    ids.sort();
+    let before = ids.len();
+    ids.dedup();
+    assert_eq!((before, ids.len()), (6, 6), "each mail exactly once");
+    assert_eq!(relay.received().len(), 6);
+    // Recorded with the time of delivery, not of the late record.
+    assert!(queue
+        .rows()
+        .iter()
+        .all(|r| r.status == Status::Sent { at: T0 }));
+    assert_eq!(queue.delivered.lock().expect("lock").len(), 6);
+    h.shutdown().await;
+}
+
+/// The same for a failed attempt: an unrecorded retry must not make the mail due again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unrecorded_retry_is_not_resent_at_once() {
+    let relay = RecordingRelay::start().await;
+    relay.set_mode(RelayMode::TempFailData);
+    let queue = Arc::new(MemQueue::default());
+    queue.push("INC-1", 0, T0);
+    queue.writes_fail.store(true, Ordering::SeqCst);
+    let h = Harness::start(Arc::clone(&queue), relay.port(), 2);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        relay.transactions(),
+        1,
+        "one attempt while the store is failing"
+    );
+    queue.writes_fail.store(false, Ordering::SeqCst);
+    h.wait_until("retry recorded", |rows| rows[0].item.attempts == 1)
+        .await;
+    assert_eq!(
+        queue.row(1).status,
+        Status::Queued {
+            next_attempt_at: T0 + 10
+        }
+    );
+    relay.set_mode(RelayMode::Accept);
+    h.advance(10);
+    relay.wait_for(1, WAIT).await;
+    h.wait_until("sent", all_sent).await;
+    assert_eq!(relay.transactions(), 2);
+    h.shutdown().await;
 }

@@ -2,12 +2,14 @@
 //! sending already composed raw mail, and the classification of its failures into
 //! transient (try again later) and permanent (dead letter).
 
-use super::config::{RelayConfig, RelayTls};
+use super::config::{RelayConfig, RelayTls, StepTimeouts};
 use lettre::address::{Address, Envelope};
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, Tls, TlsParameters};
-use lettre::transport::smtp::extension::ClientId;
+use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt, Rset};
+use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 use lettre::transport::smtp::response::Response;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,6 +26,10 @@ pub enum DeliverError {
     /// The `[relay]` section cannot make a working client.
     #[error("invalid [relay] configuration: {0}")]
     Config(String),
+    /// The whole mail was sent but its final reply never came: the relay may have
+    /// taken it. Retried like a transient failure; the retry may be a duplicate.
+    #[error("temporary failure, possibly delivered: {reason}")]
+    MaybeDelivered { reason: String },
 }
 
 impl DeliverError {
@@ -31,11 +37,16 @@ impl DeliverError {
         matches!(self, DeliverError::Permanent { .. })
     }
 
+    /// Whether the relay may have the mail although it did not confirm it.
+    pub fn is_maybe_delivered(&self) -> bool {
+        matches!(self, DeliverError::MaybeDelivered { .. })
+    }
+
     /// The SMTP reply code, when the relay answered with one.
     pub fn code(&self) -> Option<u16> {
         match self {
             DeliverError::Transient { code, .. } | DeliverError::Permanent { code, .. } => *code,
-            DeliverError::Config(_) => None,
+            DeliverError::Config(_) | DeliverError::MaybeDelivered { .. } => None,
         }
     }
 
@@ -45,7 +56,7 @@ impl DeliverError {
             DeliverError::Transient { reason, .. } | DeliverError::Permanent { reason, .. } => {
                 reason
             }
-            DeliverError::Config(reason) => reason,
+            DeliverError::Config(reason) | DeliverError::MaybeDelivered { reason } => reason,
         }
     }
 
@@ -97,12 +108,29 @@ struct Endpoint {
     hello_name: ClientId,
     tls: Tls,
     credentials: Option<Credentials>,
-    timeout: Duration,
+    timeouts: StepTimeouts,
+    /// `[relay] max_message_size`.
+    max_message_size: Option<usize>,
+}
+
+/// An open connection to the relay, with what its EHLO said.
+struct RelayConnection {
+    smtp: AsyncSmtpConnection,
+    /// The relay's `SIZE` (RFC 1870); None when it advertises none or `SIZE 0`.
+    size_limit: Option<usize>,
+}
+
+/// Why one step of a transaction failed, which decides whether the connection is kept.
+enum StepFailure {
+    /// A negative reply: the connection is in a known state and can be reset.
+    Reply(DeliverError),
+    /// A timeout or a network error: the connection is closed.
+    Broken(DeliverError),
 }
 
 /// Idle connections kept for reuse, most recently used last.
 struct Pool {
-    idle: Mutex<Vec<(AsyncSmtpConnection, Instant)>>,
+    idle: Mutex<Vec<(RelayConnection, Instant)>>,
     max_idle: usize,
     idle_timeout: Duration,
 }
@@ -111,8 +139,8 @@ struct Pool {
 /// Cheap to clone; clones share the pool.
 ///
 /// lettre's own pool is not used because its async transport has no timeout on SMTP
-/// commands and recycles a connection abandoned mid-command; here every phase is
-/// bounded and a connection that timed out is closed, never reused.
+/// commands and recycles a connection abandoned mid-command; here every step is
+/// bounded by its own timeout and a connection that timed out is closed, never reused.
 #[derive(Clone)]
 pub struct RelayClient {
     endpoint: Arc<Endpoint>,
@@ -146,6 +174,19 @@ impl RelayClient {
                 "timeout_secs must be at least 1".into(),
             ));
         }
+        let steps = config.step_timeouts();
+        if [
+            steps.connect,
+            steps.greeting,
+            steps.command,
+            steps.data_done,
+        ]
+        .contains(&Duration::ZERO)
+        {
+            return Err(DeliverError::Config(
+                "[relay.timeouts] values must be at least 1".into(),
+            ));
+        }
         let credentials = match (&config.username, &config.password) {
             (Some(user), Some(password)) => Some(Credentials::new(user.clone(), password.clone())),
             (None, None) => None,
@@ -169,7 +210,8 @@ impl RelayClient {
             hello_name,
             tls: tls_setting(config)?,
             credentials,
-            timeout: config.timeout(),
+            timeouts: config.step_timeouts(),
+            max_message_size: config.max_message_size,
         };
         let pool = Pool {
             idle: Mutex::new(Vec::new()),
@@ -194,9 +236,9 @@ impl RelayClient {
         &self.label
     }
 
-    /// Sends one mail as is. `envelope_from` may be empty (or `<>`) for a null sender.
-    /// Returns the relay's final reply, e.g. "250 2.0.0 Ok: queued as 4F2A".
-    /// Connecting (TCP, TLS, EHLO, AUTH) and sending are each bounded by `timeout_secs`.
+    /// Sends one mail as is, or shrunk to the relay's `SIZE` (see `shrink`).
+    /// `envelope_from` may be empty (or `<>`) for a null sender. Returns the relay's
+    /// final reply, e.g. "250 2.0.0 Ok: queued as 4F2A". Each step has its own timeout.
     pub async fn send(
         &self,
         envelope_from: &str,
@@ -205,21 +247,113 @@ impl RelayClient {
     ) -> Result<String, DeliverError> {
         let envelope = build_envelope(envelope_from, envelope_to)?;
         let mut conn = self.connection().await?;
-        let timeout = self.endpoint.timeout;
+        let limit = self.size_limit(&conn);
+        let fitted = super::shrink::fit(raw, limit);
+        if let (Some(limit), std::borrow::Cow::Owned(shrunk)) = (limit, &fitted) {
+            tracing::info!(
+                relay = %self.label,
+                size = raw.len(),
+                limit,
+                shrunk = shrunk.len(),
+                "mail over the relay's size limit: shrunk"
+            );
+        }
         // lettre always ends DATA with CRLF "." CRLF; without this the relay would
         // see an extra empty line at the end of a mail that ends with CRLF.
-        let body = raw.strip_suffix(b"\r\n").unwrap_or(raw);
-        match tokio::time::timeout(timeout, conn.send(&envelope, body)).await {
-            Ok(Ok(response)) => {
+        let body = fitted.strip_suffix(b"\r\n").unwrap_or(&fitted);
+        match self.transaction(&mut conn, &envelope, body).await {
+            Ok(response) => {
                 self.recycle(conn);
                 Ok(format_reply(&response))
             }
-            Ok(Err(err)) => {
-                self.recycle(conn);
-                Err(DeliverError::from_smtp(&err))
+            Err(StepFailure::Reply(err)) => {
+                self.reset_and_recycle(conn).await;
+                Err(err)
             }
             // Dropping the connection closes it: its state mid-command is unknown.
-            Err(_) => Err(timed_out("sending the mail", timeout)),
+            Err(StepFailure::Broken(err)) => Err(err),
+        }
+    }
+
+    /// The largest mail this connection may carry.
+    fn size_limit(&self, conn: &RelayConnection) -> Option<usize> {
+        match (conn.size_limit, self.endpoint.max_message_size) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// MAIL, RCPT, DATA and the message, each step within its own timeout.
+    async fn transaction(
+        &self,
+        conn: &mut RelayConnection,
+        envelope: &Envelope,
+        body: &[u8],
+    ) -> Result<Response, StepFailure> {
+        let t = self.endpoint.timeouts;
+        let mut parameters = Vec::new();
+        let non_ascii = envelope
+            .from()
+            .into_iter()
+            .chain(envelope.to())
+            .any(|a: &Address| !AsRef::<str>::as_ref(a).is_ascii());
+        if non_ascii {
+            if !conn
+                .smtp
+                .server_info()
+                .supports_feature(Extension::SmtpUtfEight)
+            {
+                return Err(StepFailure::Reply(DeliverError::Transient {
+                    code: None,
+                    reason: "the envelope has non-ASCII addresses but the relay lacks SMTPUTF8"
+                        .into(),
+                }));
+            }
+            parameters.push(MailParameter::SmtpUtfEight);
+        }
+        if !body.is_ascii() {
+            if !conn
+                .smtp
+                .server_info()
+                .supports_feature(Extension::EightBitMime)
+            {
+                return Err(StepFailure::Reply(DeliverError::Transient {
+                    code: None,
+                    reason: "the mail has 8-bit content but the relay lacks 8BITMIME".into(),
+                }));
+            }
+            parameters.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+        }
+        if conn.size_limit.is_some() {
+            parameters.push(MailParameter::Size(body.len() + 5));
+        }
+        let mail = Mail::new(envelope.from().cloned(), parameters);
+        step(t.command, "MAIL FROM", conn.smtp.command(mail)).await?;
+        for to in envelope.to() {
+            let rcpt = Rcpt::new(to.clone(), Vec::new());
+            step(t.command, "RCPT TO", conn.smtp.command(rcpt)).await?;
+        }
+        step(t.command, "DATA", conn.smtp.command(Data)).await?;
+        match tokio::time::timeout(t.data_done, conn.smtp.message(body)).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(err)) if err.status().is_some() => {
+                Err(StepFailure::Reply(DeliverError::from_smtp(&err)))
+            }
+            Ok(Err(err)) => Err(StepFailure::Broken(DeliverError::from_smtp(&err))),
+            Err(_) => Err(StepFailure::Broken(DeliverError::MaybeDelivered {
+                reason: format!(
+                    "relay did not answer within {} s after the end of data",
+                    t.data_done.as_secs()
+                ),
+            })),
+        }
+    }
+
+    /// After a negative reply: RSET, and keep the connection if the relay agrees.
+    async fn reset_and_recycle(&self, mut conn: RelayConnection) {
+        let timeout = self.endpoint.timeouts.command;
+        if let Ok(Ok(_)) = tokio::time::timeout(timeout, conn.smtp.command(Rset)).await {
+            self.recycle(conn);
         }
     }
 
@@ -227,76 +361,104 @@ impl RelayClient {
     pub async fn shutdown(&self) {
         let idle = std::mem::take(&mut *self.pool.lock());
         for (mut conn, _) in idle {
-            let _ = tokio::time::timeout(Duration::from_secs(1), conn.abort()).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn.smtp.abort()).await;
         }
     }
 
     /// An idle connection that still answers NOOP, or a new one.
-    async fn connection(&self) -> Result<AsyncSmtpConnection, DeliverError> {
+    async fn connection(&self) -> Result<RelayConnection, DeliverError> {
+        let t = self.endpoint.timeouts;
         while let Some(mut conn) = self.take_idle() {
-            let alive = tokio::time::timeout(self.endpoint.timeout, conn.test_connected()).await;
+            let alive = tokio::time::timeout(t.command, conn.smtp.test_connected()).await;
             if alive == Ok(true) {
                 return Ok(conn);
             }
         }
-        let timeout = self.endpoint.timeout;
-        match tokio::time::timeout(timeout, self.connect()).await {
-            Ok(result) => result,
-            Err(_) => Err(timed_out("connecting", timeout)),
-        }
+        self.connect().await
     }
 
-    async fn connect(&self) -> Result<AsyncSmtpConnection, DeliverError> {
+    /// Connects, greets, secures and authenticates, each within its step's timeout
+    /// (lettre reads the greeting and EHLO in one call: twice `greeting`).
+    async fn connect(&self) -> Result<RelayConnection, DeliverError> {
         let ep = &*self.endpoint;
-        let smtp = |e: lettre::transport::smtp::Error| DeliverError::from_smtp(&e);
+        let t = ep.timeouts;
         let mut conn = match &ep.tls {
-            Tls::Wrapper(parameters) => AsyncSmtpConnection::connect_tokio1(
-                (ep.host.as_str(), ep.port),
-                Some(ep.timeout),
-                &ep.hello_name,
-                Some(parameters.clone()),
-                None,
-            )
-            .await
-            .map_err(smtp)?,
+            Tls::Wrapper(parameters) => {
+                bounded(
+                    t.connect + t.greeting * 2,
+                    "connecting",
+                    AsyncSmtpConnection::connect_tokio1(
+                        (ep.host.as_str(), ep.port),
+                        Some(t.connect),
+                        &ep.hello_name,
+                        Some(parameters.clone()),
+                        None,
+                    ),
+                )
+                .await?
+            }
             _ => {
                 // Our own socket, for TCP_NODELAY: with Nagle on, each mail waited for the
                 // relay's delayed ACK (~40 ms), capping delivery near 100 mails/s.
-                let tcp = tokio::net::TcpStream::connect((ep.host.as_str(), ep.port))
-                    .await
-                    .map_err(|e| DeliverError::Transient {
-                        code: None,
-                        reason: format!("cannot connect to {}:{}: {e}", ep.host, ep.port),
-                    })?;
+                let connecting = tokio::net::TcpStream::connect((ep.host.as_str(), ep.port));
+                let tcp = match tokio::time::timeout(t.connect, connecting).await {
+                    Ok(Ok(tcp)) => tcp,
+                    Ok(Err(e)) => {
+                        return Err(DeliverError::Transient {
+                            code: None,
+                            reason: format!("cannot connect to {}:{}: {e}", ep.host, ep.port),
+                        })
+                    }
+                    Err(_) => return Err(timed_out("connecting", t.connect)),
+                };
                 let _ = tcp.set_nodelay(true);
-                AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &ep.hello_name)
-                    .await
-                    .map_err(smtp)?
+                bounded(
+                    t.greeting * 2,
+                    "waiting for the greeting and EHLO reply",
+                    AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &ep.hello_name),
+                )
+                .await?
             }
         };
         if let Tls::Required(parameters) = &ep.tls {
-            conn.starttls(parameters.clone(), &ep.hello_name)
-                .await
-                .map_err(smtp)?;
+            bounded(
+                t.greeting * 2,
+                "starting TLS",
+                conn.starttls(parameters.clone(), &ep.hello_name),
+            )
+            .await?;
         }
         if let Some(credentials) = &ep.credentials {
-            conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials)
-                .await
-                .map_err(smtp)?;
+            bounded(
+                t.greeting * 2,
+                "authenticating",
+                conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials),
+            )
+            .await?;
         }
-        Ok(conn)
+        // lettre keeps no SIZE from its EHLO: ask again (RFC 5321 allows EHLO at any time).
+        let ehlo = bounded(
+            t.greeting,
+            "waiting for the EHLO reply",
+            conn.command(Ehlo::new(ep.hello_name.clone())),
+        )
+        .await?;
+        Ok(RelayConnection {
+            smtp: conn,
+            size_limit: advertised_size(&ehlo),
+        })
     }
 
-    fn take_idle(&self) -> Option<AsyncSmtpConnection> {
+    fn take_idle(&self) -> Option<RelayConnection> {
         let mut idle = self.pool.lock();
         let idle_timeout = self.pool.idle_timeout;
         idle.retain(|(_, since)| since.elapsed() < idle_timeout);
         idle.pop().map(|(conn, _)| conn)
     }
 
-    fn recycle(&self, conn: AsyncSmtpConnection) {
+    fn recycle(&self, conn: RelayConnection) {
         // lettre marks a connection broken after any failed command (and has sent QUIT).
-        if conn.has_broken() {
+        if conn.smtp.has_broken() {
             return;
         }
         let mut idle = self.pool.lock();
@@ -307,12 +469,58 @@ impl RelayClient {
 }
 
 impl Pool {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(AsyncSmtpConnection, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(RelayConnection, Instant)>> {
         // The lock is never held across a panic-prone section; take it even if poisoned.
         self.idle
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// One command of a transaction: a negative reply keeps the connection, the rest do not.
+async fn step(
+    timeout: Duration,
+    what: &str,
+    command: impl Future<Output = Result<Response, lettre::transport::smtp::Error>>,
+) -> Result<Response, StepFailure> {
+    match tokio::time::timeout(timeout, command).await {
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(err)) if err.status().is_some() => {
+            Err(StepFailure::Reply(DeliverError::from_smtp(&err)))
+        }
+        Ok(Err(err)) => Err(StepFailure::Broken(DeliverError::from_smtp(&err))),
+        Err(_) => Err(StepFailure::Broken(timed_out(
+            &format!("waiting for the reply to {what}"),
+            timeout,
+        ))),
+    }
+}
+
+/// A connection step that must finish within `timeout`.
+async fn bounded<T>(
+    timeout: Duration,
+    what: &str,
+    step: impl Future<Output = Result<T, lettre::transport::smtp::Error>>,
+) -> Result<T, DeliverError> {
+    match tokio::time::timeout(timeout, step).await {
+        Ok(result) => result.map_err(|e| DeliverError::from_smtp(&e)),
+        Err(_) => Err(timed_out(what, timeout)),
+    }
+}
+
+/// The `SIZE` keyword of an EHLO reply; `SIZE 0` or a bare `SIZE` means no fixed limit.
+fn advertised_size(ehlo: &Response) -> Option<usize> {
+    ehlo.message().skip(1).find_map(|line| {
+        let mut words = line.split_whitespace();
+        let keyword = words.next()?;
+        if !keyword.eq_ignore_ascii_case("SIZE") {
+            return None;
+        }
+        words
+            .next()
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|n| *n > 0)
+    })
 }
 
 fn timed_out(phase: &str, after: Duration) -> DeliverError {

@@ -4,6 +4,7 @@
 
 use serde::Deserialize;
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// How the connection to the relay is secured.
@@ -20,11 +21,27 @@ pub enum RelayTls {
     Tls,
 }
 
+/// Where outbound mail goes: an SMTP relay, or a local Maildir (the first run's outbox).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayKind {
+    #[default]
+    Smtp,
+    Maildir,
+}
+
 /// The `[relay]` section: where normalized mail is sent.
 #[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RelayConfig {
-    /// Host name or IP address of the relay; also the name its TLS certificate is checked against.
+    #[serde(default)]
+    pub kind: RelayKind,
+    /// The Maildir written to when `kind = "maildir"`.
+    #[serde(default)]
+    pub maildir: Option<PathBuf>,
+    /// Host name or IP address of the relay; also the name its TLS certificate is checked
+    /// against. Required when `kind = "smtp"` (checked at load).
+    #[serde(default)]
     pub host: String,
     #[serde(default = "default_port")]
     pub port: u16,
@@ -38,9 +55,17 @@ pub struct RelayConfig {
     /// Name sent in EHLO; defaults to this machine's host name.
     #[serde(default)]
     pub helo_name: Option<String>,
-    /// Seconds allowed for connecting (TCP, TLS, EHLO, AUTH), and again for sending one mail.
+    /// Seconds allowed for each step of the exchange with the relay (connect, greeting,
+    /// each command reply) unless `[relay.timeouts]` sets that step.
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
+    /// Per-step timeouts, as Postfix's `smtp_*_timeout`.
+    #[serde(default)]
+    pub timeouts: RelayTimeouts,
+    /// Largest mail sent, in bytes, even when the relay advertises more (or no) `SIZE`.
+    /// A bigger composed mail is shrunk: the attached original first, then the text.
+    #[serde(default)]
+    pub max_message_size: Option<usize>,
     /// Skip certificate and host name checks (self-signed relays, tests). Never in production.
     #[serde(default)]
     pub accept_invalid_certs: bool,
@@ -77,6 +102,8 @@ impl RelayConfig {
     /// A configuration with every default, for `host:port` (used by tests and examples).
     pub fn new(host: impl Into<String>, port: u16) -> RelayConfig {
         RelayConfig {
+            kind: RelayKind::Smtp,
+            maildir: None,
             host: host.into(),
             port,
             tls: RelayTls::default(),
@@ -84,6 +111,8 @@ impl RelayConfig {
             password: None,
             helo_name: None,
             timeout_secs: default_timeout_secs(),
+            timeouts: RelayTimeouts::default(),
+            max_message_size: None,
             accept_invalid_certs: false,
             pool_max_idle: default_pool_max_idle(),
             pool_idle_timeout_secs: default_pool_idle_timeout_secs(),
@@ -92,15 +121,76 @@ impl RelayConfig {
         }
     }
 
+    /// What `[relay]` lacks for its kind, as (key, message); checked at load.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        match self.kind {
+            RelayKind::Smtp if self.host.trim().is_empty() => vec![(
+                "relay.host",
+                "missing: the relay's host name or address (or set kind = \"maildir\")".into(),
+            )],
+            RelayKind::Maildir if self.maildir.is_none() => vec![(
+                "relay.maildir",
+                "missing: kind = \"maildir\" needs a directory (e.g. \"./var/outbox\")".into(),
+            )],
+            _ => Vec::new(),
+        }
+    }
+
     pub fn timeout(&self) -> Duration {
         Duration::from_secs(self.timeout_secs)
     }
+
+    /// Each step's timeout, with `timeout_secs` standing in for the steps not set.
+    pub fn step_timeouts(&self) -> StepTimeouts {
+        let or_default = |secs: Option<u64>| Duration::from_secs(secs.unwrap_or(self.timeout_secs));
+        StepTimeouts {
+            connect: or_default(self.timeouts.connect_secs),
+            greeting: or_default(self.timeouts.greeting_secs),
+            command: or_default(self.timeouts.command_secs),
+            data_done: Duration::from_secs(
+                self.timeouts
+                    .data_done_secs
+                    .unwrap_or(DEFAULT_DATA_DONE_SECS),
+            ),
+        }
+    }
+}
+
+/// Postfix's `smtp_data_done_timeout`: RFC 5321 4.5.3.2.6 gives the final reply 10 minutes.
+pub const DEFAULT_DATA_DONE_SECS: u64 = 600;
+
+/// `[relay.timeouts]`: seconds per step of one exchange with the relay. A slow step is
+/// not charged to the next one, so a relay slow on every reply still gets its mail.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayTimeouts {
+    /// TCP connect and, for `tls = "tls"`, the TLS handshake.
+    pub connect_secs: Option<u64>,
+    /// The greeting, and each of EHLO, STARTTLS and AUTH.
+    pub greeting_secs: Option<u64>,
+    /// Each reply to MAIL, RCPT, DATA, RSET and NOOP.
+    pub command_secs: Option<u64>,
+    /// Sending the message and its final reply (default 600, `smtp_data_done_timeout`).
+    /// A timeout here may leave a delivered mail: it is retried and logged as a possible
+    /// duplicate (the same Message-ID makes the copy recognisable).
+    pub data_done_secs: Option<u64>,
+}
+
+/// The resolved per-step timeouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepTimeouts {
+    pub connect: Duration,
+    pub greeting: Duration,
+    pub command: Duration,
+    pub data_done: Duration,
 }
 
 // Hand-written so that the password never reaches a log line.
 impl fmt::Debug for RelayConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RelayConfig")
+            .field("kind", &self.kind)
+            .field("maildir", &self.maildir)
             .field("host", &self.host)
             .field("port", &self.port)
             .field("tls", &self.tls)
@@ -108,6 +198,8 @@ impl fmt::Debug for RelayConfig {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("helo_name", &self.helo_name)
             .field("timeout_secs", &self.timeout_secs)
+            .field("timeouts", &self.timeouts)
+            .field("max_message_size", &self.max_message_size)
             .field("accept_invalid_certs", &self.accept_invalid_certs)
             .field("pool_max_idle", &self.pool_max_idle)
             .field("pool_idle_timeout_secs", &self.pool_idle_timeout_secs)
@@ -226,6 +318,8 @@ mod tests {
         assert_eq!(cfg.timeout(), Duration::from_secs(30));
         assert_eq!(cfg.max_parallel, 4);
         assert_eq!(cfg.retry, RetryPolicy::default());
+        assert_eq!(cfg.step_timeouts().data_done, Duration::from_secs(600));
+        assert_eq!(cfg.step_timeouts().greeting, Duration::from_secs(30));
     }
 
     #[test]
@@ -243,6 +337,10 @@ mod tests {
             pool_max_idle = 2
             pool_idle_timeout_secs = 5
             max_parallel = 8
+            max_message_size = 10240000
+            [timeouts]
+            connect_secs = 5
+            data_done_secs = 900
             [retry]
             initial_backoff_secs = 1
             max_backoff_secs = 4
@@ -254,6 +352,11 @@ mod tests {
         assert_eq!(cfg.port, 465);
         assert_eq!(cfg.password.as_deref(), Some("s3cret"));
         assert_eq!(cfg.retry.max_backoff_secs, 4);
+        assert_eq!(cfg.max_message_size, Some(10_240_000));
+        let steps = cfg.step_timeouts();
+        assert_eq!(steps.connect, Duration::from_secs(5));
+        assert_eq!(steps.command, Duration::from_secs(10), "from timeout_secs");
+        assert_eq!(steps.data_done, Duration::from_secs(900));
         assert!(!format!("{cfg:?}").contains("s3cret"));
     }
 
@@ -263,8 +366,8 @@ mod tests {
         assert!(unknown.is_err_and(|e| e.to_string().contains("hots")));
         let bad_tls = toml::from_str::<RelayConfig>("host = \"h\"\ntls = \"ssl\"");
         assert!(bad_tls.is_err_and(|e| e.to_string().contains("ssl")));
-        let no_host = toml::from_str::<RelayConfig>("port = 25");
-        assert!(no_host.is_err_and(|e| e.to_string().contains("host")));
+        let bad_kind = toml::from_str::<RelayConfig>("kind = \"mbox\"");
+        assert!(bad_kind.is_err_and(|e| e.to_string().contains("mbox")));
         let retry_typo =
             toml::from_str::<RelayConfig>("host = \"h\"\n[retry]\ninitial_backoff = 1");
         assert!(retry_typo.is_err());

@@ -2,11 +2,12 @@
 //! store), sends it through the relay with bounded parallelism, one mail per incident
 //! at a time, and records each outcome: sent, retry later, or dead letter.
 
-use super::client::{DeliverError, RelayClient};
+use super::client::DeliverError;
 use super::config::RetryPolicy;
+use super::transport::Transport;
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
@@ -108,30 +109,129 @@ const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// How long in-flight sends may finish after shutdown was asked for.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// First wait before trying again to record an outcome the store refused; doubled per failure.
+const RECORD_RETRY_INITIAL: Duration = Duration::from_millis(200);
+const RECORD_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// An outcome the store could not record yet (disk full, read-only, lock held). Until it
+/// is recorded its mail is not sent again: a store fault must never become a resend loop.
+#[derive(Debug, Clone)]
+struct UnrecordedOutcome {
+    item: OutboundItem,
+    outcome: Outcome,
+    /// When the outcome happened: a late "sent" keeps the time of delivery.
+    decided_at: i64,
+    failures: u32,
+    retry_at: Instant,
+}
+
+/// The outcomes held in memory, by outbound id; shared by the send tasks and the loop.
+#[derive(Default)]
+struct Unrecorded {
+    outcomes: Mutex<HashMap<i64, UnrecordedOutcome>>,
+}
+
+impl Unrecorded {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, UnrecordedOutcome>> {
+        self.outcomes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Keeps an outcome the store refused. Logged at ERROR once per fault (when the first
+    /// outcome is held), not once per mail or per retry.
+    fn hold(&self, mut item: OutboundItem, outcome: Outcome, decided_at: i64, error: String) {
+        // The bytes are not needed to record an outcome; do not keep megabytes per mail.
+        item.raw = Vec::new();
+        let mut held = self.lock();
+        if held.is_empty() {
+            tracing::error!(
+                id = item.id,
+                error = %error,
+                "cannot record delivery outcomes: holding them in memory and retrying; \
+                 their mails are not sent again meanwhile"
+            );
+        } else {
+            tracing::debug!(id = item.id, error = %error, "delivery outcome held");
+        }
+        held.insert(
+            item.id,
+            UnrecordedOutcome {
+                item,
+                outcome,
+                decided_at,
+                failures: 1,
+                retry_at: Instant::now() + RECORD_RETRY_INITIAL,
+            },
+        );
+    }
+
+    fn contains(&self, id: i64) -> bool {
+        self.lock().contains_key(&id)
+    }
+
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// The held outcomes whose retry time has come.
+    fn due(&self) -> Vec<UnrecordedOutcome> {
+        let now = Instant::now();
+        self.lock()
+            .values()
+            .filter(|held| held.retry_at <= now)
+            .cloned()
+            .collect()
+    }
+
+    fn recorded(&self, id: i64) {
+        let mut held = self.lock();
+        if held.remove(&id).is_some() && held.is_empty() {
+            tracing::info!("delivery outcomes recorded again: the store has recovered");
+        }
+    }
+
+    fn failed_again(&self, id: i64, error: String) {
+        tracing::debug!(id, error = %error, "delivery outcome still not recorded");
+        if let Some(held) = self.lock().get_mut(&id) {
+            held.failures = held.failures.saturating_add(1);
+            let factor = 1u32
+                .checked_shl(held.failures.min(16) - 1)
+                .unwrap_or(u32::MAX);
+            let wait = RECORD_RETRY_INITIAL
+                .saturating_mul(factor)
+                .min(RECORD_RETRY_MAX);
+            held.retry_at = Instant::now() + wait;
+        }
+    }
+}
+
 /// The delivery worker; build it, then `run` it on its own task.
 pub struct DeliveryWorker {
     queue: Arc<dyn OutboundQueue>,
-    client: RelayClient,
+    client: Transport,
     policy: RetryPolicy,
     wake: Arc<Notify>,
     clock: Clock,
     poll_interval: Duration,
+    unrecorded: Arc<Unrecorded>,
 }
 
 impl DeliveryWorker {
     pub fn new(
         queue: Arc<dyn OutboundQueue>,
-        client: RelayClient,
+        client: impl Into<Transport>,
         policy: RetryPolicy,
         wake: Arc<Notify>,
     ) -> DeliveryWorker {
         DeliveryWorker {
             queue,
-            client,
+            client: client.into(),
             policy,
             wake,
             clock: system_clock(),
             poll_interval: DEFAULT_POLL_INTERVAL,
+            unrecorded: Arc::default(),
         }
     }
 
@@ -163,13 +263,20 @@ impl DeliveryWorker {
             if *shutdown.borrow() {
                 break;
             }
+            self.record_held_outcomes().await;
             let free = max_parallel.saturating_sub(in_flight.len());
             if free > 0 {
-                for item in self.fetch_due(free + busy_keys.len()).await {
+                let limit = free + busy_keys.len() + self.unrecorded.len();
+                for item in self.fetch_due(limit).await {
                     if in_flight.len() >= max_parallel {
                         break;
                     }
                     if busy_keys.values().any(|key| *key == item.order_key) {
+                        continue;
+                    }
+                    // Its outcome is known but not yet recorded: sending it again would
+                    // be the resend loop of a full disk.
+                    if self.unrecorded.contains(item.id) {
                         continue;
                     }
                     let key = item.order_key.clone();
@@ -216,6 +323,35 @@ impl DeliveryWorker {
         }
     }
 
+    /// Tries again to record the outcomes the store refused, each on its own backoff.
+    async fn record_held_outcomes(&self) {
+        let due = self.unrecorded.due();
+        if due.is_empty() {
+            return;
+        }
+        let queue = Arc::clone(&self.queue);
+        let results = tokio::task::spawn_blocking(move || {
+            due.into_iter()
+                .map(|held| {
+                    let result = record(&*queue, &held.item, &held.outcome, held.decided_at);
+                    (held.item.id, result)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        match results {
+            Ok(results) => {
+                for (id, result) in results {
+                    match result {
+                        Ok(()) => self.unrecorded.recorded(id),
+                        Err(err) => self.unrecorded.failed_again(id, err.to_string()),
+                    }
+                }
+            }
+            Err(err) => tracing::error!(error = %err, "recording held outcomes panicked"),
+        }
+    }
+
     async fn fetch_due(&self, limit: usize) -> Vec<OutboundItem> {
         let queue = Arc::clone(&self.queue);
         let now = (self.clock)();
@@ -238,18 +374,38 @@ impl DeliveryWorker {
         let client = self.client.clone();
         let policy = self.policy.clone();
         let clock = Arc::clone(&self.clock);
+        let unrecorded = Arc::clone(&self.unrecorded);
         async move {
+            let started = std::time::Instant::now();
             let result = client
                 .send(&item.envelope_from, &item.envelope_to, &item.raw)
                 .await;
+            if let Err(err) = &result {
+                if err.is_maybe_delivered() {
+                    tracing::warn!(
+                        id = item.id,
+                        message_id = %item.message_id,
+                        incident = %item.order_key,
+                        error = %err,
+                        "possible duplicate: the relay may have the mail; it will be sent again"
+                    );
+                }
+            }
             let outcome = decide(&item, result, &policy, clock());
+            crate::http::metrics::metrics().delivery_outcome(&outcome, started.elapsed());
             log_outcome(&item, &outcome);
             let now = clock();
-            let recorded =
-                tokio::task::spawn_blocking(move || record(&*queue, &item, &outcome, now)).await;
+            let recorded = tokio::task::spawn_blocking(move || {
+                let result = record(&*queue, &item, &outcome, now);
+                (item, outcome, result)
+            })
+            .await;
             match recorded {
-                Ok(Ok(())) => {}
-                Ok(Err(err)) => tracing::error!(error = %err, "cannot record delivery outcome"),
+                Ok((_, _, Ok(()))) => {}
+                Ok((item, outcome, Err(err))) => {
+                    unrecorded.hold(item, outcome, now, err.to_string());
+                }
+                // The item is lost to this task; it stays due, at worst one more copy.
                 Err(err) => tracing::error!(error = %err, "recording delivery outcome panicked"),
             }
         }
@@ -312,7 +468,7 @@ fn log_outcome(item: &OutboundItem, outcome: &Outcome) {
 /// Runs the delivery worker with the wall clock until `shutdown` turns true.
 pub async fn run_delivery(
     queue: Arc<dyn OutboundQueue>,
-    client: RelayClient,
+    client: impl Into<Transport>,
     policy: RetryPolicy,
     wake: Arc<Notify>,
     shutdown: watch::Receiver<bool>,

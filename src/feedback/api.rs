@@ -571,7 +571,10 @@ impl GlpiApi {
         let request = self
             .with_app_token(request)
             .header("Session-Token", session.expose());
-        request.send().await.map_err(unreachable)
+        let sent = request.send().await;
+        crate::http::metrics::metrics()
+            .glpi_api_call(sent.as_ref().is_ok_and(|r| r.status().is_success()));
+        sent.map_err(unreachable)
     }
 
     fn with_app_token(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
@@ -588,7 +591,9 @@ impl GlpiApi {
             return Ok(token.clone());
         }
         *session = None;
-        let token = self.init_session().await?;
+        let token = self.init_session().await;
+        crate::http::metrics::metrics().glpi_session_opened(token.is_ok());
+        let token = token?;
         *session = Some(token.clone());
         Ok(token)
     }

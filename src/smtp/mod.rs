@@ -48,10 +48,43 @@ impl Shared {
     }
 }
 
+/// The settings new sessions start with; replaced by a reload.
+type Current = Arc<std::sync::RwLock<Arc<Shared>>>;
+
 /// A bound SMTP server, ready to serve.
 pub struct Server {
     shared: Arc<Shared>,
+    current: Current,
     listeners: Vec<TcpListener>,
+}
+
+/// Applies a reloaded configuration to the sessions that start from now on.
+#[derive(Clone)]
+pub struct ServerReloader {
+    current: Current,
+}
+
+impl ServerReloader {
+    /// Fails (and changes nothing) when the new TLS files cannot be loaded.
+    pub fn apply(&self, config: Config, policy: ServerPolicy) -> Result<(), SmtpError> {
+        let tls = match &config.server.tls {
+            Some(t) => Some(load_tls(&t.cert, &t.key)?),
+            None => None,
+        };
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        let spool = current.spool.clone();
+        *current = Arc::new(Shared {
+            config,
+            policy,
+            spool,
+            tls,
+        });
+        Ok(())
+    }
+}
+
+fn snapshot(current: &Current) -> Arc<Shared> {
+    current.read().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
 impl Server {
@@ -74,15 +107,23 @@ impl Server {
                 })?;
             listeners.push(listener);
         }
+        let shared = Arc::new(Shared {
+            config,
+            policy,
+            spool,
+            tls,
+        });
         Ok(Server {
-            shared: Arc::new(Shared {
-                config,
-                policy,
-                spool,
-                tls,
-            }),
+            current: Arc::new(std::sync::RwLock::new(shared.clone())),
+            shared,
             listeners,
         })
+    }
+
+    pub fn reloader(&self) -> ServerReloader {
+        ServerReloader {
+            current: self.current.clone(),
+        }
     }
 
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
@@ -103,7 +144,7 @@ impl Server {
             }
             accepts.spawn(accept_loop(
                 listener,
-                self.shared.clone(),
+                self.current.clone(),
                 limit.clone(),
                 shutdown.clone(),
             ));
@@ -134,7 +175,7 @@ async fn wait_for_sessions(limit: &Semaphore, max: usize) {
 
 async fn accept_loop(
     listener: TcpListener,
-    shared: Arc<Shared>,
+    current: Current,
     limit: Arc<Semaphore>,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -149,7 +190,7 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
+        let shared = snapshot(&current);
         let shutdown = shutdown.clone();
         match limit.clone().try_acquire_owned() {
             Ok(permit) => {
@@ -183,6 +224,7 @@ async fn handle_connection(
 }
 
 async fn refuse(mut stream: TcpStream, r: reply::Reply) {
+    crate::http::metrics::metrics().smtp_reply(r.code);
     let mut out = Vec::new();
     r.write_to(&mut out);
     let _ = tokio::time::timeout(Duration::from_secs(5), async {

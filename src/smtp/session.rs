@@ -91,6 +91,7 @@ impl Session {
     }
 
     fn reply(&mut self, r: Reply) {
+        crate::http::metrics::metrics().smtp_reply(r.code);
         r.write_to(&mut self.wbuf);
     }
 
@@ -452,6 +453,7 @@ impl Session {
         match self.shared.spool.store(envelope, raw).await {
             Ok(id) => {
                 tracing::info!(spool_id = id, peer = %self.peer, from = %from, rcpt = %rcpts, size, "accepted");
+                crate::http::metrics::metrics().smtp_accepted();
                 self.answer(reply::queued(id))
             }
             Err(e) => {

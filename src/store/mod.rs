@@ -4,7 +4,9 @@
 pub mod actions;
 pub mod incidents;
 pub mod outbound;
+pub mod replies;
 pub mod spool;
+pub mod status;
 
 use rusqlite::Connection;
 use std::path::Path;
@@ -99,6 +101,8 @@ const MIGRATIONS: &[&str] = &[
     "CREATE INDEX outbound_pending ON outbound(id) WHERE state IN ('queued', 'held');",
     // 5: GLPI actions run in order per incident (the head of each tag's queue).
     "CREATE INDEX glpi_actions_tag ON glpi_actions(tag, id);",
+    // 6: which incident each alert mail's Message-IDs (own and cited) belong to.
+    "CREATE TABLE message_incidents (message_id TEXT PRIMARY KEY, incident_tag TEXT NOT NULL);",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -144,7 +144,10 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        match insert_batch(&mut conn, &batch) {
+        let started = std::time::Instant::now();
+        let inserted = insert_batch(&mut conn, &batch);
+        crate::http::metrics::metrics().store_commit(started.elapsed());
+        match inserted {
             Ok(ids) => {
                 committed.notify_one();
                 for (job, id) in batch.drain(..).zip(ids) {

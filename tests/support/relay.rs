@@ -79,6 +79,13 @@ pub struct RelayOptions {
     pub starttls: bool,
     /// Require AUTH (PLAIN or LOGIN) with this user and password before MAIL.
     pub auth: Option<(String, String)>,
+    /// Wait this long before every reply, the greeting included (a slow relay).
+    pub reply_delay: Duration,
+    /// Wait this long before answering the final dot (a content filter at work).
+    pub data_done_delay: Duration,
+    /// Advertise `SIZE n` (instead of 50 MB) and refuse bigger mail with 552 5.3.4,
+    /// as Postfix's `message_size_limit` does.
+    pub size_limit: Option<usize>,
 }
 
 struct State {
@@ -310,6 +317,7 @@ async fn session(socket: TcpStream, shared: Arc<Shared>) {
         to: Vec::new(),
     };
     let mut io: BufReader<Box<dyn Stream>> = BufReader::new(Box::new(socket));
+    tokio::time::sleep(session.shared.options.reply_delay).await;
     if reply(&mut io, "220 relay.test ESMTP RecordingRelay\r\n")
         .await
         .is_err()
@@ -370,6 +378,7 @@ impl Session {
             }
             _ => "502 5.5.2 Command not recognized\r\n".to_string(),
         };
+        tokio::time::sleep(self.shared.options.reply_delay).await;
         if reply(io, &answer).await.is_err() {
             return Step::Quit;
         }
@@ -378,11 +387,15 @@ impl Session {
 
     fn ehlo(&mut self) -> String {
         self.reset();
+        let size = format!(
+            "SIZE {}",
+            self.shared.options.size_limit.unwrap_or(52_428_800)
+        );
         let mut lines = vec![
             "relay.test",
             "PIPELINING",
             "8BITMIME",
-            "SIZE 52428800",
+            size.as_str(),
             "SMTPUTF8",
         ];
         if self.shared.tls.is_some() && !self.tls {
@@ -495,9 +508,16 @@ impl Session {
         };
         let from = self.from.take().unwrap_or_default();
         let to = std::mem::take(&mut self.to);
+        tokio::time::sleep(self.shared.options.data_done_delay).await;
+        let too_big = self
+            .shared
+            .options
+            .size_limit
+            .is_some_and(|max| raw.len() > max);
         let answer = {
             let mut state = self.shared.lock();
             match state.mode {
+                _ if too_big => "552 5.3.4 Message size exceeds fixed limit\r\n".to_string(),
                 RelayMode::TempFailData => "451 4.3.0 Temporary failure, try later\r\n".to_string(),
                 RelayMode::RejectData => "550 5.7.1 Message rejected\r\n".to_string(),
                 _ => {
