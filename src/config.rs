@@ -212,20 +212,65 @@ impl Default for StoreConfig {
 }
 
 /// Learning GLPI ticket ids (from notifications sent to `server.feedback_addresses`,
-/// or from `[glpi_api]`).
+/// or from `[glpi_api]`), and what alertgate assumes of GLPI's timing.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FeedbackConfig {
     /// How long an incident's updates wait for its ticket id before they are sent
-    /// unthreaded (and how long the API looks the ticket up).
-    pub ticket_lookup_timeout_secs: u64,
+    /// unthreaded (and how long the API looks the ticket up). Unset: derived from the
+    /// collector's interval and batch and the backlog (see [`FeedbackConfig::lookup_timeout_secs`]).
+    pub ticket_lookup_timeout_secs: Option<u64>,
+    /// GLPI's mail collector (cron task `mailgate`) runs this often (GLPI's default 600).
+    pub collector_interval_secs: u64,
+    /// At most this many mails per collector run ("Number of emails to process", GLPI's
+    /// default 10).
+    pub collector_batch: u64,
+    /// Without the API, an incident mails GLPI at most once per this many seconds;
+    /// updates in between are merged into the next mail (0: no limit).
+    #[serde(alias = "min_mail_interval")]
+    pub min_mail_interval_secs: u64,
+    /// Extra words meaning "solved" in GLPI's notifications (subject label or status
+    /// line), besides the built-in English, French, German, Spanish, Italian and Portuguese.
+    pub solved_words: Vec<String>,
+    /// Extra words meaning "closed".
+    pub closed_words: Vec<String>,
 }
 
 impl Default for FeedbackConfig {
     fn default() -> Self {
         FeedbackConfig {
-            ticket_lookup_timeout_secs: 900,
+            ticket_lookup_timeout_secs: None,
+            collector_interval_secs: 600,
+            collector_batch: 10,
+            min_mail_interval_secs: 60,
+            solved_words: Vec::new(),
+            closed_words: Vec::new(),
         }
+    }
+}
+
+impl FeedbackConfig {
+    /// Seconds beyond the collector runs: GLPI's notification queue (a 60 s cron by
+    /// default) and delivery back to alertgate.
+    const NOTIFICATION_SLACK_SECS: u64 = 300;
+
+    /// How long to wait for a ticket id when `unanswered` mails alertgate sent are
+    /// still waiting for GLPI: the explicit `ticket_lookup_timeout_secs`, else the
+    /// collector runs the backlog takes (`unanswered / collector_batch`, rounded up)
+    /// plus two missed runs, plus the notification slack.
+    pub fn lookup_timeout_secs_for_backlog(&self, unanswered: u64) -> u64 {
+        if let Some(explicit) = self.ticket_lookup_timeout_secs {
+            return explicit;
+        }
+        let batch = self.collector_batch.max(1);
+        let runs = unanswered.div_ceil(batch) + 2;
+        runs.saturating_mul(self.collector_interval_secs.max(1))
+            .saturating_add(Self::NOTIFICATION_SLACK_SECS)
+    }
+
+    /// [`Self::lookup_timeout_secs_for_backlog`] for one mail (no backlog).
+    pub fn lookup_timeout_secs(&self) -> u64 {
+        self.lookup_timeout_secs_for_backlog(1)
     }
 }
 
@@ -235,6 +280,9 @@ impl Config {
         !self.server.feedback_addresses.is_empty() || self.glpi_api.is_some()
     }
 }
+
+/// The warning for a config that cannot thread anything.
+pub const NO_FEEDBACK_WARNING: &str = "neither server.feedback_addresses nor [glpi_api] is set: alertgate cannot learn GLPI's ticket ids, so GLPI will open a new ticket for every update and recovery (route GLPI's notifications back to a feedback address, or configure [glpi_api]; see README, \"Connecting to GLPI\")";
 
 /// What happens to a mail no rule matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -346,6 +394,8 @@ pub struct LoadedConfig {
     pub compose: crate::compose::ComposeConfig,
     pub relay: crate::deliver::RelayConfig,
     pub http: Option<crate::http::HttpSettings>,
+    /// What works but probably not as meant (`check` prints them, `serve` logs them).
+    pub warnings: Vec<ConfigProblem>,
 }
 
 impl LoadedConfig {
@@ -397,6 +447,8 @@ impl LoadedConfig {
                 })
                 .ok()
         });
+        validate_sections(path, text, &config, &mut problems);
+        let warnings = warnings(path, text, &config);
         match (
             problems.is_empty(),
             config.compose.clone(),
@@ -409,6 +461,7 @@ impl LoadedConfig {
                 compose,
                 relay,
                 http,
+                warnings,
             }),
             _ => Err(ConfigError { problems }),
         }
@@ -629,6 +682,111 @@ fn validate(
     }
 }
 
+/// Each stage's own validation, run once here so `check` and `serve` report the same
+/// precise message (and `serve` never starts with a config a stage would reject).
+fn validate_sections(path: &Path, text: &str, config: &Config, problems: &mut Vec<ConfigProblem>) {
+    let mut push = |key: &str, message: String| {
+        problems.push(ConfigProblem {
+            file: path.to_path_buf(),
+            line: find_key_line(text, key).or_else(|| {
+                key.split_once('.')
+                    .and_then(|(section, _)| find_key_line(text, section))
+            }),
+            key: key.into(),
+            message,
+        });
+    };
+    if let Some(compose) = &config.compose {
+        if let Err(e) = compose.validate() {
+            let key = match &e {
+                crate::compose::ComposeError::InvalidAddress { field, .. } => {
+                    format!("compose.{field}")
+                }
+                _ => "compose".to_owned(),
+            };
+            push(&key, e.to_string());
+        }
+    }
+    if let Err(e) = config.correlation.validate() {
+        let key = match e {
+            crate::correlate::PolicyError::ZeroRepeatInterval => "correlation.repeat_interval",
+            _ => "correlation.host_aliases",
+        };
+        push(key, e.to_string());
+    }
+    // The SMTP client's own checks (the maildir outbox is created at start, not here).
+    if let Some(relay) = config
+        .relay
+        .as_ref()
+        .filter(|r| r.kind == crate::deliver::RelayKind::Smtp && r.problems().is_empty())
+    {
+        if let Err(e) = crate::deliver::RelayClient::new(relay) {
+            push("relay", e.to_string());
+        }
+    }
+    if let Some(api) = &config.glpi_api {
+        if let Err(e) = api.validate() {
+            push("glpi_api", e.to_string());
+        }
+    }
+    let feedback = &config.feedback;
+    if feedback.collector_interval_secs == 0 {
+        push(
+            "feedback.collector_interval_secs",
+            "must be greater than 0 (GLPI's mail collector runs every 600 s by default)".into(),
+        );
+    }
+    if feedback.collector_batch == 0 {
+        push(
+            "feedback.collector_batch",
+            "must be greater than 0 (GLPI's collector imports 10 mails per run by default)".into(),
+        );
+    }
+    if feedback.ticket_lookup_timeout_secs == Some(0) {
+        push(
+            "feedback.ticket_lookup_timeout_secs",
+            "must be greater than 0 (omit it to derive it from the collector's timing)".into(),
+        );
+    }
+    for (key, words) in [
+        ("feedback.solved_words", &feedback.solved_words),
+        ("feedback.closed_words", &feedback.closed_words),
+    ] {
+        if words.iter().any(|w| w.trim().is_empty()) {
+            push(key, "has an empty word".into());
+        }
+    }
+}
+
+/// Settings that work but lose what the admin most likely wants.
+fn warnings(path: &Path, text: &str, config: &Config) -> Vec<ConfigProblem> {
+    let mut warnings = Vec::new();
+    let mut warn = |key: &str, message: String| {
+        warnings.push(ConfigProblem {
+            file: path.to_path_buf(),
+            line: find_key_line(text, key),
+            key: key.into(),
+            message,
+        })
+    };
+    if !config.feedback_enabled() {
+        warn("server.feedback_addresses", NO_FEEDBACK_WARNING.into());
+    }
+    let feedback = &config.feedback;
+    if let Some(timeout) = feedback.ticket_lookup_timeout_secs {
+        if timeout < feedback.collector_interval_secs {
+            warn(
+                "feedback.ticket_lookup_timeout_secs",
+                format!(
+                    "{timeout} s is shorter than one collector run ({} s): updates will often go out unthreaded and open extra tickets (omit it to derive it from the collector's timing)",
+                    feedback.collector_interval_secs
+                ),
+            );
+        }
+    }
+    warnings
+}
+
 /// A CIDR, or a bare address meaning a single host.
 fn parse_network(s: &str) -> Result<IpNet, String> {
     let s = s.trim();
@@ -688,6 +846,26 @@ mod tests {
     fn syntax_error_names_the_line() {
         let err = load("[server]\nlisten = [\n").expect_err("invalid");
         assert!(err.to_string().contains("test.toml:"), "{err}");
+    }
+
+    #[test]
+    fn lookup_timeout_derives_from_the_collector_unless_set() {
+        let c = load("[server]\naccepted_recipients = [\"g@x.test\"]\n").unwrap();
+        let f = &c.config.feedback;
+        assert_eq!((f.collector_interval_secs, f.collector_batch), (600, 10));
+        assert_eq!(f.min_mail_interval_secs, 60);
+        // One mail: its run plus two missed runs, plus the notification slack.
+        assert_eq!(f.lookup_timeout_secs(), 3 * 600 + 300);
+        // A backlog of 300 mails takes 30 runs.
+        assert_eq!(f.lookup_timeout_secs_for_backlog(300), 32 * 600 + 300);
+        assert_eq!(c.warnings.len(), 1, "no feedback source: {:?}", c.warnings);
+        let c = load(
+            "[server]\naccepted_recipients = [\"g@x.test\"]\nfeedback_addresses = [\"a@x.test\"]\n\
+             [feedback]\nticket_lookup_timeout_secs = 5000\ncollector_interval_secs = 60\n",
+        )
+        .unwrap();
+        assert_eq!(c.config.feedback.lookup_timeout_secs_for_backlog(300), 5000);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     }
 
     #[test]

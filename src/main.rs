@@ -37,6 +37,9 @@ enum Command {
     Check {
         #[arg(short, long, default_value = "alertgate.toml")]
         config: PathBuf,
+        /// Also open a GLPI API session and check the API user's rights.
+        #[arg(long)]
+        online: bool,
     },
     /// Parse .eml files with the rules and print one JSON line per alert.
     Parse {
@@ -132,7 +135,7 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     let result = match cli.command {
         Command::Serve { config } => serve(&config),
-        Command::Check { config } => check(&config),
+        Command::Check { config, online } => check(&config, online),
         Command::Parse {
             rules,
             explain,
@@ -185,7 +188,7 @@ fn serve(config: &Path) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-fn check(config: &Path) -> anyhow::Result<bool> {
+fn check(config: &Path, online: bool) -> anyhow::Result<bool> {
     let mut problems: Vec<String> = Vec::new();
     let loaded = match LoadedConfig::load(config) {
         Ok(l) => Some(l),
@@ -196,6 +199,12 @@ fn check(config: &Path) -> anyhow::Result<bool> {
     };
     if let Some(l) = &loaded {
         problems.extend(alertgate::rules::cli::check_rule_dirs(&l.config.rules.dirs));
+        for warning in &l.warnings {
+            println!("warning: {warning}");
+        }
+        if online {
+            problems.extend(check_online(l)?);
+        }
     }
     if problems.is_empty() {
         println!("{}: ok", config.display());
@@ -207,6 +216,37 @@ fn check(config: &Path) -> anyhow::Result<bool> {
         println!("{} problem(s) found", problems.len());
         Ok(false)
     }
+}
+
+/// `check --online`: opens a GLPI API session and compares the API user's rights with
+/// what the config asks; each missing right is a problem naming its recipe.
+fn check_online(loaded: &LoadedConfig) -> anyhow::Result<Vec<String>> {
+    use alertgate::feedback::{GlpiApi, RightsCheck};
+    let Some(api_config) = &loaded.config.glpi_api else {
+        println!("online: no [glpi_api] section, nothing to check");
+        return Ok(Vec::new());
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    let api = GlpiApi::new(api_config).map_err(|e| anyhow::anyhow!("glpi_api: {e}"))?;
+    let outcome = runtime.block_on(async {
+        let outcome = api.check_rights(api_config.needs()).await;
+        api.close().await;
+        outcome
+    });
+    Ok(match outcome {
+        RightsCheck::Granted(rights) => {
+            println!("glpi_api: {} ok: {rights}", api_config.url);
+            Vec::new()
+        }
+        RightsCheck::Missing { rights, missing } => {
+            println!("glpi_api: {}: {rights}", api_config.url);
+            missing
+                .iter()
+                .map(|m| format!("glpi_api: the API user {m}"))
+                .collect()
+        }
+        RightsCheck::Unavailable(e) => vec![format!("glpi_api: {}: {e}", api_config.url)],
+    })
 }
 
 fn parse(rules: Vec<PathBuf>, explain: bool, files: &[PathBuf]) -> anyhow::Result<bool> {
