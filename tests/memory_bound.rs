@@ -92,7 +92,7 @@ async fn concurrent_big_mails_do_not_grow_memory_with_their_size() {
     // number of sessions) stays out of the measurement of sessions and spool.
     let gw = TestGateway::start_full(
         &format!(
-            "max_connections = {}\nmax_message_size = 10485760",
+            "max_connections = {}\nmax_connections_per_client = 0\nmax_message_size = 10485760",
             sessions + 10
         ),
         "unmatched = \"drop\"",
