@@ -184,6 +184,35 @@ pub struct Alert {
     /// marker: data kept as is, for the compose stage to neutralise.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub needs_sanitizing: bool,
+    /// Fields this mail does not carry (a follow-up such as a Zabbix problem update):
+    /// correlation takes them from the incident whose mail this one replies to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inherits: Vec<InheritedField>,
+}
+
+/// A field a follow-up mail may leave to the incident it replies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InheritedField {
+    Host,
+    Service,
+    State,
+}
+
+impl InheritedField {
+    pub const ALL: [InheritedField; 3] = [
+        InheritedField::Host,
+        InheritedField::Service,
+        InheritedField::State,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InheritedField::Host => "host",
+            InheritedField::Service => "service",
+            InheritedField::State => "state",
+        }
+    }
 }
 
 /// The correlation key of an alert, after normalisation.

@@ -6,7 +6,7 @@ use crate::clock::Clock;
 use crate::config::LoadedConfig;
 use crate::deliver::{DeliveryWorker, Transport};
 use crate::feedback::worker::ApiWorker;
-use crate::feedback::GlpiApi;
+use crate::feedback::{GlpiApi, RightsCheck};
 use crate::http::HttpServer;
 use crate::pipeline::{Pipeline, PipelineSettings, TicketInfo};
 use crate::rules::RuleSet;
@@ -74,6 +74,8 @@ pub struct Running {
     pub tls_addrs: Vec<SocketAddr>,
     /// The HTTP listener's address, when `[http]` is configured.
     pub http_addr: Option<SocketAddr>,
+    /// What the GLPI API user may do, checked at start (`None` without `[glpi_api]`).
+    pub glpi_rights: Option<RightsCheck>,
     server: tokio::task::JoinHandle<()>,
     reloader: Reloader,
 }
@@ -85,6 +87,8 @@ pub struct Reloader {
     current: Arc<std::sync::Mutex<LoadedConfig>>,
     smtp: ServerReloader,
     pipeline: mpsc::UnboundedSender<PipelineSettings>,
+    /// From the rights check at start: the API session is not reopened on reload.
+    may_solve: bool,
 }
 
 impl Reloader {
@@ -124,7 +128,9 @@ impl Reloader {
             tracing::error!(error = %e, "reload refused, keeping the running configuration");
             return false;
         }
-        let _ = self.pipeline.send(pipeline_settings(&loaded, rules));
+        let _ = self
+            .pipeline
+            .send(pipeline_settings(&loaded, rules, self.may_solve));
         tracing::info!(rules = %loaded.config.rules.dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(","), "configuration reloaded: new sessions and new mails use it");
         *current = loaded;
         true
@@ -160,24 +166,29 @@ fn needs_restart(old: &LoadedConfig, new: &LoadedConfig) -> Vec<&'static str> {
     changed
 }
 
-fn pipeline_settings(loaded: &LoadedConfig, rules: RuleSet) -> PipelineSettings {
+fn pipeline_settings(loaded: &LoadedConfig, rules: RuleSet, may_solve: bool) -> PipelineSettings {
     PipelineSettings {
         rules: Arc::new(rules),
         compose: loaded.compose.clone(),
+        notifications: crate::feedback::NotificationReader::new(
+            &loaded.compose.glpi_tag,
+            &loaded.config.feedback.solved_words,
+            &loaded.config.feedback.closed_words,
+        ),
         correlation: loaded.config.correlation.clone(),
         unmatched: loaded.config.rules.unmatched,
         hold_until_ticket_known: loaded.config.feedback_enabled(),
-        ticket_timeout_secs: loaded.config.feedback.ticket_lookup_timeout_secs as i64,
-        solve_on_recovery: loaded
-            .config
-            .glpi_api
-            .as_ref()
-            .is_some_and(|a| a.solve_on_recovery),
+        // Unset: derived from GLPI's pace and the backlog as the pipeline goes.
+        ticket_timeout_secs: explicit_ticket_timeout(loaded),
+        // A user GLPI would refuse solutions to gets none: recoveries go as follow-ups.
+        solve_on_recovery: may_solve
+            && loaded
+                .config
+                .glpi_api
+                .as_ref()
+                .is_some_and(|a| a.solve_on_recovery),
         feedback_addresses: loaded.policy.feedback_addresses.clone(),
-        glpi: crate::pipeline::GlpiFlow {
-            api_updates: loaded.config.glpi_api.is_some(),
-            ..crate::pipeline::GlpiFlow::default()
-        },
+        glpi: glpi_flow(loaded),
     }
 }
 
@@ -206,13 +217,26 @@ pub async fn start_with_clock(
     stop: watch::Receiver<bool>,
     clock: Clock,
 ) -> anyhow::Result<Running> {
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
+    }
     let store_path = loaded.config.store.path.clone();
+    let glpi_api = match &loaded.config.glpi_api {
+        Some(api_config) => {
+            let api = GlpiApi::new(api_config).map_err(|e| anyhow::anyhow!("glpi_api: {e}"))?;
+            let rights = api.check_rights(api_config.needs()).await;
+            rights.log();
+            Some((api, rights))
+        }
+        None => None,
+    };
+    let may_solve = glpi_api.as_ref().is_some_and(|(_, r)| r.may_solve());
     let spool = SpoolHandle::start(&store_path, loaded.config.store.group_commit_max)
         .with_context(|| format!("opening the store {}", store_path.display()))?;
     let rules = RuleSet::load(&loaded.config.rules.dirs)
         .map_err(|e| anyhow::anyhow!("loading rules:\n{e}"))?;
     tracing::info!(rules = rules.len(), "rules loaded");
-    let settings = pipeline_settings(&loaded, rules);
+    let settings = pipeline_settings(&loaded, rules, may_solve);
     let pipeline = Pipeline::open(&store_path, settings).context("starting the pipeline")?;
     let outbound_wake = Arc::new(Notify::new());
     let client =
@@ -220,18 +244,27 @@ pub async fn start_with_clock(
     let (opened_tx, opened_rx) = mpsc::unbounded_channel();
     let (found_tx, found_rx) = mpsc::unbounded_channel();
     let mut queue = SqliteQueue::open(&store_path)?;
-    let api_worker = match &loaded.config.glpi_api {
-        Some(api_config) => {
+    let (api, glpi_rights) = match glpi_api {
+        Some((api, rights)) => (Some(api), Some(rights)),
+        None => (None, None),
+    };
+    let api_worker = match api {
+        Some(api) => {
             queue = queue.notify_opened(opened_tx);
-            let api = GlpiApi::new(api_config).map_err(|e| anyhow::anyhow!("glpi_api: {e}"))?;
             Some(
                 ApiWorker::new(
                     api,
                     store_path.clone(),
-                    loaded.config.feedback.ticket_lookup_timeout_secs as i64,
+                    explicit_ticket_timeout(&loaded),
                     opened_rx,
                     found_tx,
                 )?
+                .with_pace(
+                    loaded.config.feedback.collector_interval_secs as i64,
+                    loaded.config.feedback.collector_batch as i64,
+                )
+                .with_solving(may_solve)
+                .with_tickets(loaded.config.glpi_api.clone())
                 .with_clock(clock.clone()),
             )
         }
@@ -243,7 +276,11 @@ pub async fn start_with_clock(
         client,
         loaded.relay.retry.clone(),
         outbound_wake.clone(),
-    );
+    )
+    .with_clock({
+        let clock = clock.clone();
+        Arc::new(move || clock.now())
+    });
 
     let server = Server::bind(loaded.config.clone(), loaded.policy.clone(), spool.clone()).await?;
     let addrs = server.local_addrs();
@@ -266,6 +303,7 @@ pub async fn start_with_clock(
         current: Arc::new(std::sync::Mutex::new(loaded.clone())),
         smtp: server.reloader(),
         pipeline: settings_tx,
+        may_solve,
     };
     tracing::info!(store = %store_path.display(), "alertgate started");
     let pipeline = tokio::spawn(run_pipeline(
@@ -280,11 +318,23 @@ pub async fn start_with_clock(
     let http = http.map(|h| tokio::spawn(h.serve(stop.clone())));
     let api = api_worker.map(|w| tokio::spawn(w.run(stop.clone())));
     let delivery = tokio::spawn(delivery.run(stop.clone()));
+    let store = &loaded.config.store;
+    let retention = tokio::spawn(crate::store::retention::run(
+        store_path.clone(),
+        crate::store::retention::Retention {
+            keep_processed_days: store.keep_processed_days,
+            keep_sent_days: store.keep_sent_days,
+            batch: 500,
+        },
+        std::time::Duration::from_secs(store.prune_interval_secs),
+        stop.clone(),
+    ));
     let server = tokio::spawn(server.serve(stop));
     let all = tokio::spawn(async move {
         let _ = server.await;
         let _ = pipeline.await;
         let _ = delivery.await;
+        let _ = retention.await;
         if let Some(api) = api {
             let _ = api.await;
         }
@@ -295,10 +345,36 @@ pub async fn start_with_clock(
     Ok(Running {
         addrs,
         tls_addrs,
+        glpi_rights,
         http_addr,
         server: all,
         reloader,
     })
+}
+
+/// `[feedback] ticket_lookup_timeout_secs` when set; 0 lets the waits derive from GLPI's pace.
+fn explicit_ticket_timeout(loaded: &LoadedConfig) -> i64 {
+    loaded
+        .config
+        .feedback
+        .ticket_lookup_timeout_secs
+        .map_or(0, |secs| i64::try_from(secs).unwrap_or(i64::MAX))
+}
+
+/// How the pipeline paces and routes what it tells GLPI, from `[feedback]` and `[glpi_api]`.
+fn glpi_flow(loaded: &LoadedConfig) -> crate::pipeline::GlpiFlow {
+    let feedback = &loaded.config.feedback;
+    crate::pipeline::GlpiFlow {
+        api_updates: loaded.config.glpi_api.is_some(),
+        create_via_api: loaded
+            .config
+            .glpi_api
+            .as_ref()
+            .is_some_and(|a| a.create == crate::feedback::CreateMode::Api),
+        collector_interval_secs: feedback.collector_interval_secs as i64,
+        collector_batch: feedback.collector_batch as i64,
+        min_mail_interval_secs: feedback.min_mail_interval_secs as i64,
+    }
 }
 
 /// Process the spool whenever something was committed (or once a second, for the

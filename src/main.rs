@@ -37,6 +37,9 @@ enum Command {
     Check {
         #[arg(short, long, default_value = "alertgate.toml")]
         config: PathBuf,
+        /// Also open a GLPI API session and check the API user's rights.
+        #[arg(long)]
+        online: bool,
     },
     /// Parse .eml files with the rules and print one JSON line per alert.
     Parse {
@@ -81,12 +84,28 @@ enum Command {
     /// Print an argon2id hash for a `[server.auth]` user's `password_hash` (reads the
     /// password from standard input).
     Passwd,
+    /// Rule authors' tools.
+    Rules {
+        #[command(subcommand)]
+        action: RulesAction,
+    },
     /// Inspect the spool and the outbound queue.
     Queue {
         #[arg(short, long, default_value = "alertgate.toml")]
         config: PathBuf,
         #[command(subcommand)]
         action: QueueAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesAction {
+    /// Check every NAME.eml of DIR against its NAME.expected.toml, field by field.
+    Test {
+        /// Rule directory (repeatable; later ones override earlier ones by rule name).
+        #[arg(long = "rules")]
+        rules: Vec<PathBuf>,
+        dir: PathBuf,
     },
 }
 
@@ -116,12 +135,15 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     let result = match cli.command {
         Command::Serve { config } => serve(&config),
-        Command::Check { config } => check(&config),
+        Command::Check { config, online } => check(&config, online),
         Command::Parse {
             rules,
             explain,
             files,
         } => parse(rules, explain, &files),
+        Command::Rules {
+            action: RulesAction::Test { rules, dir },
+        } => alertgate::rules::expect::run(&rule_dirs(rules), &dir),
         Command::Queue { config, action } => queue(&config, action),
         Command::Inject {
             config,
@@ -166,7 +188,7 @@ fn serve(config: &Path) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-fn check(config: &Path) -> anyhow::Result<bool> {
+fn check(config: &Path, online: bool) -> anyhow::Result<bool> {
     let mut problems: Vec<String> = Vec::new();
     let loaded = match LoadedConfig::load(config) {
         Ok(l) => Some(l),
@@ -177,10 +199,11 @@ fn check(config: &Path) -> anyhow::Result<bool> {
     };
     if let Some(l) = &loaded {
         problems.extend(alertgate::rules::cli::check_rule_dirs(&l.config.rules.dirs));
-    }
-    if let Some(l) = &loaded {
-        for warning in l.config.warnings() {
+        for warning in &l.warnings {
             println!("warning: {warning}");
+        }
+        if online {
+            problems.extend(check_online(l)?);
         }
     }
     if problems.is_empty() {
@@ -195,13 +218,48 @@ fn check(config: &Path) -> anyhow::Result<bool> {
     }
 }
 
+/// `check --online`: opens a GLPI API session and compares the API user's rights with
+/// what the config asks; each missing right is a problem naming its recipe.
+fn check_online(loaded: &LoadedConfig) -> anyhow::Result<Vec<String>> {
+    use alertgate::feedback::{GlpiApi, RightsCheck};
+    let Some(api_config) = &loaded.config.glpi_api else {
+        println!("online: no [glpi_api] section, nothing to check");
+        return Ok(Vec::new());
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    let api = GlpiApi::new(api_config).map_err(|e| anyhow::anyhow!("glpi_api: {e}"))?;
+    let outcome = runtime.block_on(async {
+        let outcome = api.check_rights(api_config.needs()).await;
+        api.close().await;
+        outcome
+    });
+    Ok(match outcome {
+        RightsCheck::Granted(rights) => {
+            println!("glpi_api: {} ok: {rights}", api_config.url);
+            Vec::new()
+        }
+        RightsCheck::Missing { rights, missing } => {
+            println!("glpi_api: {}: {rights}", api_config.url);
+            missing
+                .iter()
+                .map(|m| format!("glpi_api: the API user {m}"))
+                .collect()
+        }
+        RightsCheck::Unavailable(e) => vec![format!("glpi_api: {}: {e}", api_config.url)],
+    })
+}
+
 fn parse(rules: Vec<PathBuf>, explain: bool, files: &[PathBuf]) -> anyhow::Result<bool> {
-    let dirs = if rules.is_empty() {
+    alertgate::rules::cli::run_parse(&rule_dirs(rules), files, explain)
+}
+
+/// `--rules` directories, `./rules` when none is given.
+fn rule_dirs(rules: Vec<PathBuf>) -> Vec<PathBuf> {
+    if rules.is_empty() {
         vec![PathBuf::from("rules")]
     } else {
         rules
-    };
-    alertgate::rules::cli::run_parse(&dirs, files, explain)
+    }
 }
 
 fn queue(config: &Path, action: QueueAction) -> anyhow::Result<bool> {
@@ -309,7 +367,15 @@ fn queue_list_json(
         anyhow::bail!("unknown state `{}`", state.unwrap_or_default());
     }
     if state.is_none() || spool_state.is_some() {
-        for row in spool::list(conn, spool_state, limit)? {
+        for row in spool::list_checked(conn, spool_state, limit)? {
+            let row = match row {
+                Ok(row) => row,
+                Err(damaged) => {
+                    let line = serde_json::json!({"queue": "spool", "id": damaged.id, "damaged": damaged.error});
+                    println!("{line}");
+                    continue;
+                }
+            };
             let line = serde_json::json!({
                 "queue": "spool", "id": row.id, "state": row.state,
                 "received_at": row.envelope.received_at, "size": row.size,
@@ -320,7 +386,15 @@ fn queue_list_json(
         }
     }
     if state.is_none() || outbound_state.is_some() {
-        for row in outbound::list(conn, outbound_state, limit)? {
+        for row in outbound::list_checked(conn, outbound_state, limit)? {
+            let row = match row {
+                Ok(row) => row,
+                Err(damaged) => {
+                    let line = serde_json::json!({"queue": "outbound", "id": format!("o{}", damaged.id), "damaged": damaged.error});
+                    println!("{line}");
+                    continue;
+                }
+            };
             let line = serde_json::json!({
                 "queue": "outbound", "id": format!("o{}", row.id), "state": row.state,
                 "incident": row.order_key, "attempts": row.attempts,
@@ -397,7 +471,14 @@ fn queue_list(
             "{:>8}  {:<19}  {:<10}  {:>7}  {:<28}  {:<28}  note",
             "id", "received", "state", "size", "from", "to"
         );
-        for row in spool::list(conn, spool_state, limit)? {
+        for row in spool::list_checked(conn, spool_state, limit)? {
+            let row = match row {
+                Ok(row) => row,
+                Err(damaged) => {
+                    println!("{:>8}  DAMAGED: {}", damaged.id, damaged.error);
+                    continue;
+                }
+            };
             println!(
                 "{:>8}  {:<19}  {:<10}  {:>7}  {:<28}  {:<28}  {}",
                 row.id,
@@ -416,7 +497,18 @@ fn queue_list(
             "{:>8}  {:<8}  {:>8}  {:<19}  {:<16}  subject / last error",
             "id", "state", "attempts", "next attempt", "incident"
         );
-        for row in outbound::list(conn, state.filter(|_| outbound_only), limit)? {
+        for row in outbound::list_checked(conn, state.filter(|_| outbound_only), limit)? {
+            let row = match row {
+                Ok(row) => row,
+                Err(damaged) => {
+                    println!(
+                        "{:>8}  DAMAGED: {}",
+                        format!("o{}", damaged.id),
+                        damaged.error
+                    );
+                    continue;
+                }
+            };
             let next = if row.state == "queued" {
                 format_time(row.next_attempt_at)
             } else {

@@ -37,6 +37,7 @@ fn alert(output: &str) -> Alert {
         url: None,
         rule: "centreon-service".into(),
         needs_sanitizing: false,
+        inherits: Vec::new(),
     }
 }
 

@@ -554,6 +554,7 @@ fn digest_alert(state: State, open: u64, now: i64) -> Alert {
         url: None,
         rule: "storm-guard".into(),
         needs_sanitizing: false,
+        inherits: Vec::new(),
     }
 }
 

@@ -6,6 +6,7 @@ mod decision;
 mod engine;
 mod incident;
 mod policy;
+pub mod reply;
 mod state;
 
 #[cfg(test)]

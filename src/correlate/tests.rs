@@ -26,6 +26,7 @@ fn alert(kind: AlertKind, host: &str, service: &str, state: State, nt: N) -> Ale
         url: None,
         rule: "test".into(),
         needs_sanitizing: false,
+        inherits: Vec::new(),
     }
 }
 

@@ -2,6 +2,7 @@
 //! one JSON line per alert or error, and per-condition traces on request.
 
 use super::{decode, NoContext, ParseError, RuleSet};
+use crate::alert::Alert;
 use serde_json::{json, Map, Value};
 use std::io::Write;
 use std::path::PathBuf;
@@ -36,13 +37,11 @@ pub fn run_parse(rule_dirs: &[PathBuf], files: &[PathBuf], explain: bool) -> any
 pub fn parse_lines(rules: &RuleSet, file: &str, raw: &[u8]) -> Vec<Value> {
     match rules.parse(raw, &NoContext) {
         Ok(alerts) => alerts
-            .into_iter()
+            .iter()
             .map(|alert| {
                 let mut object = Map::new();
                 object.insert("file".into(), json!(file));
-                if let Ok(Value::Object(fields)) = serde_json::to_value(&alert) {
-                    object.extend(fields);
-                }
+                object.extend(alert_fields(alert));
                 Value::Object(object)
             })
             .collect(),
@@ -56,6 +55,18 @@ pub fn parse_lines(rules: &RuleSet, file: &str, raw: &[u8]) -> Vec<Value> {
             vec![json!({"file": file, "error": "undecodable", "why": why.to_string()})]
         }
     }
+}
+
+/// An alert as JSON fields; a field left to the incident it replies to reads `unknown`.
+fn alert_fields(alert: &Alert) -> Map<String, Value> {
+    let mut fields = match serde_json::to_value(alert) {
+        Ok(Value::Object(fields)) => fields,
+        _ => Map::new(),
+    };
+    for field in &alert.inherits {
+        fields.insert(field.as_str().into(), json!("unknown"));
+    }
+    fields
 }
 
 fn print_explanation(rules: &RuleSet, file: &str, raw: &[u8]) {
@@ -86,6 +97,15 @@ fn print_explanation(rules: &RuleSet, file: &str, raw: &[u8]) {
                 "    {} {}",
                 if c.passed { "pass" } else { "FAIL" },
                 c.condition
+            );
+        }
+    }
+    if let Ok(alerts) = rules.parse_decoded(&mail, &NoContext) {
+        for field in alerts.iter().flat_map(|a| &a.inherits) {
+            eprintln!(
+                "{file}: {}: not in this mail; the gateway will inherit it from the open incident \
+                 whose mail this one replies to (In-Reply-To/References)",
+                field.as_str()
             );
         }
     }

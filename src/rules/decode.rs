@@ -85,6 +85,27 @@ pub fn message_id(raw: &[u8]) -> Option<String> {
     message.message_id().map(str::to_string)
 }
 
+/// The Message-IDs a mail cites (In-Reply-To, then References), without brackets, each once.
+pub fn cited_message_ids(raw: &[u8]) -> Vec<String> {
+    let Some(message) = MessageParser::default().parse_headers(raw) else {
+        return Vec::new();
+    };
+    let mut ids: Vec<String> = Vec::new();
+    for value in [message.in_reply_to(), message.references()] {
+        let found: Vec<String> = match value {
+            HeaderValue::Text(t) => vec![t.to_string()],
+            HeaderValue::TextList(list) => list.iter().map(|t| t.to_string()).collect(),
+            _ => Vec::new(),
+        };
+        for id in found {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+    }
+    ids
+}
+
 fn first_message_id(value: &HeaderValue<'_>) -> Option<String> {
     match value {
         HeaderValue::Text(t) => Some(t.to_string()),
@@ -239,7 +260,11 @@ pub fn html_to_text(html: &str) -> String {
                 } else {
                     pending_href = tag.href;
                 }
-            } else if BLOCK_TAGS.contains(&tag.name.as_str()) {
+            } else if BLOCK_TAGS.contains(&tag.name.as_str())
+                || (tag.closing && tag.name == "span" && starts_with_tag(rest, "span"))
+            {
+                // Side-by-side spans are one field each (vROps notification templates:
+                // `<span>Status: X</span><span>Resource: Y</span>`).
                 flush_line(&mut lines, &mut line);
             }
             continue;
@@ -252,6 +277,17 @@ pub fn html_to_text(html: &str) -> String {
     }
     flush_line(&mut lines, &mut line);
     lines.join("\n")
+}
+
+/// Whether `rest` opens with the tag `name` (`<span>`, `<span class=…>`).
+fn starts_with_tag(rest: &str, name: &str) -> bool {
+    rest.strip_prefix('<')
+        .and_then(|r| {
+            r.get(..name.len())
+                .filter(|n| n.eq_ignore_ascii_case(name))
+                .map(|_| &r[name.len()..])
+        })
+        .is_some_and(|r| r.starts_with(['>', ' ', '\t', '\r', '\n', '/']))
 }
 
 fn push_text(line: &mut String, text: &str) {
@@ -365,6 +401,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn side_by_side_spans_are_one_line_each() {
+        let html = "<html><span>ALERT_STATUS: Canceled</span><span>ALERT_IMPACT: health</span><p>Host: <span>h</span> down</p></html>";
+        assert_eq!(
+            html_to_text(html),
+            "ALERT_STATUS: Canceled\nALERT_IMPACT: health\nHost: h down"
+        );
+    }
+
+    #[test]
     fn html_cells_and_breaks_become_lines() {
         let html = "<html><head><style>p{x}</style></head><body><table><tr><td>Host:</td><td>srv&eacute;1</td></tr>\
                     <tr><td>State: CRITICAL</td></tr></table>a<br/>b &amp; c&#43;d<p>e&nbsp;f</p></body></html>";
@@ -406,6 +451,8 @@ mod tests {
         assert_eq!(mail.in_reply_to.as_deref(), Some("c@d"));
         assert_eq!(mail.body, "body\n");
         assert_eq!(message_id(raw).as_deref(), Some("a@b"));
+        let cited = b"In-Reply-To: <p@z>\r\nReferences: <o@z> <p@z>\r\nSubject: x\r\n\r\nb";
+        assert_eq!(cited_message_ids(cited), ["p@z", "o@z"]);
     }
 
     #[test]

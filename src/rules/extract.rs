@@ -3,7 +3,7 @@
 
 use super::rule::{CompiledRule, CompiledSplit, Condition, Field, Fields, Target};
 use super::{ConditionResult, DecodedMail, ParseContext, ParseError};
-use crate::alert::{Alert, AlertKind, NotificationType, State};
+use crate::alert::{Alert, AlertKind, InheritedField, NotificationType, State};
 use regex::Regex;
 use std::sync::OnceLock;
 
@@ -151,17 +151,34 @@ fn build_alert(
         }
     }
     let notification_type = notification_type(rule, &fields)?;
-    let state = state(rule, &fields, notification_type)?;
+    let may_inherit = |f: InheritedField| rule.inherit_from_reply.contains(&f);
+    let mut inherits = Vec::new();
+    let state = match state(rule, &fields, notification_type) {
+        // A follow-up that does not say how bad the problem is keeps the problem's state.
+        Ok(State::Unknown) | Err(_) if may_inherit(InheritedField::State) => {
+            inherits.push(InheritedField::State);
+            State::Unknown
+        }
+        other => other?,
+    };
     let host = match fields.get(Field::Host).filter(|h| !h.is_empty()) {
         Some(host) => host.to_string(),
-        None if rule.host_from_reply => mail
-            .in_reply_to
-            .as_deref()
-            .and_then(|id| ctx.host_for_message_id(id))
-            .unwrap_or_default(),
+        None if may_inherit(InheritedField::Host) => {
+            let known = mail
+                .in_reply_to
+                .as_deref()
+                .and_then(|id| ctx.host_for_message_id(id));
+            if known.is_none() {
+                inherits.push(InheritedField::Host);
+            }
+            known.unwrap_or_default()
+        }
         None => return Err("no `host` extracted and no defaults.host".to_string()),
     };
     let service = fields.get(Field::Service).unwrap_or_default().to_string();
+    if service.is_empty() && may_inherit(InheritedField::Service) {
+        inherits.push(InheritedField::Service);
+    }
     let kind = rule.default_kind.unwrap_or(if service.is_empty() {
         AlertKind::Host
     } else {
@@ -186,6 +203,7 @@ fn build_alert(
         url: optional(Field::Url),
         rule: rule.name.clone(),
         needs_sanitizing: false,
+        inherits,
     };
     alert.needs_sanitizing = needs_sanitizing(&alert);
     Ok(alert)

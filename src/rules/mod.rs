@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod decode;
+pub mod expect;
 mod extract;
 pub mod rule;
 
@@ -12,7 +13,7 @@ use rule::{compile_rule, CompiledRule, RuleFileSpec};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-pub use decode::{decode, message_id, DecodeError, DecodedMail};
+pub use decode::{cited_message_ids, decode, message_id, DecodeError, DecodedMail};
 pub use rule::{RuleLoadError, RuleLoadErrors};
 
 /// What the pipeline knows that a mail alone does not (e.g. a Zabbix update mail

@@ -2,7 +2,7 @@
 //! regex built once, every capture name, default and map value checked at load time
 //! with errors naming the file, rule and field.
 
-use crate::alert::{AlertKind, NotificationType, State};
+use crate::alert::{AlertKind, InheritedField, NotificationType, State};
 use regex::{Regex, RegexBuilder};
 
 /// Lazy-DFA cache per compiled rule regex (and per thread using it).
@@ -138,6 +138,10 @@ pub struct RuleSpec {
     /// replies to (In-Reply-To); leave it empty if unknown instead of failing.
     #[serde(default)]
     pub host_from_reply: bool,
+    /// Fields a follow-up mail may lack (host, service, state): left for correlation to
+    /// take from the incident whose mail this one replies to (In-Reply-To/References).
+    #[serde(default)]
+    pub inherit_from_reply: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -313,6 +317,7 @@ pub struct CompiledRule {
     pub type_map: BTreeMap<String, NotificationType>,
     pub recovery_state: Option<State>,
     pub host_from_reply: bool,
+    pub inherit_from_reply: Vec<InheritedField>,
 }
 
 /// Collects errors for one rule so that all of them are reported, not just the first.
@@ -413,6 +418,7 @@ pub fn compile_rule(
                 None
             }
         });
+    let inherit_from_reply = compile_inherit(&mut cx, spec);
     if spec.name.trim().is_empty() {
         cx.error("name", "rule name is empty");
     }
@@ -432,10 +438,33 @@ pub fn compile_rule(
             type_map,
             recovery_state,
             host_from_reply: spec.host_from_reply,
+            inherit_from_reply,
         })
     } else {
         Err(cx.errors)
     }
+}
+
+/// `host_from_reply` is the older spelling of inheriting the host.
+fn compile_inherit(cx: &mut RuleContext<'_>, spec: &RuleSpec) -> Vec<InheritedField> {
+    let mut fields = Vec::new();
+    if spec.host_from_reply {
+        fields.push(InheritedField::Host);
+    }
+    for (i, word) in spec.inherit_from_reply.iter().enumerate() {
+        match InheritedField::ALL
+            .into_iter()
+            .find(|f| f.as_str() == word.trim().to_ascii_lowercase())
+        {
+            Some(f) if !fields.contains(&f) => fields.push(f),
+            Some(_) => {}
+            None => cx.error(
+                format!("inherit_from_reply[{i}]"),
+                format!("`{word}` cannot be inherited (expected host, service or state)"),
+            ),
+        }
+    }
+    fields
 }
 
 fn compile_conditions(cx: &mut RuleContext<'_>, spec: &MatchSpec) -> Vec<Condition> {

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod reply;
 pub mod session;
+pub mod slots;
 mod tls;
 
 use crate::config::{Config, ServerPolicy};
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
@@ -49,6 +50,17 @@ impl Shared {
     }
     fn data_timeout(&self) -> Duration {
         Duration::from_secs(self.config.server.data_timeout_secs)
+    }
+    /// A DATA transfer's deadline: `data_timeout` plus one second per `min_data_rate`
+    /// bytes received, so only a client sending at least that fast can stretch it.
+    fn data_deadline(
+        &self,
+        started: tokio::time::Instant,
+        received: usize,
+    ) -> tokio::time::Instant {
+        let rate = self.config.server.min_data_rate.max(1);
+        let earned = Duration::from_secs_f64(received as f64 / rate as f64);
+        started + self.data_timeout() + earned
     }
 }
 
@@ -160,7 +172,14 @@ impl Server {
     /// Serve until `shutdown` turns true; then stop accepting, give sessions in DATA up to
     /// `shutdown_grace_secs` to finish (the others are told 421), and return.
     pub async fn serve(self, shutdown: watch::Receiver<bool>) {
-        let limit = Arc::new(Semaphore::new(self.shared.config.server.max_connections));
+        let server = &self.shared.config.server;
+        let limit = Arc::new(slots::Slots::new(
+            server.max_connections,
+            server.max_connections_per_client,
+            Duration::from_secs(server.idle_eviction_secs),
+            // An evicted session answers 421 and closes at once; this is a safety bound.
+            Duration::from_secs(5),
+        ));
         let mut accepts = JoinSet::new();
         let all = self
             .listeners
@@ -188,19 +207,10 @@ impl Server {
             grace_secs = grace.as_secs(),
             "shutting down: no new connections, waiting for sessions"
         );
-        let max = self.shared.config.server.max_connections;
-        if tokio::time::timeout(grace, wait_for_sessions(&limit, max))
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(grace, limit.all_free()).await.is_err() {
             tracing::warn!("shutdown grace period over; abandoning remaining sessions");
         }
     }
-}
-
-/// All permits back means every session has ended.
-async fn wait_for_sessions(limit: &Semaphore, max: usize) {
-    let _ = limit.acquire_many(max as u32).await;
 }
 
 async fn bind_one(addr: SocketAddr) -> Result<TcpListener, SmtpError> {
@@ -213,7 +223,7 @@ async fn accept_loop(
     listener: TcpListener,
     implicit_tls: bool,
     current: Current,
-    limit: Arc<Semaphore>,
+    limit: Arc<slots::Slots>,
     shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -229,22 +239,25 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let shared = snapshot(&current);
         let shutdown = shutdown.clone();
-        match limit.clone().try_acquire_owned() {
-            Ok(permit) => {
-                tokio::spawn(async move {
-                    if implicit_tls {
-                        tls::handle_implicit(stream, peer, shared, shutdown).await;
-                    } else {
-                        handle_connection(stream, peer, shared, shutdown).await;
-                    }
-                    drop(permit);
-                });
+        let limit = limit.clone();
+        tokio::spawn(async move {
+            match limit.admit(peer.ip()).await {
+                slots::Admission::Admitted(slot) if implicit_tls => {
+                    tls::handle_implicit(stream, peer, shared, shutdown, slot).await;
+                }
+                slots::Admission::Admitted(slot) => {
+                    handle_connection(stream, peer, shared, shutdown, slot).await;
+                }
+                slots::Admission::ClientLimit => {
+                    tracing::warn!(%peer, "refused: too many connections from this address");
+                    refuse(stream, reply::too_many_connections_from_client()).await;
+                }
+                slots::Admission::Busy => {
+                    tracing::warn!(%peer, "refused: too many connections");
+                    refuse(stream, reply::too_many_connections()).await;
+                }
             }
-            Err(_) => {
-                tracing::warn!(%peer, "refused: too many connections");
-                tokio::spawn(refuse(stream, reply::too_many_connections()));
-            }
-        }
+        });
     }
 }
 
@@ -253,6 +266,7 @@ async fn handle_connection(
     peer: SocketAddr,
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
+    slot: slots::Slot,
 ) {
     if !shared.policy.client_allowed(peer.ip()) {
         tracing::info!(%peer, "refused: client not in allowed_networks");
@@ -260,6 +274,7 @@ async fn handle_connection(
         return;
     }
     session::Session::new(Box::new(stream), shared, peer, shutdown)
+        .with_slot(slot)
         .run()
         .await;
 }

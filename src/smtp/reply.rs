@@ -84,6 +84,30 @@ pub fn client_refused(ip: &str) -> Reply {
 pub fn too_many_connections() -> Reply {
     Reply::new(421, "4.7.0", "Too many connections, try again later")
 }
+pub fn too_many_connections_from_client() -> Reply {
+    Reply::new(
+        421,
+        "4.7.0",
+        "Too many connections from your address, try again later",
+    )
+}
+pub fn idle_evicted(host: &str) -> Reply {
+    Reply::new(
+        421,
+        "4.7.0",
+        format!("{host} Server busy, closing idle connection"),
+    )
+}
+pub fn inflight_full() -> Reply {
+    Reply::new(452, "4.3.1", "Insufficient system storage, try again later")
+}
+pub fn binarymime_unsupported() -> Reply {
+    Reply::new(
+        555,
+        "5.5.4",
+        "BODY=BINARYMIME is not supported (no CHUNKING)",
+    )
+}
 pub fn too_many_errors() -> Reply {
     Reply::new(421, "4.7.0", "Too many errors, closing connection")
 }

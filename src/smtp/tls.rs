@@ -13,6 +13,7 @@ pub(super) async fn handle_implicit(
     peer: SocketAddr,
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
+    slot: super::slots::Slot,
 ) {
     let Some(acceptor) = shared.tls.clone() else {
         return;
@@ -36,6 +37,7 @@ pub(super) async fn handle_implicit(
     }
     session::Session::new(Box::new(tls_stream), shared, peer, shutdown)
         .with_tls()
+        .with_slot(slot)
         .run()
         .await;
 }

@@ -157,6 +157,7 @@ mod tests {
                 url: None,
                 rule: "test".into(),
                 needs_sanitizing: false,
+                inherits: Vec::new(),
             };
             for inc in correlate(&mut state, &alert, 600, &policy).changed {
                 save(&conn, &inc, 600).unwrap();

@@ -27,6 +27,8 @@ pub fn config_text_with(
     rules_extra: &str,
     sections: &str,
 ) -> String {
+    // A `[store]` block in `sections` joins the store section the template already has.
+    let (store_extra, sections) = split_store_keys(sections);
     // Without a relay of its own, a test relays to a closed port: mail just waits.
     let relay = if sections.contains("[relay]") {
         ""
@@ -42,6 +44,7 @@ accepted_recipients = ["glpi@example.test", "@alerts.example.test"]
 
 [store]
 path = "{db}"
+{store_extra}
 
 [rules]
 dirs = ["{rules}"]
@@ -61,6 +64,26 @@ hostname = "alertgate.test"
     )
 }
 
+/// Takes the keys of a `[store]` block out of `sections`: (those keys, the rest).
+fn split_store_keys(sections: &str) -> (String, String) {
+    let mut store = String::new();
+    let mut rest = String::new();
+    let mut in_store = false;
+    for line in sections.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') {
+            in_store = trimmed == "[store]";
+            if in_store {
+                continue;
+            }
+        }
+        let target = if in_store { &mut store } else { &mut rest };
+        target.push_str(line);
+        target.push('\n');
+    }
+    (store, rest)
+}
+
 impl TestGateway {
     pub async fn start(server_extra: &str) -> TestGateway {
         Self::start_with(server_extra, "").await
@@ -71,6 +94,22 @@ impl TestGateway {
     }
 
     pub async fn start_full(server_extra: &str, rules_extra: &str, sections: &str) -> TestGateway {
+        Self::start_clocked(
+            server_extra,
+            rules_extra,
+            sections,
+            alertgate::clock::Clock::system(),
+        )
+        .await
+    }
+
+    /// As `start_full`, with the gateway's time-driven stages reading `clock`.
+    pub async fn start_clocked(
+        server_extra: &str,
+        rules_extra: &str,
+        sections: &str,
+        clock: alertgate::clock::Clock,
+    ) -> TestGateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let text = config_text_with(dir.path(), server_extra, rules_extra, sections);
         let cfg_path = dir.path().join("alertgate.toml");
@@ -79,7 +118,7 @@ impl TestGateway {
             .unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
         let db = loaded.config.store.path.clone();
         let (stop, stop_rx) = watch::channel(false);
-        let running = alertgate::app::start(loaded, stop_rx)
+        let running = alertgate::app::start_with_clock(loaded, stop_rx, clock)
             .await
             .expect("gateway starts");
         TestGateway {
@@ -105,6 +144,19 @@ impl TestGateway {
             "[relay]\nhost = \"127.0.0.1\"\nport = {relay_port}\ntls = \"none\"\n[relay.retry]\ninitial_backoff_secs = 1\nmax_backoff_secs = 2\n"
         );
         Self::start_with(server_extra, &format!("{relay}\n{sections}")).await
+    }
+
+    /// As `with_relay`, on a clock the test drives.
+    pub async fn with_relay_and_clock(
+        relay_port: u16,
+        server_extra: &str,
+        sections: &str,
+        clock: alertgate::clock::Clock,
+    ) -> TestGateway {
+        let relay = format!(
+            "[relay]\nhost = \"127.0.0.1\"\nport = {relay_port}\ntls = \"none\"\n[relay.retry]\ninitial_backoff_secs = 1\nmax_backoff_secs = 2\n"
+        );
+        Self::start_clocked(server_extra, "", &format!("{relay}\n{sections}"), clock).await
     }
 
     /// Send one mail on a fresh connection; panics unless it is accepted.
@@ -175,6 +227,14 @@ impl TestGateway {
         self.db()
             .query_row("SELECT COUNT(*) FROM spool", [], |r| r.get(0))
             .expect("count")
+    }
+
+    /// Stop the gateway but keep its directory (store, config) for inspection.
+    pub async fn shutdown_keep(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(r) = self.running.take() {
+            r.wait().await;
+        }
     }
 
     pub async fn shutdown(mut self) {
