@@ -314,27 +314,6 @@ impl FeedbackConfig {
 }
 
 impl Config {
-    /// Settings that work but that an admin should change; `check` prints them.
-    pub fn warnings(&self) -> Vec<String> {
-        let mut warnings: Vec<String> = self.server
-            .auth
-            .users
-            .iter()
-            .filter(|u| u.password.is_some())
-            .map(|u| format!("`server.auth.users`: user `{}` has a plaintext password; prefer password_hash (`alertgate passwd`)", u.username))
-            .collect();
-        if let Some(http) = &self.http {
-            let public = http
-                .listen
-                .parse::<SocketAddr>()
-                .is_ok_and(|a| !a.ip().is_loopback());
-            if public && http.token.is_none() {
-                warnings.push(format!("`http.listen`: {} is reachable from other hosts but no `http.token` is set: they get 401 and the page's actions are off", http.listen));
-            }
-        }
-        warnings
-    }
-
     /// A ticket id can be learned, so updates are held until it is.
     pub fn feedback_enabled(&self) -> bool {
         !self.server.feedback_addresses.is_empty() || self.glpi_api.is_some()
@@ -900,6 +879,33 @@ fn warnings(path: &Path, text: &str, config: &Config) -> Vec<ConfigProblem> {
             );
         }
     }
+    for user in config
+        .server
+        .auth
+        .users
+        .iter()
+        .filter(|u| u.password.is_some())
+    {
+        warn(
+            "server.auth.users",
+            format!(
+                "user `{}` has a plaintext password; prefer password_hash (`alertgate passwd`)",
+                user.username
+            ),
+        );
+    }
+    if let Some(http) = &config.http {
+        let public = http
+            .listen
+            .parse::<SocketAddr>()
+            .is_ok_and(|a| !a.ip().is_loopback());
+        if public && http.token.is_none() {
+            warn(
+                "http.listen",
+                format!("{} is reachable from other hosts but no `http.token` is set: they get 401 and the page's actions are off", http.listen),
+            );
+        }
+    }
     warnings
 }
 
@@ -998,7 +1004,7 @@ mod tests {
             assert!(msg.contains(expected), "{expected} missing:\n{msg}");
         }
         let plain = load("[server]\naccepted_recipients = [\"g@x.test\"]\n[server.auth]\nusers = [{ username = \"a\", password = \"p\" }]\n[http]\nlisten = \"0.0.0.0:9925\"\n").expect("valid");
-        let warnings = plain.config.warnings();
+        let warnings: Vec<String> = plain.warnings.iter().map(|w| w.to_string()).collect();
         assert!(
             warnings
                 .iter()

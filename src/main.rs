@@ -206,11 +206,6 @@ fn check(config: &Path, online: bool) -> anyhow::Result<bool> {
             problems.extend(check_online(l)?);
         }
     }
-    if let Some(l) = &loaded {
-        for warning in l.config.warnings() {
-            println!("warning: {warning}");
-        }
-    }
     if problems.is_empty() {
         println!("{}: ok", config.display());
         Ok(true)

@@ -242,6 +242,9 @@ async fn accept_loop(
         let limit = limit.clone();
         tokio::spawn(async move {
             match limit.admit(peer.ip()).await {
+                slots::Admission::Admitted(slot) if implicit_tls => {
+                    tls::handle_implicit(stream, peer, shared, shutdown, slot).await;
+                }
                 slots::Admission::Admitted(slot) => {
                     if implicit_tls {
                         tls::handle_implicit(stream, peer, shared, shutdown, slot).await;

@@ -10,7 +10,6 @@ use smtp_proto::request::receiver::{DataReceiver, DummyDataReceiver};
 use smtp_proto::{Error as ProtoError, Request};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -40,6 +39,8 @@ enum Next {
     Close,
 }
 
+// One per message in flight, moved rather than stored: boxing the big variant buys nothing.
+#[allow(clippy::large_enum_variant)]
 enum DataOutcome {
     Complete(Box<crate::store::spool::Draft>),
     TooBig,
@@ -62,7 +63,7 @@ pub struct Session {
     transaction: Option<Transaction>,
     errors: u32,
     /// Set after a throttled AUTH failure: the next flush waits this long first.
-    reply_delay: Option<Duration>,
+    reply_delay: Option<std::time::Duration>,
     shutdown: watch::Receiver<bool>,
     /// The connection slot, through which the server may ask an idle session to close.
     slot: Option<super::slots::Slot>,

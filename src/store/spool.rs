@@ -77,6 +77,8 @@ pub struct SpoolRow {
 
 /// A message's bytes on their way to the spool: in memory (small, e.g. `inject`), or
 /// streamed to a file during DATA so memory does not grow with size × sessions.
+// One per message in flight, moved rather than stored: boxing the big variant buys nothing.
+#[allow(clippy::large_enum_variant)]
 enum SpoolBytes {
     Memory(Vec<u8>),
     /// `head` (the Received header) followed by the file's content.
