@@ -108,12 +108,15 @@ pub async fn start_with_clock(
         None => None,
     };
     let queue = Arc::new(queue);
+    let delivery_clock = clock.clone();
+    // Due times are written on `clock` (pipeline), so delivery reads the same clock.
     let delivery = DeliveryWorker::new(
         queue,
         client,
         loaded.relay.retry.clone(),
         outbound_wake.clone(),
-    );
+    )
+    .with_clock(Arc::new(move || delivery_clock.now()));
 
     let server = Server::bind(loaded.config.clone(), loaded.policy.clone(), spool.clone()).await?;
     let addrs = server.local_addrs();

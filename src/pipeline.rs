@@ -82,7 +82,11 @@ impl Default for GlpiFlow {
 /// How long an incident's news waits for its ticket id when no timeout is set: the
 /// collector's runs for the mails still unanswered ahead of it (`backlog`) and its own,
 /// one run of margin, and GLPI's notification queue (about two minutes).
-pub fn derived_ticket_wait(collector_interval_secs: i64, collector_batch: i64, backlog: u64) -> i64 {
+pub fn derived_ticket_wait(
+    collector_interval_secs: i64,
+    collector_batch: i64,
+    backlog: u64,
+) -> i64 {
     let batch = collector_batch.max(1) as u64;
     let runs = (backlog / batch + 1) as i64;
     collector_interval_secs.max(1).saturating_mul(runs + 1) + 120
@@ -316,7 +320,10 @@ impl PipelineCore<'_> {
                     Ok(composed) if self.settings.glpi.create_via_api => {
                         let input = self.ticket_input(&composed, alerts.iter().map(|a| a.state));
                         actions::add(conn, tag, 0, actions::CREATE, &input, now)?;
-                        Ok(format!("digest {tag} of {} alerts: ticket to be created through the API", digest.count))
+                        Ok(format!(
+                            "digest {tag} of {} alerts: ticket to be created through the API",
+                            digest.count
+                        ))
                     }
                     Ok(composed) => {
                         enqueue(conn, &composed, tag, Queueing::now(), None, None, now)?;
@@ -351,7 +358,8 @@ impl PipelineCore<'_> {
         let original = origin.map(|(_, raw)| raw);
         let opens = matches!(mail.kind, correlate::MailKind::Open) && mail.via_digest.is_none();
         if opens {
-            let composed = match compose_incident_mail(&self.settings.compose, mail, original, now) {
+            let composed = match compose_incident_mail(&self.settings.compose, mail, original, now)
+            {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!(tag = %tag, error = %e, "cannot compose mail");
@@ -364,13 +372,27 @@ impl PipelineCore<'_> {
                 return Ok(format!("open {tag}: ticket to be created through the API"));
             }
             let event = serde_json::to_string(mail).ok();
-            enqueue(conn, &composed, tag, Queueing::now(), origin.map(|o| o.0), event.as_deref(), now)?;
+            enqueue(
+                conn,
+                &composed,
+                tag,
+                Queueing::now(),
+                origin.map(|o| o.0),
+                event.as_deref(),
+                now,
+            )?;
             return Ok(format!("open {tag} ({})", composed.message_id));
         }
         let owner = mail.owner_tag().to_owned();
         let owner_incident = self.owner_incident(conn, &owner)?;
         let composed = match owner_incident.as_ref() {
-            Some(o) => compose_news(&self.settings.compose, o, std::slice::from_ref(mail), original, now),
+            Some(o) => compose_news(
+                &self.settings.compose,
+                o,
+                std::slice::from_ref(mail),
+                original,
+                now,
+            ),
             None => compose_incident_mail(&self.settings.compose, mail, original, now),
         };
         let composed = match composed {
@@ -385,7 +407,15 @@ impl PipelineCore<'_> {
             state: OutboundState::Held,
             not_before: now,
         };
-        enqueue(conn, &composed, &owner, queueing, origin.map(|o| o.0), event.as_deref(), now)?;
+        enqueue(
+            conn,
+            &composed,
+            &owner,
+            queueing,
+            origin.map(|o| o.0),
+            event.as_deref(),
+            now,
+        )?;
         let outcome = self.flush(conn, &owner, now)?;
         let via = if owner != *tag {
             format!(" for digest {owner}")
@@ -396,7 +426,11 @@ impl PipelineCore<'_> {
     }
 
     /// The open or ended incident whose ticket `tag` names.
-    fn owner_incident(&self, conn: &Connection, tag: &str) -> Result<Option<Incident>, PipelineError> {
+    fn owner_incident(
+        &self,
+        conn: &Connection,
+        tag: &str,
+    ) -> Result<Option<Incident>, PipelineError> {
         match self.state.incident_by_tag(tag) {
             Some(i) => Ok(Some(i.clone())),
             None => Ok(incidents::by_tag(conn, tag)?),
@@ -427,7 +461,11 @@ impl PipelineCore<'_> {
             self.settings.ticket_timeout_secs
         } else {
             let glpi = &self.settings.glpi;
-            derived_ticket_wait(glpi.collector_interval_secs, glpi.collector_batch, self.backlog())
+            derived_ticket_wait(
+                glpi.collector_interval_secs,
+                glpi.collector_batch,
+                self.backlog(),
+            )
         };
         owner.first_seen.saturating_add(wait)
     }
@@ -437,20 +475,32 @@ impl PipelineCore<'_> {
     /// merged mail at most every `min_mail_interval_secs`, threaded once the ticket id is
     /// known, unthreaded once the wait for it is over. Nothing is sent to a ticket
     /// people solved or closed, unless the news is a worse state that reopens it.
-    fn flush(&mut self, conn: &Connection, owner_tag: &str, now: i64) -> Result<String, PipelineError> {
+    fn flush(
+        &mut self,
+        conn: &Connection,
+        owner_tag: &str,
+        now: i64,
+    ) -> Result<String, PipelineError> {
         let held = outbound::held_for(conn, owner_tag)?;
         if held.is_empty() {
             return Ok("nothing held".into());
         }
         let events: Vec<Option<IncidentMail>> = held
             .iter()
-            .map(|h| h.event.as_deref().and_then(|e| serde_json::from_str(e).ok()))
+            .map(|h| {
+                h.event
+                    .as_deref()
+                    .and_then(|e| serde_json::from_str(e).ok())
+            })
             .collect();
         let Some(owner) = self.owner_incident(conn, owner_tag)? else {
             for h in &held {
                 outbound::requeue(conn, h.id, now)?;
             }
-            return Ok(format!("{} held mail(s) of an unknown incident sent as they were", held.len()));
+            return Ok(format!(
+                "{} held mail(s) of an unknown incident sent as they were",
+                held.len()
+            ));
         };
         if events.iter().any(Option::is_none) {
             // Rows from before this version: sent as they were composed.
@@ -469,14 +519,23 @@ impl PipelineCore<'_> {
             return Ok("held mail released as composed".into());
         }
         let reopens = events.iter().any(|e| {
-            matches!(e.kind, correlate::MailKind::Update { reason: correlate::UpdateReason::Reopen })
+            matches!(
+                e.kind,
+                correlate::MailKind::Update {
+                    reason: correlate::UpdateReason::Reopen
+                }
+            )
         });
         if owner.ticket_status.is_done() && !reopens {
             for h in &rows {
                 outbound::delete(conn, h.id)?;
             }
             tracing::info!(tag = %owner_tag, status = ?owner.ticket_status, dropped = events.len(), "ticket solved or closed in GLPI: held news not sent");
-            return Ok(format!("{} update(s) not sent: the ticket is {:?}", events.len(), owner.ticket_status));
+            return Ok(format!(
+                "{} update(s) not sent: the ticket is {:?}",
+                events.len(),
+                owner.ticket_status
+            ));
         }
         if let (Some(ticket), true) = (owner.ticket_id, self.settings.glpi.api_updates) {
             for h in &rows {
@@ -484,8 +543,9 @@ impl PipelineCore<'_> {
             }
             return self.queue_api_news(conn, &owner, ticket, &events, now);
         }
-        let paced_until = outbound::last_release_at(conn, owner_tag)?
-            .map_or(i64::MIN, |at| at.saturating_add(self.settings.glpi.min_mail_interval_secs));
+        let paced_until = outbound::last_release_at(conn, owner_tag)?.map_or(i64::MIN, |at| {
+            at.saturating_add(self.settings.glpi.min_mail_interval_secs)
+        });
         let unthreaded = owner.ticket_id.is_none();
         let wait_until = if unthreaded {
             paced_until.max(self.ticket_deadline(&owner))
@@ -494,14 +554,31 @@ impl PipelineCore<'_> {
         };
         if now < wait_until {
             outbound::hold_until(conn, owner_tag, wait_until)?;
-            let why = if unthreaded { "the ticket id" } else { "GLPI's intake pace" };
-            return Ok(format!("held ({} event(s)) until {wait_until}, waiting for {why}", events.len()));
+            let why = if unthreaded {
+                "the ticket id"
+            } else {
+                "GLPI's intake pace"
+            };
+            return Ok(format!(
+                "held ({} event(s)) until {wait_until}, waiting for {why}",
+                events.len()
+            ));
         }
-        let original = match rows.last().and_then(|h| h.spool_id).filter(|_| events.len() == 1) {
+        let original = match rows
+            .last()
+            .and_then(|h| h.spool_id)
+            .filter(|_| events.len() == 1)
+        {
             Some(id) => spool::get(conn, id)?.and_then(|r| r.raw),
             None => None,
         };
-        let composed = match compose_news(&self.settings.compose, &owner, &events, original.as_deref(), now) {
+        let composed = match compose_news(
+            &self.settings.compose,
+            &owner,
+            &events,
+            original.as_deref(),
+            now,
+        ) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(tag = %owner_tag, error = %e, "cannot compose the merged mail; sending the held mails as they were");
@@ -559,14 +636,24 @@ impl PipelineCore<'_> {
         Ok(format!(
             "{} event(s) for ticket {ticket} through the API{}",
             events.len(),
-            if solution.is_some() { ", then its solution" } else { "" }
+            if solution.is_some() {
+                ", then its solution"
+            } else {
+                ""
+            }
         ))
     }
 
     /// `Ticket` input for `create = "api"`: the open mail's subject and text, urgency and
     /// impact from the state, and the configured fields (entity, category, requester).
-    fn ticket_input(&self, composed: &ComposedMail, states: impl Iterator<Item = crate::alert::State>) -> String {
-        let worst = states.max_by_key(|s| s.severity()).unwrap_or(crate::alert::State::Unknown);
+    fn ticket_input(
+        &self,
+        composed: &ComposedMail,
+        states: impl Iterator<Item = crate::alert::State>,
+    ) -> String {
+        let worst = states
+            .max_by_key(|s| s.severity())
+            .unwrap_or(crate::alert::State::Unknown);
         let mut input = self.settings.glpi.ticket_fields.clone();
         input.insert("name".into(), composed.subject.clone().into());
         input.insert("content".into(), mail_text(&composed.bytes).into());
@@ -574,7 +661,6 @@ impl PipelineCore<'_> {
         input.insert("impact".into(), urgency_of(worst).into());
         serde_json::Value::Object(input).to_string()
     }
-
 
     fn is_feedback(&self, row: &SpoolRow) -> bool {
         !self.settings.feedback_addresses.is_empty()

@@ -71,6 +71,22 @@ impl TestGateway {
     }
 
     pub async fn start_full(server_extra: &str, rules_extra: &str, sections: &str) -> TestGateway {
+        Self::start_clocked(
+            server_extra,
+            rules_extra,
+            sections,
+            alertgate::clock::Clock::system(),
+        )
+        .await
+    }
+
+    /// As `start_full`, the time-driven stages reading `clock` (a manual one to compress time).
+    pub async fn start_clocked(
+        server_extra: &str,
+        rules_extra: &str,
+        sections: &str,
+        clock: alertgate::clock::Clock,
+    ) -> TestGateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let text = config_text_with(dir.path(), server_extra, rules_extra, sections);
         let cfg_path = dir.path().join("alertgate.toml");
@@ -79,7 +95,7 @@ impl TestGateway {
             .unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
         let db = loaded.config.store.path.clone();
         let (stop, stop_rx) = watch::channel(false);
-        let running = alertgate::app::start(loaded, stop_rx)
+        let running = alertgate::app::start_with_clock(loaded, stop_rx, clock)
             .await
             .expect("gateway starts");
         TestGateway {
@@ -97,6 +113,19 @@ impl TestGateway {
             "[relay]\nhost = \"127.0.0.1\"\nport = {relay_port}\ntls = \"none\"\n[relay.retry]\ninitial_backoff_secs = 1\nmax_backoff_secs = 2\n"
         );
         Self::start_with(server_extra, &format!("{relay}\n{sections}")).await
+    }
+
+    /// As `with_relay`, on `clock`.
+    pub async fn with_relay_clocked(
+        relay_port: u16,
+        server_extra: &str,
+        sections: &str,
+        clock: alertgate::clock::Clock,
+    ) -> TestGateway {
+        let relay = format!(
+            "[relay]\nhost = \"127.0.0.1\"\nport = {relay_port}\ntls = \"none\"\n[relay.retry]\ninitial_backoff_secs = 1\nmax_backoff_secs = 2\n"
+        );
+        Self::start_clocked(server_extra, "", &format!("{relay}\n{sections}"), clock).await
     }
 
     /// Send one mail on a fresh connection; panics unless it is accepted.
