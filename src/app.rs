@@ -54,19 +54,9 @@ pub async fn start(loaded: LoadedConfig, stop: watch::Receiver<bool>) -> anyhow:
     start_with_clock(loaded, stop, Clock::system()).await
 }
 
-/// As `start`, with the time-driven stages reading `clock` (tests drive a manual one).
-pub async fn start_with_clock(
-    loaded: LoadedConfig,
-    stop: watch::Receiver<bool>,
-    clock: Clock,
-) -> anyhow::Result<Running> {
-    let store_path = loaded.config.store.path.clone();
-    let spool = SpoolHandle::start(&store_path, loaded.config.store.group_commit_max)
-        .with_context(|| format!("opening the store {}", store_path.display()))?;
-    let rules = RuleSet::load(&loaded.config.rules.dirs)
-        .map_err(|e| anyhow::anyhow!("loading rules:\n{e}"))?;
-    tracing::info!(rules = rules.len(), "rules loaded");
-    let settings = PipelineSettings {
+/// The pipeline's settings from a validated configuration (also used by `replay`).
+pub fn pipeline_settings(loaded: &LoadedConfig, rules: RuleSet) -> PipelineSettings {
+    PipelineSettings {
         rules: Arc::new(rules),
         compose: loaded.compose.clone(),
         correlation: loaded.config.correlation.clone(),
@@ -83,7 +73,22 @@ pub async fn start_with_clock(
             api_updates: loaded.config.glpi_api.is_some(),
             ..crate::pipeline::GlpiFlow::default()
         },
-    };
+    }
+}
+
+/// As `start`, with the time-driven stages reading `clock` (tests drive a manual one).
+pub async fn start_with_clock(
+    loaded: LoadedConfig,
+    stop: watch::Receiver<bool>,
+    clock: Clock,
+) -> anyhow::Result<Running> {
+    let store_path = loaded.config.store.path.clone();
+    let spool = SpoolHandle::start(&store_path, loaded.config.store.group_commit_max)
+        .with_context(|| format!("opening the store {}", store_path.display()))?;
+    let rules = RuleSet::load(&loaded.config.rules.dirs)
+        .map_err(|e| anyhow::anyhow!("loading rules:\n{e}"))?;
+    tracing::info!(rules = rules.len(), "rules loaded");
+    let settings = pipeline_settings(&loaded, rules);
     let pipeline = Pipeline::open(&store_path, settings).context("starting the pipeline")?;
     let outbound_wake = Arc::new(Notify::new());
     let client = RelayClient::new(&loaded.relay).map_err(|e| anyhow::anyhow!("relay: {e}"))?;

@@ -9,6 +9,7 @@ pub mod correlate;
 pub mod deliver;
 pub mod feedback;
 pub mod pipeline;
+pub mod replay;
 pub mod rules;
 pub mod smtp;
 pub mod store;

@@ -6,6 +6,7 @@ pub mod incidents;
 pub mod outbound;
 pub mod replies;
 pub mod spool;
+pub mod tally;
 
 use rusqlite::Connection;
 use std::path::Path;
