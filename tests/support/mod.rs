@@ -5,4 +5,5 @@ pub mod alerts;
 pub mod client;
 pub mod gateway;
 pub mod glpi;
+pub mod mailbox;
 pub mod relay;
