@@ -483,6 +483,21 @@ fn escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// The temporary store lives in memory where the system offers it (it is thrown away:
+/// the disk's flushes would only slow the replay down).
+fn temp_store_dir() -> std::io::Result<tempfile::TempDir> {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(dir) = tempfile::Builder::new()
+            .prefix("alertgate-replay")
+            .tempdir_in(shm)
+        {
+            return Ok(dir);
+        }
+    }
+    tempfile::tempdir()
+}
+
 /// `alertgate replay`, from the command line.
 pub fn run_cli(
     source: &Path,
@@ -492,7 +507,7 @@ pub fn run_cli(
     html: Option<&Path>,
 ) -> anyhow::Result<bool> {
     let mails = read_source(source)?;
-    let dir = tempfile::tempdir().context("creating a temporary store")?;
+    let dir = temp_store_dir().context("creating a temporary store")?;
     let loaded = replay_config(config, rule_dirs, &dir.path().join("replay.db"))?;
     let bar = indicatif::ProgressBar::new(mails.len() as u64);
     bar.set_style(
