@@ -166,7 +166,13 @@ fn needs_restart(old: &LoadedConfig, new: &LoadedConfig) -> Vec<&'static str> {
     changed
 }
 
-fn pipeline_settings(loaded: &LoadedConfig, rules: RuleSet, may_solve: bool) -> PipelineSettings {
+/// The pipeline's settings from a validated configuration (also used by `replay`);
+/// `may_solve`: the start-up rights check allows solutions.
+pub fn pipeline_settings(
+    loaded: &LoadedConfig,
+    rules: RuleSet,
+    may_solve: bool,
+) -> PipelineSettings {
     PipelineSettings {
         rules: Arc::new(rules),
         compose: loaded.compose.clone(),
@@ -271,6 +277,7 @@ pub async fn start_with_clock(
         None => None,
     };
     let queue = Arc::new(queue);
+    // Due times are written on `clock` (pipeline), so delivery reads the same clock.
     let delivery = DeliveryWorker::new(
         queue,
         client,

@@ -11,6 +11,7 @@ pub mod deliver;
 pub mod feedback;
 pub mod http;
 pub mod pipeline;
+pub mod replay;
 pub mod rules;
 pub mod smtp;
 pub mod store;

@@ -4,6 +4,7 @@
 
 mod support;
 
+use alertgate::clock::Clock;
 use std::time::Duration;
 use support::gateway::TestGateway;
 use support::glpi::GlpiDouble;
@@ -35,19 +36,44 @@ fn problem_with_event_thread() -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zabbix_update_joins_its_problem_incident_with_host_and_state() {
     let glpi = GlpiDouble::start().await;
-    let gw = TestGateway::with_relay(
+    // A manual clock: the update waits out the gateway's pace of one mail per incident
+    // per minute without the test sleeping through it.
+    let clock = Clock::manual(Clock::system().now());
+    let gw = TestGateway::with_relay_and_clock(
         glpi.smtp_port(),
         &format!("feedback_addresses = [\"{FEEDBACK}\"]"),
         "",
+        clock.clone(),
     )
     .await;
     glpi.set_notify_target(gw.addr, FEEDBACK);
 
     gw.send(&problem_with_event_thread()).await;
-    glpi.wait_for_mails(1, Duration::from_secs(30)).await;
+    glpi.wait_for_tickets(1, Duration::from_secs(30)).await;
+    glpi.flush_notifications().await;
     gw.send(&fixture("update-ack.eml")).await;
-    glpi.wait_for_mails(2, Duration::from_secs(30)).await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    gw.wait_processed().await;
+    clock.advance(90);
+    for _ in 0..60 {
+        if glpi.mails_received() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    if glpi.mails_received() < 2 {
+        let notes: Vec<String> = gw
+            .db()
+            .prepare(
+                "SELECT id || ' ' || state || ' ' || COALESCE(note, '') FROM spool ORDER BY id",
+            )
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        panic!("spool: {notes:#?}\noutbound: {:#?}", gw.outbound());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
 
     assert!(glpi.refused().is_empty(), "{:#?}", glpi.refused());
     let tickets = glpi.tickets();

@@ -8,6 +8,7 @@ pub mod replies;
 pub mod retention;
 pub mod spool;
 pub mod status;
+pub mod tally;
 
 use rusqlite::Connection;
 use std::path::Path;

@@ -310,6 +310,29 @@ fn incoming_dir(db: &Path) -> std::path::PathBuf {
     dir.join(format!("{name}.incoming"))
 }
 
+/// Spool one message directly on `conn` (no writer thread, no fsync promise): for
+/// `replay`, which feeds a temporary store.
+pub fn insert(conn: &Connection, envelope: &Envelope, raw: &[u8]) -> Result<i64, StoreError> {
+    let rcpt = serde_json::to_string(&envelope.rcpt_to).unwrap_or_else(|_| "[]".into());
+    conn.prepare_cached(
+        "INSERT INTO spool (received_at, peer, helo, mail_from, rcpt_to, tls, auth_user, message_id, size, raw)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        envelope.received_at,
+        envelope.peer,
+        envelope.helo,
+        envelope.mail_from,
+        rcpt,
+        envelope.tls,
+        envelope.auth_user,
+        crate::rules::message_id(raw),
+        raw.len() as i64,
+        raw,
+    ])?;
+    Ok(conn.last_insert_rowid())
+}
+
 fn writer_loop(
     mut conn: Connection,
     mut rx: mpsc::Receiver<SpoolJob>,

@@ -34,6 +34,9 @@ impl RawClient {
 
     /// A client on an already connected socket (e.g. bound to another source address).
     pub fn from_stream(stream: TcpStream) -> RawClient {
+        // The body and the final dot are two writes: without this, Nagle holds the dot
+        // until the server's delayed ACK (40 ms a mail).
+        let _ = stream.set_nodelay(true);
         let (r, w) = stream.into_split();
         RawClient {
             reader: BufReader::new(r),

@@ -5,5 +5,6 @@ pub mod alerts;
 pub mod client;
 pub mod gateway;
 pub mod glpi;
+pub mod mailbox;
 pub mod ops;
 pub mod relay;
