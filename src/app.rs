@@ -344,8 +344,8 @@ pub async fn start_with_clock(
     });
     Ok(Running {
         addrs,
-        tls_addrs,
         glpi_rights,
+        tls_addrs,
         http_addr,
         server: all,
         reloader,

@@ -971,6 +971,26 @@ mod tests {
     }
 
     #[test]
+    fn lookup_timeout_derives_from_the_collector_unless_set() {
+        let c = load("[server]\naccepted_recipients = [\"g@x.test\"]\n").unwrap();
+        let f = &c.config.feedback;
+        assert_eq!((f.collector_interval_secs, f.collector_batch), (600, 10));
+        assert_eq!(f.min_mail_interval_secs, 60);
+        // One mail: its run plus two missed runs, plus the notification slack.
+        assert_eq!(f.lookup_timeout_secs(), 3 * 600 + 300);
+        // A backlog of 300 mails takes 30 runs.
+        assert_eq!(f.lookup_timeout_secs_for_backlog(300), 32 * 600 + 300);
+        assert_eq!(c.warnings.len(), 1, "no feedback source: {:?}", c.warnings);
+        let c = load(
+            "[server]\naccepted_recipients = [\"g@x.test\"]\nfeedback_addresses = [\"a@x.test\"]\n\
+             [feedback]\nticket_lookup_timeout_secs = 5000\ncollector_interval_secs = 60\n",
+        )
+        .unwrap();
+        assert_eq!(c.config.feedback.lookup_timeout_secs_for_backlog(300), 5000);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    }
+
+    #[test]
     fn auth_users_listen_tls_and_http_are_checked() {
         let text = "[server]\naccepted_recipients = [\"g@x.test\"]\nlisten_tls = [\"127.0.0.1:465\"]\n[server.auth]\nusers = [{ username = \"a\", password_hash = \"md5:x\" }, { username = \"b\" }]\n[http]\nlisten = \"nowhere\"\ntoken = \"short\"\n";
         let msg = load(text).expect_err("invalid").to_string();
@@ -996,26 +1016,6 @@ mod tests {
             "{warnings:?}"
         );
         assert_eq!(plain.http.map(|h| h.listen.port()), Some(9925));
-    }
-
-    #[test]
-    fn lookup_timeout_derives_from_the_collector_unless_set() {
-        let c = load("[server]\naccepted_recipients = [\"g@x.test\"]\n").unwrap();
-        let f = &c.config.feedback;
-        assert_eq!((f.collector_interval_secs, f.collector_batch), (600, 10));
-        assert_eq!(f.min_mail_interval_secs, 60);
-        // One mail: its run plus two missed runs, plus the notification slack.
-        assert_eq!(f.lookup_timeout_secs(), 3 * 600 + 300);
-        // A backlog of 300 mails takes 30 runs.
-        assert_eq!(f.lookup_timeout_secs_for_backlog(300), 32 * 600 + 300);
-        assert_eq!(c.warnings.len(), 1, "no feedback source: {:?}", c.warnings);
-        let c = load(
-            "[server]\naccepted_recipients = [\"g@x.test\"]\nfeedback_addresses = [\"a@x.test\"]\n\
-             [feedback]\nticket_lookup_timeout_secs = 5000\ncollector_interval_secs = 60\n",
-        )
-        .unwrap();
-        assert_eq!(c.config.feedback.lookup_timeout_secs_for_backlog(300), 5000);
-        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     }
 
     #[test]

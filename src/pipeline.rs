@@ -571,9 +571,12 @@ impl PipelineCore<'_> {
             }
             return self.queue_api_news(conn, &owner, ticket, &events, now);
         }
-        let paced_until = outbound::last_release_at(conn, owner_tag)?.map_or(i64::MIN, |at| {
-            at.saturating_add(self.settings.glpi.min_mail_interval_secs)
-        });
+        let interval = self.settings.glpi.min_mail_interval_secs;
+        let paced_until = match interval {
+            0 => i64::MIN,
+            _ => outbound::last_release_at(conn, owner_tag)?
+                .map_or(i64::MIN, |at| at.saturating_add(interval)),
+        };
         let unthreaded = owner.ticket_id.is_none();
         let wait_until = if unthreaded {
             paced_until.max(self.ticket_deadline(&owner))
@@ -621,7 +624,7 @@ impl PipelineCore<'_> {
         for h in rest {
             outbound::delete(conn, h.id)?;
         }
-        if unthreaded {
+        if unthreaded && self.settings.hold_until_ticket_known {
             let total = incidents::get_kv(conn, "unthreaded_after_timeout")?
                 .and_then(|v| v.parse::<u64>().ok())
                 .unwrap_or(0)

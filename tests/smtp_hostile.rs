@@ -230,3 +230,21 @@ async fn ehlo_name_is_not_echoed_with_controls() {
     assert!(r.lines[0].contains("evilname.test"), "{:?}", r.lines[0]);
     gw.shutdown().await;
 }
+
+/// Found by the `smtp_session` fuzz target: a reply quoting the client's parameter
+/// echoed its control bytes (`555 5.5.4 Unsupported option: SIZE\x1b=100`).
+#[tokio::test]
+async fn replies_never_echo_control_bytes_from_parameters() {
+    let gw = TestGateway::start("").await;
+    let mut c = RawClient::connect(gw.addr).await;
+    c.reply().await.expect("greeting");
+    assert_eq!(c.cmd("EHLO client.test").await.code, 250);
+    c.send(b"MAIL FROM:<a@example.test> SIZE\x1b=100\r\n").await;
+    let r = c.reply().await.expect("reply");
+    assert_eq!(r.code, 555, "{r:?}");
+    assert!(
+        !r.text().chars().any(|ch| ch.is_control() && ch != '\n'),
+        "{r:?}"
+    );
+    gw.shutdown().await;
+}

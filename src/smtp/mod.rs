@@ -246,7 +246,11 @@ async fn accept_loop(
                     tls::handle_implicit(stream, peer, shared, shutdown, slot).await;
                 }
                 slots::Admission::Admitted(slot) => {
-                    handle_connection(stream, peer, shared, shutdown, slot).await;
+                    if implicit_tls {
+                        tls::handle_implicit(stream, peer, shared, shutdown, slot).await;
+                    } else {
+                        handle_connection(stream, peer, shared, shutdown, slot).await;
+                    }
                 }
                 // A plaintext 421 means nothing to a client expecting TLS: it is just closed.
                 slots::Admission::ClientLimit | slots::Admission::Busy if implicit_tls => {

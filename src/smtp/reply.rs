@@ -24,7 +24,13 @@ impl Reply {
     }
 
     pub fn write_to(&self, out: &mut Vec<u8>) {
-        let text = self.text.replace(['\r', '\n'], " ");
+        // Replies may quote the client (a parameter, an address): never its controls.
+        // Found by the smtp_session fuzz target (`SIZE\x1b=100` echoed as is).
+        let text: String = self
+            .text
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
         if self.enhanced.is_empty() {
             out.extend_from_slice(format!("{} {}\r\n", self.code, text).as_bytes());
         } else {

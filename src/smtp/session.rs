@@ -42,7 +42,7 @@ enum Next {
 // One per message in flight, moved rather than stored: boxing the big variant buys nothing.
 #[allow(clippy::large_enum_variant)]
 enum DataOutcome {
-    Complete(crate::store::spool::Draft),
+    Complete(Box<crate::store::spool::Draft>),
     TooBig,
     /// The draft could not be written (disk full…): drained, answered 451.
     NotStored(std::io::Error),
@@ -517,7 +517,7 @@ impl Session {
             if done {
                 return Ok(match draft {
                     _ if too_big => DataOutcome::TooBig,
-                    Ok(d) => DataOutcome::Complete(d),
+                    Ok(d) => DataOutcome::Complete(Box::new(d)),
                     Err(e) => DataOutcome::NotStored(e),
                 });
             }
@@ -565,7 +565,7 @@ impl Session {
         let head = self.received_header(&envelope).into_bytes();
         let size = head.len() + draft.len();
         let (from, rcpts) = (envelope.mail_from.clone(), envelope.rcpt_to.join(","));
-        match self.shared.spool.store_draft(envelope, head, draft).await {
+        match self.shared.spool.store_draft(envelope, head, *draft).await {
             Ok(id) => {
                 tracing::info!(spool_id = id, peer = %self.peer, from = %from, rcpt = %rcpts, size, "accepted");
                 crate::http::metrics::metrics().smtp_accepted();

@@ -84,7 +84,7 @@ enum SpoolBytes {
     /// `head` (the Received header) followed by the file's content.
     File {
         head: Vec<u8>,
-        draft: Draft,
+        draft: Box<Draft>,
     },
 }
 
@@ -262,8 +262,15 @@ impl SpoolHandle {
         let mut start = head.clone();
         start.extend_from_slice(&draft.head);
         let message_id = crate::rules::message_id(&start);
-        self.submit(envelope, SpoolBytes::File { head, draft }, message_id)
-            .await
+        self.submit(
+            envelope,
+            SpoolBytes::File {
+                head,
+                draft: Box::new(draft),
+            },
+            message_id,
+        )
+        .await
     }
 
     async fn submit(

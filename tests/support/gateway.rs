@@ -214,6 +214,11 @@ impl TestGateway {
         )
     }
 
+    /// The start-up check of the GLPI API user's rights (`None` without `[glpi_api]`).
+    pub fn glpi_rights(&self) -> Option<&alertgate::feedback::RightsCheck> {
+        self.running.as_ref().and_then(|r| r.glpi_rights.as_ref())
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("alertgate.toml")
     }
