@@ -252,6 +252,10 @@ async fn accept_loop(
                         handle_connection(stream, peer, shared, shutdown, slot).await;
                     }
                 }
+                // A plaintext 421 means nothing to a client expecting TLS: it is just closed.
+                slots::Admission::ClientLimit | slots::Admission::Busy if implicit_tls => {
+                    tracing::warn!(%peer, "refused on the implicit-TLS listener: too many connections");
+                }
                 slots::Admission::ClientLimit => {
                     tracing::warn!(%peer, "refused: too many connections from this address");
                     refuse(stream, reply::too_many_connections_from_client()).await;
