@@ -448,40 +448,48 @@ impl PipelineCore<'_> {
 
     /// Incidents whose first mail GLPI has not answered yet: each stands for mail in
     /// the collector's mailbox ahead of a newer incident's.
-    fn backlog(&mut self) -> u64 {
+    fn backlog(&mut self, conn: &Connection, now: i64) -> Result<u64, PipelineError> {
         if let Some(n) = self.backlog {
-            return n;
+            return Ok(n);
         }
-        let n = self
+        let waiting = self
             .state
             .open_incidents()
             .filter(|i| i.announced && i.ticket_id.is_none())
             .count() as u64;
+        // Updates queue in the same mailbox: what left within the last run may still be there.
+        let recent = outbound::sent_since(
+            conn,
+            now - self.settings.glpi.collector_interval_secs.max(1),
+        )?;
+        let n = waiting + recent;
         self.backlog = Some(n);
-        n
+        Ok(n)
     }
 
     /// Until when an incident's news waits for its ticket id before it goes out unthreaded.
-    fn ticket_deadline(&mut self, owner: &Incident) -> i64 {
+    fn ticket_deadline(
+        &mut self,
+        conn: &Connection,
+        owner: &Incident,
+        now: i64,
+    ) -> Result<i64, PipelineError> {
         if !self.settings.hold_until_ticket_known {
-            return owner.first_seen;
+            return Ok(owner.first_seen);
         }
         if self.settings.glpi.create_via_api {
             // alertgate creates the ticket itself: its id comes once GLPI is back, and a
             // mail would only open a second ticket.
-            return i64::MAX;
+            return Ok(i64::MAX);
         }
         let wait = if self.settings.ticket_timeout_secs > 0 {
             self.settings.ticket_timeout_secs
         } else {
+            let backlog = self.backlog(conn, now)?;
             let glpi = &self.settings.glpi;
-            derived_ticket_wait(
-                glpi.collector_interval_secs,
-                glpi.collector_batch,
-                self.backlog(),
-            )
+            derived_ticket_wait(glpi.collector_interval_secs, glpi.collector_batch, backlog)
         };
-        owner.first_seen.saturating_add(wait)
+        Ok(owner.first_seen.saturating_add(wait))
     }
 
     /// Tell GLPI the news held for `owner`'s ticket, if it can be told now: with the API
@@ -579,7 +587,7 @@ impl PipelineCore<'_> {
         };
         let unthreaded = owner.ticket_id.is_none();
         let wait_until = if unthreaded {
-            paced_until.max(self.ticket_deadline(&owner))
+            paced_until.max(self.ticket_deadline(conn, &owner, now)?)
         } else {
             paced_until
         };

@@ -121,7 +121,7 @@ async fn run(mode: Mode) {
     let mut sent_at = vec![0i64; events.len()];
     let mut seen_at: Vec<Option<i64>> = vec![None; events.len()];
     let mut next = 0;
-    let deadline = START + 4 * 3600;
+    let deadline = START + 90 * 60;
     loop {
         let now = clock.now();
         while next < events.len() && events[next].0 + START <= now {
@@ -197,6 +197,12 @@ async fn mails_per_incident_replay() {
         Mode::ApiCreateMail,
         Mode::ApiCreateApi,
     ] {
+        // REPLAY_MODES=Mail,ApiCreateApi runs only those.
+        if let Ok(only) = std::env::var("REPLAY_MODES") {
+            if !only.split(',').any(|m| m == format!("{mode:?}")) {
+                continue;
+            }
+        }
         run(mode).await;
     }
 }
