@@ -70,6 +70,8 @@ pub async fn serve_until(loaded: LoadedConfig, stop: watch::Receiver<bool>) -> a
 /// A started gateway: its listeners are bound, its workers running.
 pub struct Running {
     pub addrs: Vec<SocketAddr>,
+    /// The implicit-TLS listeners' addresses (`listen_tls`).
+    pub tls_addrs: Vec<SocketAddr>,
     /// The HTTP listener's address, when `[http]` is configured.
     pub http_addr: Option<SocketAddr>,
     /// What the GLPI API user may do, checked at start (`None` without `[glpi_api]`).
@@ -85,7 +87,7 @@ pub struct Reloader {
     current: Arc<std::sync::Mutex<LoadedConfig>>,
     smtp: ServerReloader,
     pipeline: mpsc::UnboundedSender<PipelineSettings>,
-    /// The GLPI API user may solve tickets (checked at start).
+    /// From the rights check at start: the API session is not reopened on reload.
     may_solve: bool,
 }
 
@@ -141,6 +143,9 @@ fn needs_restart(old: &LoadedConfig, new: &LoadedConfig) -> Vec<&'static str> {
     if old.policy.listen != new.policy.listen {
         changed.push("server.listen");
     }
+    if old.policy.listen_tls != new.policy.listen_tls {
+        changed.push("server.listen_tls");
+    }
     if old.config.server.max_connections != new.config.server.max_connections {
         changed.push("server.max_connections");
     }
@@ -161,8 +166,6 @@ fn needs_restart(old: &LoadedConfig, new: &LoadedConfig) -> Vec<&'static str> {
     changed
 }
 
-/// The pipeline's settings; `may_solve`: the API user's rights allow solutions (a user
-/// GLPI would refuse them to gets none: recoveries go as follow-ups).
 fn pipeline_settings(loaded: &LoadedConfig, rules: RuleSet, may_solve: bool) -> PipelineSettings {
     PipelineSettings {
         rules: Arc::new(rules),
@@ -177,6 +180,7 @@ fn pipeline_settings(loaded: &LoadedConfig, rules: RuleSet, may_solve: bool) -> 
         hold_until_ticket_known: loaded.config.feedback_enabled(),
         // Unset: derived from GLPI's pace and the backlog as the pipeline goes.
         ticket_timeout_secs: explicit_ticket_timeout(loaded),
+        // A user GLPI would refuse solutions to gets none: recoveries go as follow-ups.
         solve_on_recovery: may_solve
             && loaded
                 .config
@@ -185,31 +189,6 @@ fn pipeline_settings(loaded: &LoadedConfig, rules: RuleSet, may_solve: bool) -> 
                 .is_some_and(|a| a.solve_on_recovery),
         feedback_addresses: loaded.policy.feedback_addresses.clone(),
         glpi: glpi_flow(loaded),
-    }
-}
-
-/// `[feedback] ticket_lookup_timeout_secs` when set; 0 lets the waits derive from GLPI's pace.
-fn explicit_ticket_timeout(loaded: &LoadedConfig) -> i64 {
-    loaded
-        .config
-        .feedback
-        .ticket_lookup_timeout_secs
-        .map_or(0, |secs| i64::try_from(secs).unwrap_or(i64::MAX))
-}
-
-/// How the pipeline paces and routes what it tells GLPI, from `[feedback]` and `[glpi_api]`.
-fn glpi_flow(loaded: &LoadedConfig) -> crate::pipeline::GlpiFlow {
-    let feedback = &loaded.config.feedback;
-    crate::pipeline::GlpiFlow {
-        api_updates: loaded.config.glpi_api.is_some(),
-        create_via_api: loaded
-            .config
-            .glpi_api
-            .as_ref()
-            .is_some_and(|a| a.create == crate::feedback::CreateMode::Api),
-        collector_interval_secs: feedback.collector_interval_secs as i64,
-        collector_batch: feedback.collector_batch as i64,
-        min_mail_interval_secs: feedback.min_mail_interval_secs as i64,
     }
 }
 
@@ -305,6 +284,7 @@ pub async fn start_with_clock(
 
     let server = Server::bind(loaded.config.clone(), loaded.policy.clone(), spool.clone()).await?;
     let addrs = server.local_addrs();
+    let tls_addrs = server.local_tls_addrs();
     let http = match &loaded.http {
         Some(settings) => Some(
             HttpServer::bind(
@@ -338,11 +318,23 @@ pub async fn start_with_clock(
     let http = http.map(|h| tokio::spawn(h.serve(stop.clone())));
     let api = api_worker.map(|w| tokio::spawn(w.run(stop.clone())));
     let delivery = tokio::spawn(delivery.run(stop.clone()));
+    let store = &loaded.config.store;
+    let retention = tokio::spawn(crate::store::retention::run(
+        store_path.clone(),
+        crate::store::retention::Retention {
+            keep_processed_days: store.keep_processed_days,
+            keep_sent_days: store.keep_sent_days,
+            batch: 500,
+        },
+        std::time::Duration::from_secs(store.prune_interval_secs),
+        stop.clone(),
+    ));
     let server = tokio::spawn(server.serve(stop));
     let all = tokio::spawn(async move {
         let _ = server.await;
         let _ = pipeline.await;
         let _ = delivery.await;
+        let _ = retention.await;
         if let Some(api) = api {
             let _ = api.await;
         }
@@ -352,11 +344,37 @@ pub async fn start_with_clock(
     });
     Ok(Running {
         addrs,
-        http_addr,
         glpi_rights,
+        tls_addrs,
+        http_addr,
         server: all,
         reloader,
     })
+}
+
+/// `[feedback] ticket_lookup_timeout_secs` when set; 0 lets the waits derive from GLPI's pace.
+fn explicit_ticket_timeout(loaded: &LoadedConfig) -> i64 {
+    loaded
+        .config
+        .feedback
+        .ticket_lookup_timeout_secs
+        .map_or(0, |secs| i64::try_from(secs).unwrap_or(i64::MAX))
+}
+
+/// How the pipeline paces and routes what it tells GLPI, from `[feedback]` and `[glpi_api]`.
+fn glpi_flow(loaded: &LoadedConfig) -> crate::pipeline::GlpiFlow {
+    let feedback = &loaded.config.feedback;
+    crate::pipeline::GlpiFlow {
+        api_updates: loaded.config.glpi_api.is_some(),
+        create_via_api: loaded
+            .config
+            .glpi_api
+            .as_ref()
+            .is_some_and(|a| a.create == crate::feedback::CreateMode::Api),
+        collector_interval_secs: feedback.collector_interval_secs as i64,
+        collector_batch: feedback.collector_batch as i64,
+        min_mail_interval_secs: feedback.min_mail_interval_secs as i64,
+    }
 }
 
 /// Process the spool whenever something was committed (or once a second, for the

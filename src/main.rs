@@ -367,7 +367,15 @@ fn queue_list_json(
         anyhow::bail!("unknown state `{}`", state.unwrap_or_default());
     }
     if state.is_none() || spool_state.is_some() {
-        for row in spool::list(conn, spool_state, limit)? {
+        for row in spool::list_checked(conn, spool_state, limit)? {
+            let row = match row {
+                Ok(row) => row,
+                Err(damaged) => {
+                    let line = serde_json::json!({"queue": "spool", "id": damaged.id, "damaged": damaged.error});
+                    println!("{line}");
+                    continue;
+                }
+            };
             let line = serde_json::json!({
                 "queue": "spool", "id": row.id, "state": row.state,
                 "received_at": row.envelope.received_at, "size": row.size,
@@ -378,7 +386,15 @@ fn queue_list_json(
         }
     }
     if state.is_none() || outbound_state.is_some() {
-        for row in outbound::list(conn, outbound_state, limit)? {
+        for row in outbound::list_checked(conn, outbound_state, limit)? {
+            let row = match row {
+                Ok(row) => row,
+                Err(damaged) => {
+                    let line = serde_json::json!({"queue": "outbound", "id": format!("o{}", damaged.id), "damaged": damaged.error});
+                    println!("{line}");
+                    continue;
+                }
+            };
             let line = serde_json::json!({
                 "queue": "outbound", "id": format!("o{}", row.id), "state": row.state,
                 "incident": row.order_key, "attempts": row.attempts,
@@ -455,7 +471,14 @@ fn queue_list(
             "{:>8}  {:<19}  {:<10}  {:>7}  {:<28}  {:<28}  note",
             "id", "received", "state", "size", "from", "to"
         );
-        for row in spool::list(conn, spool_state, limit)? {
+        for row in spool::list_checked(conn, spool_state, limit)? {
+            let row = match row {
+                Ok(row) => row,
+                Err(damaged) => {
+                    println!("{:>8}  DAMAGED: {}", damaged.id, damaged.error);
+                    continue;
+                }
+            };
             println!(
                 "{:>8}  {:<19}  {:<10}  {:>7}  {:<28}  {:<28}  {}",
                 row.id,
@@ -474,7 +497,18 @@ fn queue_list(
             "{:>8}  {:<8}  {:>8}  {:<19}  {:<16}  subject / last error",
             "id", "state", "attempts", "next attempt", "incident"
         );
-        for row in outbound::list(conn, state.filter(|_| outbound_only), limit)? {
+        for row in outbound::list_checked(conn, state.filter(|_| outbound_only), limit)? {
+            let row = match row {
+                Ok(row) => row,
+                Err(damaged) => {
+                    println!(
+                        "{:>8}  DAMAGED: {}",
+                        format!("o{}", damaged.id),
+                        damaged.error
+                    );
+                    continue;
+                }
+            };
             let next = if row.state == "queued" {
                 format_time(row.next_attempt_at)
             } else {

@@ -253,3 +253,81 @@ fn check_online_reports_an_unreachable_glpi() {
     let (ok, _) = run_with(&["check"], &text);
     assert!(ok, "offline, the same config is fine");
 }
+
+/// The profile README's "Connecting to GLPI" documents, read from the README itself:
+/// its `ticket` / `followup` rights and, of the ticket life cycle, only the moves to
+/// Solved it lists (every other move forbidden).
+fn readme_profile() -> ApiProfile {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = &readme[readme.find("## Connecting to GLPI").expect("section")..];
+    let right = |name: &str| -> u32 {
+        let re = regex::Regex::new(&format!(r"`{name} = (\d+)`")).unwrap();
+        re.captures(section)
+            .unwrap_or_else(|| panic!("README gives no `{name} = N`"))[1]
+            .parse()
+            .unwrap()
+    };
+    let names = [
+        (1u8, "New"),
+        (2, "Processing\n     (assigned)"),
+        (3, "Processing (planned)"),
+        (4, "Pending"),
+    ];
+    let mut allowed = Vec::new();
+    for (from, name) in names {
+        let flat = section.split_whitespace().collect::<Vec<_>>().join(" ");
+        let name = name.split_whitespace().collect::<Vec<_>>().join(" ");
+        if flat.contains(&format!("**{name} → Solved**")) {
+            allowed.push((from, 5u8));
+        }
+    }
+    assert_eq!(allowed.len(), 4, "README allows every open status → Solved");
+    assert!(section.contains("Profile's interface: Standard interface"));
+    let mut forbidden = Vec::new();
+    for from in 1..=6u8 {
+        for to in 1..=6u8 {
+            if from != to && !allowed.contains(&(from, to)) {
+                forbidden.push((from, to));
+            }
+        }
+    }
+    ApiProfile {
+        id: 9,
+        name: "alertgate".into(),
+        interface: "central".into(),
+        ticket: right("ticket"),
+        followup: right("followup"),
+        task: 0,
+        forbidden_moves: forbidden,
+    }
+}
+
+#[tokio::test]
+async fn the_readme_profile_recipe_passes_check_online_and_solves() {
+    let profile = readme_profile();
+    let (ok, out) = check_online(profile.clone(), "").await;
+    assert!(ok, "{out}");
+    // And GLPI (the double, enforcing the profile) takes its tickets, follow-ups and
+    // solutions, from any open status.
+    use alertgate::feedback::{GlpiApi, GlpiApiConfig, NewTicket, Secret};
+    let glpi = GlpiDouble::start_with(GlpiConfig::default().with_profile(profile)).await;
+    let mut cfg = GlpiApiConfig::new(glpi.api_url(), glpi.config().user_token.clone());
+    cfg.app_token = glpi.config().app_token.clone().map(Secret::new);
+    let api = GlpiApi::new(&cfg).unwrap();
+    for prepare in [0, 2, 4] {
+        let id = api
+            .create_ticket(&NewTicket::new(&cfg, "[ALERT-0d0d0d0d] x", "y", 3))
+            .await
+            .unwrap();
+        api.add_followup(id, "update").await.unwrap();
+        match prepare {
+            2 => glpi.assign(id),
+            4 => glpi.set_waiting(id),
+            _ => {}
+        }
+        assert_eq!(glpi.ticket(id).unwrap().status, prepare.max(1));
+        api.solve_ticket(id, "recovered").await.unwrap();
+        assert_eq!(glpi.ticket(id).unwrap().status, 5);
+    }
+}

@@ -1,6 +1,6 @@
 //! The README's quick start, as a new user runs it from a fresh clone: `serve` with the
 //! example configuration, `inject examples/mail/*.eml`, then look at `var/outbox/`.
-//! Then GLPI's new-ticket notification comes back and the held updates go out threaded.
+//! Then GLPI's new-ticket notification comes back and the ticket id is learned.
 
 mod support;
 
@@ -120,23 +120,32 @@ fn inject_the_examples_and_read_the_outbox() {
         ],
     );
     assert!(ok, "{out}{err}");
-    let all = ops::wait_for(20, "the threaded updates", || {
-        let files = ops::maildir_new(&outbox);
-        (files.len() == 3).then_some(files)
-    });
-    for update in &all[1..] {
-        let text = std::fs::read_to_string(update).unwrap();
-        let s = header(&text, "Subject").unwrap();
-        assert!(s.contains("[GLPI #0000042]"), "{s}");
-        assert!(
-            header(&text, "In-Reply-To")
-                .unwrap()
-                .contains("GLPI_5d8e1f2a3b-Ticket-42/new"),
-            "{text}"
+    // The ticket id is learned; the acknowledgement and the recovery then go out as one
+    // merged follow-up at GLPI's intake pace (a minute after the first mail).
+    ops::wait_for(20, "the ticket id", || {
+        let (_, listing, _) = ops::run(
+            dir,
+            &["incidents", "-c", "examples/alertgate.toml", "--json"],
         );
-    }
-    let last = std::fs::read_to_string(&all[2]).unwrap();
-    assert!(header(&last, "Subject").unwrap().contains("OK"), "{last}");
+        listing.contains("\"ticket_id\":42").then_some(())
+    });
+    let (_, held, _) = ops::run(
+        dir,
+        &[
+            "queue",
+            "-c",
+            "examples/alertgate.toml",
+            "list",
+            "--state",
+            "held",
+            "--json",
+        ],
+    );
+    assert!(
+        !held.trim().is_empty(),
+        "the news waits for the pace, it is not lost"
+    );
+    assert_eq!(ops::maildir_new(&outbox).len(), 1);
 
     let (ok, listing, _) = ops::run(
         dir,
@@ -148,4 +157,39 @@ fn inject_the_examples_and_read_the_outbox() {
     assert_eq!(line["host"], "web-01");
     assert_eq!(line["alerts"], 4, "{line}");
     served.stop();
+}
+
+#[test]
+fn inject_refuses_what_smtp_would_refuse_and_keeps_going() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let config = ops::ops_config(dir.path(), 0, 0, "");
+    std::fs::write(dir.path().join("alertgate.toml"), config).unwrap();
+    std::fs::write(
+        dir.path().join("stranger.eml"),
+        "To: someone@else.test\nFrom: a@b.test\nSubject: x\n\nbody\n",
+    )
+    .unwrap();
+    let good = repo.join("examples/mail/01-problem.eml");
+    let (ok, out, err) = ops::run(
+        dir.path(),
+        &[
+            "inject",
+            "-c",
+            "alertgate.toml",
+            "stranger.eml",
+            "missing.eml",
+            good.to_str().unwrap(),
+        ],
+    );
+    assert!(!ok, "a refused file makes inject fail");
+    assert!(
+        err.contains("stranger.eml: recipient <someone@else.test> is not in accepted_recipients"),
+        "{err}"
+    );
+    assert!(err.contains("missing.eml: cannot read"), "{err}");
+    assert!(
+        out.contains("01-problem.eml: queued as 1"),
+        "the good file still goes in: {out}"
+    );
 }

@@ -95,7 +95,25 @@ fn sighup_keeps_old_rules_on_error_and_takes_fixed_ones() {
         )
         .replace("[rules]\n", "[rules]\nunmatched = \"hold\"\n");
     std::fs::write(dir.join("alertgate.toml"), config).unwrap();
-    let served = Served::start(dir, "alertgate.toml");
+    // systemd's side of Type=notify: a datagram socket named by NOTIFY_SOCKET.
+    let notify_path = dir.join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let next_notice = || {
+        let mut buf = [0u8; 512];
+        let n = notify
+            .recv(&mut buf)
+            .expect("a notification from alertgate");
+        String::from_utf8_lossy(&buf[..n]).trim().to_string()
+    };
+    let served = Served::start_with_env(
+        dir,
+        "alertgate.toml",
+        &[("NOTIFY_SOCKET", notify_path.to_str().unwrap())],
+    );
+    assert_eq!(next_notice(), "READY=1", "ready once listening");
     let smtp: SocketAddr = format!("127.0.0.1:{smtp_port}").parse().unwrap();
     ops::wait_for(20, "the SMTP listener", || TcpStream::connect(smtp).ok());
     let mut session = Smtp::connect(smtp);
@@ -119,6 +137,8 @@ fn sighup_keeps_old_rules_on_error_and_takes_fixed_ones() {
     let check_problem = check.lines().next().unwrap().to_string();
     assert!(check_problem.contains("homemade.toml"), "{check}");
     served.signal("HUP");
+    assert_eq!(next_notice(), "RELOADING=1");
+    assert_eq!(next_notice(), "READY=1");
     ops::wait_for(20, "the refused reload in the log", || {
         served.log_text().contains("reload refused").then_some(())
     });
@@ -137,6 +157,19 @@ fn sighup_keeps_old_rules_on_error_and_takes_fixed_ones() {
 
     // Fixed, and reloaded through the pid file: the next mail of the same session matches.
     std::fs::write(rules.join("homemade.toml"), NEW_RULE).unwrap();
+    let mut probe = Smtp::connect(smtp);
+    assert_eq!(probe.cmd("MAIL FROM:<monitor@example.test>"), 250);
+    assert_eq!(
+        probe.cmd("RCPT TO:<ops@example.test>"),
+        550,
+        "not accepted yet"
+    );
+    let config = std::fs::read_to_string(dir.join("alertgate.toml")).unwrap();
+    let config = config.replace(
+        "accepted_recipients = [\"glpi@example.test\"]",
+        "accepted_recipients = [\"glpi@example.test\", \"ops@example.test\"]",
+    );
+    std::fs::write(dir.join("alertgate.toml"), config).unwrap();
     let (ok, out, err) = ops::run(dir, &["reload", "-c", "alertgate.toml"]);
     assert!(ok, "{out}{err}");
     ops::wait_for(20, "the reload in the log", || {
@@ -145,6 +178,13 @@ fn sighup_keeps_old_rules_on_error_and_takes_fixed_ones() {
             .contains("configuration reloaded")
             .then_some(())
     });
+    let mut fresh = Smtp::connect(smtp);
+    assert_eq!(fresh.cmd("MAIL FROM:<monitor@example.test>"), 250);
+    assert_eq!(
+        fresh.cmd("RCPT TO:<ops@example.test>"),
+        250,
+        "new sessions use the new config"
+    );
     assert_eq!(session.mail(HOMEMADE), 250);
     let outbox = dir.join("var/outbox");
     let mail = ops::wait_for(20, "the new rule's mail in the outbox", || {

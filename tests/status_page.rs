@@ -122,6 +122,8 @@ fn tag_of(dir: &Path, host: &str) -> String {
         .unwrap_or_else(|| panic!("no outbound mail for {host}: {out}"))
 }
 
+const TOKEN: &str = "5f0c2b7e9a1d4c3b8e6f";
+
 #[test]
 fn status_page_in_chromium_and_metrics() {
     let tmp = tempfile::tempdir().unwrap();
@@ -131,7 +133,7 @@ fn status_page_in_chromium_and_metrics() {
         dir,
         smtp_port,
         http_port,
-        "[glpi]\nurl = \"https://glpi.example.test/\"\n",
+        &format!("token = \"{TOKEN}\"\n[glpi]\nurl = \"https://glpi.example.test/\"\n"),
     );
     config = config.replace(
         &format!(
@@ -269,13 +271,6 @@ fn status_page_in_chromium_and_metrics() {
         std::fs::copy(&shot, target).unwrap();
     }
 
-    // Actions: never by GET; by POST only with the token (none configured here).
-    assert_eq!(ops::get(http, "/actions/retry/1").0, 405);
-    assert_eq!(
-        ops::http(http, "POST", "/actions/retry/1", &[], "token=x").0,
-        403
-    );
-
     // Metrics.
     let (code, response) = ops::get(http, "/metrics");
     assert_eq!(code, 200);
@@ -329,9 +324,85 @@ fn status_page_in_chromium_and_metrics() {
         "{text}"
     );
 
+    // Actions: never by GET; by POST only with the token.
+    assert_eq!(ops::get(http, "/actions/retry/1").0, 405);
+    assert_eq!(
+        ops::http(http, "POST", "/actions/retry/1", &[], "token=").0,
+        403
+    );
+    assert_eq!(
+        ops::http(http, "POST", "/actions/retry/1", &[], "token=wrong").0,
+        403
+    );
+    let (code, _) = ops::http(
+        http,
+        "POST",
+        "/actions/retry/1",
+        &[],
+        &format!("token={TOKEN}"),
+    );
+    assert_eq!(
+        code, 303,
+        "a retried dead letter sends the browser back to the page"
+    );
+    ops::wait_for(20, "the retried letter's second attempt", || {
+        let (_, r) = ops::get(http, "/metrics");
+        r.contains("alertgate_delivery_attempts_total{outcome=\"dead\"} 3")
+            .then_some(())
+    });
+    let bearer = format!("Authorization: Bearer {TOKEN}");
+    assert_eq!(
+        ops::http(http, "POST", "/actions/release/999", &[&bearer], "").0,
+        404
+    );
+
     // Ready: the relay was reached (it refused for good), the store is writable.
     let (code, response) = ops::get(http, "/ready");
     assert_eq!(code, 200, "{response}");
     assert!(ops::body(&response).contains("\"ready\":true"));
+    served.stop();
+}
+
+#[test]
+fn ready_is_503_while_the_relay_is_unreachable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (smtp_port, http_port, closed) = (ops::free_port(), ops::free_port(), ops::free_port());
+    let config = ops::ops_config(dir, smtp_port, http_port, "").replace(
+        &format!(
+            "kind = \"maildir\"\nmaildir = \"{}\"",
+            dir.join("var/outbox").display()
+        ),
+        &format!("host = \"127.0.0.1\"\nport = {closed}\ntls = \"none\""),
+    );
+    std::fs::write(dir.join("alertgate.toml"), &config).unwrap();
+    let served = Served::start(dir, "alertgate.toml");
+    let http: SocketAddr = format!("127.0.0.1:{http_port}").parse().unwrap();
+    let smtp: SocketAddr = format!("127.0.0.1:{smtp_port}").parse().unwrap();
+    ops::wait_for(20, "the HTTP listener", || TcpStream::connect(http).ok());
+    let (code, before) = ops::get(http, "/ready");
+    assert_eq!(code, 200, "nothing tried yet: {before}");
+    assert_eq!(
+        smtp_send(
+            smtp,
+            "glpi@example.test",
+            &centreon("web-01", "HTTP", "CRITICAL", "down", "r1")
+        ),
+        250
+    );
+    let response = ops::wait_for(20, "/ready to turn 503", || {
+        let (code, r) = ops::get(http, "/ready");
+        (code == 503).then_some(r)
+    });
+    let body: serde_json::Value = serde_json::from_str(ops::body(&response).trim()).unwrap();
+    assert_eq!(body["ready"], false);
+    assert_eq!(body["checks"]["store"]["ok"], true);
+    assert_eq!(body["checks"]["delivery"]["ok"], false, "{body}");
+    assert_eq!(ops::get(http, "/health").0, 200, "the process is still up");
+    let (_, metrics) = ops::get(http, "/metrics");
+    assert!(
+        metrics.contains("alertgate_delivery_attempts_total{outcome=\"deferred\"} 1"),
+        "{metrics}"
+    );
     served.stop();
 }

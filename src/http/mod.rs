@@ -6,7 +6,7 @@ pub mod metrics;
 mod page;
 
 use crate::store::{self, outbound, status, StoreError};
-use axum::extract::{ConnectInfo, Form, Path as UrlPath, Query, State};
+use axum::extract::{ConnectInfo, Path as UrlPath, Query, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
@@ -188,9 +188,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 fn token_matches(expected: &str, given: &str) -> bool {
-    // Length-independent comparison so the token cannot be guessed byte by byte.
-    let (a, b) = (expected.as_bytes(), given.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    crate::smtp::auth::constant_time_eq(expected.as_bytes(), given.as_bytes())
 }
 
 /// Client networks first, then the token for anyone but loopback.
@@ -333,40 +331,44 @@ async fn status_page(State(state): State<Shared>, Query(query): Query<PageQuery>
     }
 }
 
+/// The action's form; a POST with only the bearer header may have no body at all.
+fn action_form(body: &[u8]) -> ActionForm {
+    serde_urlencoded::from_bytes(body).unwrap_or(ActionForm {
+        token: String::new(),
+    })
+}
+
 #[derive(Debug, Deserialize)]
 struct ActionForm {
     #[serde(default)]
     token: String,
 }
 
-/// Actions need the token (header or form field); without a configured token they are off.
-fn action_allowed(
-    state: &AppState,
-    headers: &HeaderMap,
-    form: &ActionForm,
-) -> Result<(), Response> {
+/// Actions need the token (header or form field); without a configured token they are
+/// off. Returns the refusal, if any.
+fn action_refused(state: &AppState, headers: &HeaderMap, form: &ActionForm) -> Option<Response> {
     let Some(token) = &state.settings.token else {
-        return Err((
-            StatusCode::FORBIDDEN,
-            "actions are disabled: set [http] token to enable them\n",
-        )
-            .into_response());
+        return Some(
+            (
+                StatusCode::FORBIDDEN,
+                "actions are disabled: set [http] token to enable them\n",
+            )
+                .into_response(),
+        );
     };
     let given = bearer(headers).unwrap_or(form.token.trim());
-    if token_matches(token, given) {
-        Ok(())
-    } else {
-        Err((StatusCode::FORBIDDEN, "wrong or missing token\n").into_response())
-    }
+    (!token_matches(token, given))
+        .then(|| (StatusCode::FORBIDDEN, "wrong or missing token\n").into_response())
 }
 
 async fn retry_dead(
     State(state): State<Shared>,
     UrlPath(id): UrlPath<i64>,
     headers: HeaderMap,
-    Form(form): Form<ActionForm>,
+    body: axum::body::Bytes,
 ) -> Response {
-    if let Err(r) = action_allowed(&state, &headers, &form) {
+    let form = action_form(&body);
+    if let Some(r) = action_refused(&state, &headers, &form) {
         return r;
     }
     let done = with_conn(&state, move |c| {
@@ -380,9 +382,10 @@ async fn release_held(
     State(state): State<Shared>,
     UrlPath(id): UrlPath<i64>,
     headers: HeaderMap,
-    Form(form): Form<ActionForm>,
+    body: axum::body::Bytes,
 ) -> Response {
-    if let Err(r) = action_allowed(&state, &headers, &form) {
+    let form = action_form(&body);
+    if let Some(r) = action_refused(&state, &headers, &form) {
         return r;
     }
     let done = with_conn(&state, move |c| outbound::requeue(c, id, store::unix_now())).await;
@@ -397,5 +400,109 @@ fn action_result(done: Result<usize, Response>, id: i64, what: &str) -> Response
             Redirect::to("/").into_response()
         }
         Err(r) => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    const TOKEN: &str = "0123456789abcdef0123";
+
+    fn app(dir: &std::path::Path) -> Router {
+        let settings = HttpSettings::from_config(&HttpConfig {
+            listen: "127.0.0.1:0".into(),
+            allowed_networks: vec!["127.0.0.0/8".into(), "192.0.2.0/24".into()],
+            token: Some(TOKEN.into()),
+        })
+        .expect("valid");
+        let conn = store::open(&dir.join("db")).unwrap();
+        router(Arc::new(AppState {
+            settings,
+            conn: Mutex::new(conn),
+            glpi_url: None,
+            glpi_api: false,
+        }))
+    }
+
+    async fn status(
+        app: Router,
+        from: &str,
+        method: &str,
+        path: &str,
+        bearer: Option<&str>,
+    ) -> StatusCode {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(t) = bearer {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let mut req = req.body(Body::empty()).unwrap();
+        let peer = SocketAddr::new(from.parse().unwrap(), 40000);
+        req.extensions_mut().insert(ConnectInfo(peer));
+        app.oneshot(req).await.unwrap().status()
+    }
+
+    #[tokio::test]
+    async fn networks_then_token_for_anyone_but_loopback() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = app(dir.path());
+        assert_eq!(
+            status(a.clone(), "198.51.100.7", "GET", "/health", Some(TOKEN)).await,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            status(a.clone(), "192.0.2.7", "GET", "/metrics", None).await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            status(a.clone(), "192.0.2.7", "GET", "/metrics", Some("nope")).await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            status(a.clone(), "192.0.2.7", "GET", "/metrics", Some(TOKEN)).await,
+            StatusCode::OK
+        );
+        assert_eq!(
+            status(a.clone(), "127.0.0.1", "GET", "/", None).await,
+            StatusCode::OK
+        );
+        assert_eq!(
+            status(a.clone(), "::ffff:192.0.2.7", "GET", "/health", Some(TOKEN)).await,
+            StatusCode::OK
+        );
+        // Actions: the token even from loopback; POST only.
+        assert_eq!(
+            status(a.clone(), "127.0.0.1", "POST", "/actions/retry/1", None).await,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            status(
+                a.clone(),
+                "127.0.0.1",
+                "POST",
+                "/actions/retry/1",
+                Some(TOKEN)
+            )
+            .await,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            status(
+                a.clone(),
+                "192.0.2.7",
+                "GET",
+                "/actions/retry/1",
+                Some(TOKEN)
+            )
+            .await,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            status(a, "127.0.0.1", "GET", "/nothing", None).await,
+            StatusCode::NOT_FOUND
+        );
     }
 }

@@ -17,20 +17,25 @@ pub struct PageData {
     pub queued: Vec<OutboundRow>,
     pub spool_counts: Vec<(String, i64)>,
     pub outbound_counts: Vec<(String, i64)>,
-    pub held_unmatched: usize,
+    pub held_unmatched: i64,
 }
 
 impl PageData {
     pub fn read(conn: &rusqlite::Connection) -> Result<PageData, StoreError> {
+        let spool_counts = spool::counts(conn)?;
+        let held_unmatched = spool_counts
+            .iter()
+            .find(|(state, _)| state == spool::SpoolState::Held.as_str())
+            .map_or(0, |(_, n)| *n);
         Ok(PageData {
             incidents: incidents::load(conn, false)?,
             events: status::recent_events(conn, 100)?,
             dead: outbound::list(conn, Some("dead"), 100)?,
             held: outbound::list(conn, Some("held"), 100)?,
             queued: outbound::list(conn, Some("queued"), 100)?,
-            spool_counts: spool::counts(conn)?,
+            spool_counts,
             outbound_counts: outbound::counts(conn)?,
-            held_unmatched: spool::list(conn, Some(spool::SpoolState::Held), 1000)?.len(),
+            held_unmatched,
         })
     }
 }

@@ -29,6 +29,11 @@ impl ServerReply {
 impl RawClient {
     pub async fn connect(addr: SocketAddr) -> RawClient {
         let stream = TcpStream::connect(addr).await.expect("connect");
+        Self::from_stream(stream)
+    }
+
+    /// A client on an already connected socket (e.g. bound to another source address).
+    pub fn from_stream(stream: TcpStream) -> RawClient {
         let (r, w) = stream.into_split();
         RawClient {
             reader: BufReader::new(r),

@@ -20,9 +20,14 @@ pub struct Served {
 
 impl Served {
     pub fn start(dir: &Path, config: &str) -> Served {
+        Self::start_with_env(dir, config, &[])
+    }
+
+    pub fn start_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Served {
         let log = dir.join("serve.log");
         let child = Command::new(bin())
             .args(["serve", "-c", config])
+            .envs(env.iter().copied())
             .current_dir(dir)
             .env("ALERTGATE_LOG", "info")
             .stdout(Stdio::null())
