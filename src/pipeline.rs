@@ -448,40 +448,48 @@ impl PipelineCore<'_> {
 
     /// Incidents whose first mail GLPI has not answered yet: each stands for mail in
     /// the collector's mailbox ahead of a newer incident's.
-    fn backlog(&mut self) -> u64 {
+    fn backlog(&mut self, conn: &Connection, now: i64) -> Result<u64, PipelineError> {
         if let Some(n) = self.backlog {
-            return n;
+            return Ok(n);
         }
-        let n = self
+        let waiting = self
             .state
             .open_incidents()
             .filter(|i| i.announced && i.ticket_id.is_none())
             .count() as u64;
+        // Updates queue in the same mailbox: what left within the last run may still be there.
+        let recent = outbound::sent_since(
+            conn,
+            now - self.settings.glpi.collector_interval_secs.max(1),
+        )?;
+        let n = waiting + recent;
         self.backlog = Some(n);
-        n
+        Ok(n)
     }
 
     /// Until when an incident's news waits for its ticket id before it goes out unthreaded.
-    fn ticket_deadline(&mut self, owner: &Incident) -> i64 {
+    fn ticket_deadline(
+        &mut self,
+        conn: &Connection,
+        owner: &Incident,
+        now: i64,
+    ) -> Result<i64, PipelineError> {
         if !self.settings.hold_until_ticket_known {
-            return owner.first_seen;
+            return Ok(owner.first_seen);
         }
         if self.settings.glpi.create_via_api {
             // alertgate creates the ticket itself: its id comes once GLPI is back, and a
             // mail would only open a second ticket.
-            return i64::MAX;
+            return Ok(i64::MAX);
         }
         let wait = if self.settings.ticket_timeout_secs > 0 {
             self.settings.ticket_timeout_secs
         } else {
+            let backlog = self.backlog(conn, now)?;
             let glpi = &self.settings.glpi;
-            derived_ticket_wait(
-                glpi.collector_interval_secs,
-                glpi.collector_batch,
-                self.backlog(),
-            )
+            derived_ticket_wait(glpi.collector_interval_secs, glpi.collector_batch, backlog)
         };
-        owner.first_seen.saturating_add(wait)
+        Ok(owner.first_seen.saturating_add(wait))
     }
 
     /// Tell GLPI the news held for `owner`'s ticket, if it can be told now: with the API
@@ -579,7 +587,7 @@ impl PipelineCore<'_> {
         };
         let unthreaded = owner.ticket_id.is_none();
         let wait_until = if unthreaded {
-            paced_until.max(self.ticket_deadline(&owner))
+            paced_until.max(self.ticket_deadline(conn, &owner, now)?)
         } else {
             paced_until
         };
@@ -1167,6 +1175,120 @@ fn after_our_received(raw: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_wait_for_a_ticket_id_grows_with_the_collectors_backlog() {
+        // GLPI's defaults, nothing ahead: the run that takes it, two of margin, the queue.
+        let alone = derived_ticket_wait(600, 10, 0);
+        assert!(alone > 900, "longer than the old fixed 15 min: {alone}");
+        assert!(alone <= 3 * 600 + 300, "{alone}");
+        // 300 mails ahead at 10 a run: about 30 more runs.
+        let behind = derived_ticket_wait(2, 10, 300);
+        assert!(behind >= 2 * 31, "{behind}");
+        assert_eq!(derived_ticket_wait(2, 10, 9), derived_ticket_wait(2, 10, 0));
+        assert!(derived_ticket_wait(2, 10, 10) > derived_ticket_wait(2, 10, 9));
+        // Nonsense values do not divide by zero or go negative.
+        assert!(derived_ticket_wait(0, 0, 5) > 0);
+    }
+
+    fn service_alert(
+        host: &str,
+        state: crate::alert::State,
+        nt: crate::alert::NotificationType,
+    ) -> Alert {
+        Alert {
+            source: "centreon".into(),
+            kind: crate::alert::AlertKind::Service,
+            host: host.into(),
+            host_alias: None,
+            service: "disk".into(),
+            state,
+            notification_type: nt,
+            output: format!("disk is {state}"),
+            long_output: None,
+            author: None,
+            comment: None,
+            address: None,
+            event_time: None,
+            vendor_id: None,
+            url: None,
+            rule: "test".into(),
+            needs_sanitizing: false,
+            inherits: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_digests_news_is_one_mail_to_the_digests_ticket_listing_its_incidents() {
+        use crate::alert::{NotificationType as N, State};
+        let policy = CorrelationPolicy {
+            max_new_incidents_per_minute: 0,
+            ..CorrelationPolicy::default()
+        };
+        let mut state = CorrelationState::default();
+        let t0 = 1_764_000_000;
+        correlate::correlate(
+            &mut state,
+            &service_alert("a", State::Critical, N::Problem),
+            t0,
+            &policy,
+        );
+        correlate::correlate(
+            &mut state,
+            &service_alert("b", State::Critical, N::Problem),
+            t0,
+            &policy,
+        );
+        let mut events = Vec::new();
+        for (i, host) in ["a", "b"].iter().enumerate() {
+            let d = correlate::correlate(
+                &mut state,
+                &service_alert(host, State::Ok, N::Recovery),
+                t0 + 90 + i as i64,
+                &policy,
+            );
+            events.extend(d.mails().cloned());
+        }
+        assert_eq!(
+            events.len(),
+            3,
+            "two member recoveries and the digest's own"
+        );
+        let mut digest = events[2].incident.clone();
+        assert!(digest.is_digest);
+        digest.record_ticket(42, None, Some(TicketStatus::Open));
+        let cfg = ComposeConfig::new("alertgate@example.test", "glpi@example.test");
+        let mail = compose_news(&cfg, &digest, &events, None, t0 + 100).expect("composes");
+        assert!(
+            mail.subject.starts_with("[GLPI #0000042] "),
+            "{}",
+            mail.subject
+        );
+        assert!(mail.subject.contains(&digest.tag), "{}", mail.subject);
+        assert!(mail.subject.contains("RECOVERED"), "{}", mail.subject);
+        let text = mail_text(&mail.bytes);
+        for e in &events[..2] {
+            assert!(
+                text.contains(&format!("{} a / disk: RECOVERED", e.incident.tag))
+                    || text.contains(&format!("{} b / disk: RECOVERED", e.incident.tag)),
+                "{text}"
+            );
+        }
+        // Through the API: one follow-up text for the same news.
+        let followup = news_text(&events[..2]);
+        assert!(followup.starts_with("alertgate: 2 events"), "{followup}");
+        assert_eq!(followup.lines().count(), 3);
+    }
+
+    #[test]
+    fn urgency_follows_the_state() {
+        use crate::alert::State;
+        assert_eq!(urgency_of(State::Critical), 5);
+        assert_eq!(urgency_of(State::Down), 5);
+        assert_eq!(urgency_of(State::Unreachable), 4);
+        assert_eq!(urgency_of(State::Warning), 3);
+        assert_eq!(urgency_of(State::Ok), 2);
+    }
 
     #[test]
     fn received_header_is_skipped_with_its_folded_lines() {

@@ -812,3 +812,54 @@ proptest! {
         assert_only_our_ticket(&digest.subject, None);
     }
 }
+
+#[test]
+fn a_merged_mail_lists_every_event_since_the_last_one_with_times() {
+    let a = alert("connection refused <b>");
+    let changes = [
+        Change {
+            time: NOW - 120,
+            event: "ALERT-1f3a9c2e web-01 / HTTP: NOW CRITICAL".into(),
+            state: State::Critical,
+            output: "connection refused <b>".into(),
+        },
+        Change {
+            time: NOW - 30,
+            event: "ALERT-1f3a9c2e web-01 / HTTP: ACKNOWLEDGED".into(),
+            state: State::Critical,
+            output: "on it".into(),
+        },
+    ];
+    let ev = MailEvent {
+        changes: &changes,
+        ..event(
+            MailKind::Update {
+                reason: "acknowledgement".into(),
+            },
+            incident(2, Some(123)),
+            &a,
+        )
+    };
+    let mail = compose(&cfg(), &ev).unwrap();
+    let m = parse(&mail.bytes);
+    let text = text_body(&m);
+    assert!(text.contains("Since the last mail (2 events)"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "{} | ALERT-1f3a9c2e web-01 / HTTP: NOW CRITICAL | CRITICAL",
+            format_time(NOW - 120)
+        )),
+        "{text}"
+    );
+    assert!(text.contains("ACKNOWLEDGED | CRITICAL | on it"), "{text}");
+    let html = html_body(&m);
+    assert!(html.contains("connection refused &lt;b&gt;"), "{html}");
+    assert!(!html.contains("<b>"), "alert text escaped");
+    // A mail about one event has no such table.
+    let single = compose(
+        &cfg(),
+        &event(MailKind::Resolve, incident(3, Some(123)), &a),
+    )
+    .unwrap();
+    assert!(!text_body(&parse(&single.bytes)).contains("Since the last mail"));
+}

@@ -307,6 +307,13 @@ pub fn held_due_keys(conn: &Connection, now: i64) -> Result<Vec<String>, StoreEr
     Ok(keys)
 }
 
+/// Mails sent to GLPI at or after `since` (they may still wait in its mailbox).
+pub fn sent_since(conn: &Connection, since: i64) -> Result<u64, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT COUNT(*) FROM outbound WHERE state = 'sent' AND sent_at >= ?1")?
+        .query_row([since], |r| r.get::<_, i64>(0))? as u64)
+}
+
 /// Look at an incident's held mail again at `at`.
 pub fn hold_until(conn: &Connection, order_key: &str, at: i64) -> Result<(), StoreError> {
     conn.prepare_cached(
