@@ -1,14 +1,16 @@
-//! The running gateway: wires the store, the SMTP listeners and the workers together,
-//! and turns SIGTERM/SIGINT into an orderly shutdown. The edge of the program: anyhow here.
+//! The running gateway: wires the store, the SMTP and HTTP listeners and the workers
+//! together, turns SIGTERM/SIGINT into an orderly shutdown and SIGHUP into a reload.
+//! The edge of the program: anyhow here.
 
 use crate::clock::Clock;
 use crate::config::LoadedConfig;
-use crate::deliver::{DeliveryWorker, RelayClient};
+use crate::deliver::{DeliveryWorker, Transport};
 use crate::feedback::worker::ApiWorker;
-use crate::feedback::GlpiApi;
+use crate::feedback::{GlpiApi, RightsCheck};
+use crate::http::HttpServer;
 use crate::pipeline::{Pipeline, PipelineSettings, TicketInfo};
 use crate::rules::RuleSet;
-use crate::smtp::Server;
+use crate::smtp::{Server, ServerReloader};
 use crate::store::outbound::SqliteQueue;
 use crate::store::SpoolHandle;
 use anyhow::Context;
@@ -18,6 +20,8 @@ use tokio::sync::watch;
 use tokio::sync::{mpsc, Notify};
 
 /// Run `alertgate serve` until a signal asks us to stop.
+/// Writes the pid file next to the store (for `alertgate reload`) and tells systemd
+/// when it is ready.
 pub async fn serve(loaded: LoadedConfig) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -25,8 +29,37 @@ pub async fn serve(loaded: LoadedConfig) -> anyhow::Result<()> {
         tracing::info!("signal received, shutting down");
         let _ = stop_tx.send(true);
     });
-    serve_until(loaded, stop_rx).await
+    let pid_file = crate::cli::reload::pid_file(&loaded.config.store.path);
+    let running = start(loaded, stop_rx).await?;
+    if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
+        tracing::warn!(file = %pid_file.display(), error = %e, "cannot write the pid file; `alertgate reload` will not find this process");
+    }
+    reload_on_sighup(running.reloader());
+    // Outside systemd (no NOTIFY_SOCKET) this does nothing.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    running.wait().await;
+    let _ = std::fs::remove_file(&pid_file);
+    Ok(())
 }
+
+#[cfg(unix)]
+fn reload_on_sighup(reloader: Reloader) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload needs a restart");
+        return;
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+            reloader.reload();
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        }
+    });
+}
+
+#[cfg(not(unix))]
+fn reload_on_sighup(_reloader: Reloader) {}
 
 /// Run the gateway until `stop` turns true.
 pub async fn serve_until(loaded: LoadedConfig, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
@@ -37,10 +70,139 @@ pub async fn serve_until(loaded: LoadedConfig, stop: watch::Receiver<bool>) -> a
 /// A started gateway: its listeners are bound, its workers running.
 pub struct Running {
     pub addrs: Vec<SocketAddr>,
+    /// The implicit-TLS listeners' addresses (`listen_tls`).
+    pub tls_addrs: Vec<SocketAddr>,
+    /// The HTTP listener's address, when `[http]` is configured.
+    pub http_addr: Option<SocketAddr>,
+    /// What the GLPI API user may do, checked at start (`None` without `[glpi_api]`).
+    pub glpi_rights: Option<RightsCheck>,
     server: tokio::task::JoinHandle<()>,
+    reloader: Reloader,
+}
+
+/// Re-reads the configuration file and the rules and applies them to new sessions and
+/// new mails; an invalid one is logged and the running one kept.
+#[derive(Clone)]
+pub struct Reloader {
+    current: Arc<std::sync::Mutex<LoadedConfig>>,
+    smtp: ServerReloader,
+    pipeline: mpsc::UnboundedSender<PipelineSettings>,
+    /// From the rights check at start: the API session is not reopened on reload.
+    may_solve: bool,
+}
+
+impl Reloader {
+    /// Returns whether the new configuration was taken.
+    pub fn reload(&self) -> bool {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let path = current.path.clone();
+        tracing::info!(config = %path.display(), "reloading the configuration");
+        let loaded = match LoadedConfig::load(&path) {
+            Ok(l) => l,
+            Err(e) => {
+                for problem in &e.problems {
+                    tracing::error!(problem = %problem, "reload refused: configuration invalid, keeping the running one");
+                }
+                return false;
+            }
+        };
+        let rules = match RuleSet::load(&loaded.config.rules.dirs) {
+            Ok(r) => r,
+            Err(e) => {
+                for line in e.to_string().lines() {
+                    tracing::error!(problem = %line, "reload refused: rules invalid, keeping the running ones");
+                }
+                return false;
+            }
+        };
+        for what in needs_restart(&current, &loaded) {
+            tracing::warn!(
+                setting = what,
+                "changed, but takes effect only after a restart"
+            );
+        }
+        if let Err(e) = self
+            .smtp
+            .apply(loaded.config.clone(), loaded.policy.clone())
+        {
+            tracing::error!(error = %e, "reload refused, keeping the running configuration");
+            return false;
+        }
+        let _ = self
+            .pipeline
+            .send(pipeline_settings(&loaded, rules, self.may_solve));
+        tracing::info!(rules = %loaded.config.rules.dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(","), "configuration reloaded: new sessions and new mails use it");
+        *current = loaded;
+        true
+    }
+}
+
+/// Settings that bound sockets or opened files at start.
+fn needs_restart(old: &LoadedConfig, new: &LoadedConfig) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    if old.policy.listen != new.policy.listen {
+        changed.push("server.listen");
+    }
+    if old.policy.listen_tls != new.policy.listen_tls {
+        changed.push("server.listen_tls");
+    }
+    if old.config.server.max_connections != new.config.server.max_connections {
+        changed.push("server.max_connections");
+    }
+    if old.config.store.path != new.config.store.path {
+        changed.push("store.path");
+    }
+    if old.relay != new.relay {
+        changed.push("relay");
+    }
+    if old.http.as_ref().map(|h| h.listen) != new.http.as_ref().map(|h| h.listen)
+        || old.http.as_ref().map(|h| &h.token) != new.http.as_ref().map(|h| &h.token)
+    {
+        changed.push("http");
+    }
+    if old.config.glpi_api.is_some() != new.config.glpi_api.is_some() {
+        changed.push("glpi_api");
+    }
+    changed
+}
+
+/// The pipeline's settings from a validated configuration (also used by `replay`).
+pub fn pipeline_settings(
+    loaded: &LoadedConfig,
+    rules: RuleSet,
+    may_solve: bool,
+) -> PipelineSettings {
+    PipelineSettings {
+        rules: Arc::new(rules),
+        compose: loaded.compose.clone(),
+        notifications: crate::feedback::NotificationReader::new(
+            &loaded.compose.glpi_tag,
+            &loaded.config.feedback.solved_words,
+            &loaded.config.feedback.closed_words,
+        ),
+        correlation: loaded.config.correlation.clone(),
+        unmatched: loaded.config.rules.unmatched,
+        hold_until_ticket_known: loaded.config.feedback_enabled(),
+        // Unset: derived from GLPI's pace and the backlog as the pipeline goes.
+        ticket_timeout_secs: explicit_ticket_timeout(loaded),
+        // A user GLPI would refuse solutions to gets none: recoveries go as follow-ups.
+        solve_on_recovery: may_solve
+            && loaded
+                .config
+                .glpi_api
+                .as_ref()
+                .is_some_and(|a| a.solve_on_recovery),
+        feedback_addresses: loaded.policy.feedback_addresses.clone(),
+        glpi: glpi_flow(loaded),
+    }
 }
 
 impl Running {
+    /// What SIGHUP does: reload the configuration and the rules.
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
+    }
+
     /// Wait until the gateway has shut down.
     pub async fn wait(self) {
         let _ = self.server.await;
@@ -54,77 +216,100 @@ pub async fn start(loaded: LoadedConfig, stop: watch::Receiver<bool>) -> anyhow:
     start_with_clock(loaded, stop, Clock::system()).await
 }
 
-/// The pipeline's settings from a validated configuration (also used by `replay`).
-pub fn pipeline_settings(loaded: &LoadedConfig, rules: RuleSet) -> PipelineSettings {
-    PipelineSettings {
-        rules: Arc::new(rules),
-        compose: loaded.compose.clone(),
-        correlation: loaded.config.correlation.clone(),
-        unmatched: loaded.config.rules.unmatched,
-        hold_until_ticket_known: loaded.config.feedback_enabled(),
-        ticket_timeout_secs: loaded.config.feedback.ticket_lookup_timeout_secs as i64,
-        solve_on_recovery: loaded
-            .config
-            .glpi_api
-            .as_ref()
-            .is_some_and(|a| a.solve_on_recovery),
-        feedback_addresses: loaded.policy.feedback_addresses.clone(),
-        glpi: crate::pipeline::GlpiFlow {
-            api_updates: loaded.config.glpi_api.is_some(),
-            ..crate::pipeline::GlpiFlow::default()
-        },
-    }
-}
-
 /// As `start`, with the time-driven stages reading `clock` (tests drive a manual one).
 pub async fn start_with_clock(
     loaded: LoadedConfig,
     stop: watch::Receiver<bool>,
     clock: Clock,
 ) -> anyhow::Result<Running> {
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
+    }
     let store_path = loaded.config.store.path.clone();
+    let glpi_api = match &loaded.config.glpi_api {
+        Some(api_config) => {
+            let api = GlpiApi::new(api_config).map_err(|e| anyhow::anyhow!("glpi_api: {e}"))?;
+            let rights = api.check_rights(api_config.needs()).await;
+            rights.log();
+            Some((api, rights))
+        }
+        None => None,
+    };
+    let may_solve = glpi_api.as_ref().is_some_and(|(_, r)| r.may_solve());
     let spool = SpoolHandle::start(&store_path, loaded.config.store.group_commit_max)
         .with_context(|| format!("opening the store {}", store_path.display()))?;
     let rules = RuleSet::load(&loaded.config.rules.dirs)
         .map_err(|e| anyhow::anyhow!("loading rules:\n{e}"))?;
     tracing::info!(rules = rules.len(), "rules loaded");
-    let settings = pipeline_settings(&loaded, rules);
+    let settings = pipeline_settings(&loaded, rules, may_solve);
     let pipeline = Pipeline::open(&store_path, settings).context("starting the pipeline")?;
     let outbound_wake = Arc::new(Notify::new());
-    let client = RelayClient::new(&loaded.relay).map_err(|e| anyhow::anyhow!("relay: {e}"))?;
+    let client =
+        Transport::from_config(&loaded.relay).map_err(|e| anyhow::anyhow!("relay: {e}"))?;
     let (opened_tx, opened_rx) = mpsc::unbounded_channel();
     let (found_tx, found_rx) = mpsc::unbounded_channel();
     let mut queue = SqliteQueue::open(&store_path)?;
-    let api_worker = match &loaded.config.glpi_api {
-        Some(api_config) => {
+    let (api, glpi_rights) = match glpi_api {
+        Some((api, rights)) => (Some(api), Some(rights)),
+        None => (None, None),
+    };
+    let api_worker = match api {
+        Some(api) => {
             queue = queue.notify_opened(opened_tx);
-            let api = GlpiApi::new(api_config).map_err(|e| anyhow::anyhow!("glpi_api: {e}"))?;
             Some(
                 ApiWorker::new(
                     api,
                     store_path.clone(),
-                    loaded.config.feedback.ticket_lookup_timeout_secs as i64,
+                    explicit_ticket_timeout(&loaded),
                     opened_rx,
                     found_tx,
                 )?
+                .with_pace(
+                    loaded.config.feedback.collector_interval_secs as i64,
+                    loaded.config.feedback.collector_batch as i64,
+                )
+                .with_solving(may_solve)
+                .with_tickets(loaded.config.glpi_api.clone())
                 .with_clock(clock.clone()),
             )
         }
         None => None,
     };
     let queue = Arc::new(queue);
-    let delivery_clock = clock.clone();
-    // Due times are written on `clock` (pipeline), so delivery reads the same clock.
     let delivery = DeliveryWorker::new(
         queue,
         client,
         loaded.relay.retry.clone(),
         outbound_wake.clone(),
     )
-    .with_clock(Arc::new(move || delivery_clock.now()));
+    .with_clock({
+        let clock = clock.clone();
+        Arc::new(move || clock.now())
+    });
 
     let server = Server::bind(loaded.config.clone(), loaded.policy.clone(), spool.clone()).await?;
     let addrs = server.local_addrs();
+    let tls_addrs = server.local_tls_addrs();
+    let http = match &loaded.http {
+        Some(settings) => Some(
+            HttpServer::bind(
+                settings.clone(),
+                &store_path,
+                loaded.config.glpi.as_ref().map(|g| g.url.clone()),
+                loaded.config.glpi_api.is_some(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let http_addr = http.as_ref().and_then(HttpServer::local_addr);
+    let (settings_tx, settings_rx) = mpsc::unbounded_channel();
+    let reloader = Reloader {
+        current: Arc::new(std::sync::Mutex::new(loaded.clone())),
+        smtp: server.reloader(),
+        pipeline: settings_tx,
+        may_solve,
+    };
     tracing::info!(store = %store_path.display(), "alertgate started");
     let pipeline = tokio::spawn(run_pipeline(
         pipeline,
@@ -132,20 +317,69 @@ pub async fn start_with_clock(
         spool.committed.clone(),
         outbound_wake,
         found_rx,
+        settings_rx,
         stop.clone(),
     ));
+    let http = http.map(|h| tokio::spawn(h.serve(stop.clone())));
     let api = api_worker.map(|w| tokio::spawn(w.run(stop.clone())));
     let delivery = tokio::spawn(delivery.run(stop.clone()));
+    let store = &loaded.config.store;
+    let retention = tokio::spawn(crate::store::retention::run(
+        store_path.clone(),
+        crate::store::retention::Retention {
+            keep_processed_days: store.keep_processed_days,
+            keep_sent_days: store.keep_sent_days,
+            batch: 500,
+        },
+        std::time::Duration::from_secs(store.prune_interval_secs),
+        stop.clone(),
+    ));
     let server = tokio::spawn(server.serve(stop));
     let all = tokio::spawn(async move {
         let _ = server.await;
         let _ = pipeline.await;
         let _ = delivery.await;
+        let _ = retention.await;
         if let Some(api) = api {
             let _ = api.await;
         }
+        if let Some(http) = http {
+            let _ = http.await;
+        }
     });
-    Ok(Running { addrs, server: all })
+    Ok(Running {
+        addrs,
+        glpi_rights,
+        tls_addrs,
+        http_addr,
+        server: all,
+        reloader,
+    })
+}
+
+/// `[feedback] ticket_lookup_timeout_secs` when set; 0 lets the waits derive from GLPI's pace.
+fn explicit_ticket_timeout(loaded: &LoadedConfig) -> i64 {
+    loaded
+        .config
+        .feedback
+        .ticket_lookup_timeout_secs
+        .map_or(0, |secs| i64::try_from(secs).unwrap_or(i64::MAX))
+}
+
+/// How the pipeline paces and routes what it tells GLPI, from `[feedback]` and `[glpi_api]`.
+fn glpi_flow(loaded: &LoadedConfig) -> crate::pipeline::GlpiFlow {
+    let feedback = &loaded.config.feedback;
+    crate::pipeline::GlpiFlow {
+        api_updates: loaded.config.glpi_api.is_some(),
+        create_via_api: loaded
+            .config
+            .glpi_api
+            .as_ref()
+            .is_some_and(|a| a.create == crate::feedback::CreateMode::Api),
+        collector_interval_secs: feedback.collector_interval_secs as i64,
+        collector_batch: feedback.collector_batch as i64,
+        min_mail_interval_secs: feedback.min_mail_interval_secs as i64,
+    }
 }
 
 /// Process the spool whenever something was committed (or once a second, for the
@@ -156,10 +390,14 @@ async fn run_pipeline(
     committed: Arc<Notify>,
     outbound_wake: Arc<Notify>,
     mut found: mpsc::UnboundedReceiver<TicketInfo>,
+    mut reloaded: mpsc::UnboundedReceiver<PipelineSettings>,
     stop: watch::Receiver<bool>,
 ) {
     let mut last_tick = 0;
     loop {
+        while let Ok(settings) = reloaded.try_recv() {
+            pipeline.set_settings(settings);
+        }
         let now = clock.now();
         let mut tickets = Vec::new();
         while let Ok(info) = found.try_recv() {

@@ -75,6 +75,10 @@ pub struct Config {
     pub feedback: FeedbackConfig,
     /// GLPI's REST API, to look tickets up and solve them (optional).
     pub glpi_api: Option<crate::feedback::GlpiApiConfig>,
+    /// The HTTP listener (metrics, probes, status page); none without the section.
+    pub http: Option<crate::http::HttpConfig>,
+    /// GLPI's web address, for ticket links on the status page.
+    pub glpi: Option<crate::http::GlpiWebConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -82,6 +86,9 @@ pub struct Config {
 pub struct ServerConfig {
     /// Addresses to listen on, e.g. "127.0.0.1:2525" or "[::1]:2525".
     pub listen: Vec<String>,
+    /// Addresses speaking TLS from the first byte (RFC 8314, "SMTPS", vROps "SSL"),
+    /// with the `[server.tls]` certificate.
+    pub listen_tls: Vec<String>,
     /// Name used in the greeting, EHLO reply and `Received:` header.
     pub hostname: String,
     /// Client networks allowed to connect (CIDR); everything else gets 554 at connect.
@@ -103,6 +110,19 @@ pub struct ServerConfig {
     pub data_timeout_secs: u64,
     /// On shutdown, how long sessions in DATA may take to finish.
     pub shutdown_grace_secs: u64,
+    /// Sessions from one client address at a time; 0 = no limit (Postfix's
+    /// `smtpd_client_connection_count_limit`).
+    pub max_connections_per_client: usize,
+    /// Bytes per second a DATA transfer must average: its deadline is
+    /// `data_timeout_secs` plus the bytes received over this rate (`smtpd_min_data_rate`).
+    pub min_data_rate: u64,
+    /// When every slot is taken, a session waiting this long for its next command is
+    /// closed first to make room.
+    pub idle_eviction_secs: u64,
+    /// Bytes received in DATA and not yet committed, across sessions, beyond which a new
+    /// DATA gets `452 4.3.1` until they are committed (DATA streams to disk: this bounds
+    /// the spool's scratch space, memory stays small per session).
+    pub max_inflight_bytes: usize,
     pub tls: Option<TlsConfig>,
     pub auth: AuthConfig,
 }
@@ -111,6 +131,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: vec!["127.0.0.1:2525".into()],
+            listen_tls: Vec::new(),
             hostname: default_hostname(),
             allowed_networks: vec!["127.0.0.0/8".into(), "::1/128".into()],
             accepted_recipients: Vec::new(),
@@ -123,6 +144,10 @@ impl Default for ServerConfig {
             command_timeout_secs: 300,
             data_timeout_secs: 180,
             shutdown_grace_secs: 30,
+            max_connections_per_client: 50,
+            min_data_rate: 500,
+            idle_eviction_secs: 10,
+            max_inflight_bytes: 2 << 30,
             tls: None,
             auth: AuthConfig::default(),
         }
@@ -145,7 +170,7 @@ pub struct TlsConfig {
     pub key: PathBuf,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct AuthConfig {
     /// Users allowed to AUTH (vROps "Requires Authentication").
@@ -154,12 +179,47 @@ pub struct AuthConfig {
     pub required: bool,
     /// Offer AUTH without TLS to loopback clients (for tests and same-host tools only).
     pub allow_plaintext_on_loopback: bool,
+    /// Wait before answering the 6th to 10th failed AUTH of one address in a minute
+    /// (the 11th gets 421).
+    pub failure_delay_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AuthUser {
     pub username: String,
-    pub password: String,
+    /// Plaintext (accepted; `check` warns): prefer `password_hash`.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// argon2id (`alertgate passwd`) or SHA-512-crypt, optionally with Dovecot's
+    /// `{SCHEME}` prefix.
+    #[serde(default)]
+    pub password_hash: Option<String>,
+}
+
+// Hand-written so that no password or hash reaches a log line.
+impl fmt::Debug for AuthUser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthUser")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field(
+                "password_hash",
+                &self.password_hash.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            users: Vec::new(),
+            required: false,
+            allow_plaintext_on_loopback: false,
+            failure_delay_ms: 3000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -169,6 +229,13 @@ pub struct StoreConfig {
     pub path: PathBuf,
     /// Most messages committed together by the spool writer.
     pub group_commit_max: usize,
+    /// Days a processed (or dropped, or feedback) spooled message is kept; incidents'
+    /// history stays.
+    pub keep_processed_days: u64,
+    /// Days a sent outbound mail is kept.
+    pub keep_sent_days: u64,
+    /// Seconds between two background prunings.
+    pub prune_interval_secs: u64,
 }
 
 impl Default for StoreConfig {
@@ -176,25 +243,73 @@ impl Default for StoreConfig {
         StoreConfig {
             path: PathBuf::from("./var/alertgate.db"),
             group_commit_max: 512,
+            keep_processed_days: 7,
+            keep_sent_days: 7,
+            prune_interval_secs: 600,
         }
     }
 }
 
 /// Learning GLPI ticket ids (from notifications sent to `server.feedback_addresses`,
-/// or from `[glpi_api]`).
+/// or from `[glpi_api]`), and what alertgate assumes of GLPI's timing.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FeedbackConfig {
     /// How long an incident's updates wait for its ticket id before they are sent
-    /// unthreaded (and how long the API looks the ticket up).
-    pub ticket_lookup_timeout_secs: u64,
+    /// unthreaded (and how long the API looks the ticket up). Unset: derived from the
+    /// collector's interval and batch and the backlog (see [`FeedbackConfig::lookup_timeout_secs`]).
+    pub ticket_lookup_timeout_secs: Option<u64>,
+    /// GLPI's mail collector (cron task `mailgate`) runs this often (GLPI's default 600).
+    pub collector_interval_secs: u64,
+    /// At most this many mails per collector run ("Number of emails to process", GLPI's
+    /// default 10).
+    pub collector_batch: u64,
+    /// Without the API, an incident mails GLPI at most once per this many seconds;
+    /// updates in between are merged into the next mail (0: no limit).
+    #[serde(alias = "min_mail_interval")]
+    pub min_mail_interval_secs: u64,
+    /// Extra words meaning "solved" in GLPI's notifications (subject label or status
+    /// line), besides the built-in English, French, German, Spanish, Italian and Portuguese.
+    pub solved_words: Vec<String>,
+    /// Extra words meaning "closed".
+    pub closed_words: Vec<String>,
 }
 
 impl Default for FeedbackConfig {
     fn default() -> Self {
         FeedbackConfig {
-            ticket_lookup_timeout_secs: 900,
+            ticket_lookup_timeout_secs: None,
+            collector_interval_secs: 600,
+            collector_batch: 10,
+            min_mail_interval_secs: 60,
+            solved_words: Vec::new(),
+            closed_words: Vec::new(),
         }
+    }
+}
+
+impl FeedbackConfig {
+    /// Seconds beyond the collector runs: GLPI's notification queue (a 60 s cron by
+    /// default) and delivery back to alertgate.
+    const NOTIFICATION_SLACK_SECS: u64 = 300;
+
+    /// How long to wait for a ticket id when `unanswered` mails alertgate sent are
+    /// still waiting for GLPI: the explicit `ticket_lookup_timeout_secs`, else the
+    /// collector runs the backlog takes (`unanswered / collector_batch`, rounded up)
+    /// plus two missed runs, plus the notification slack.
+    pub fn lookup_timeout_secs_for_backlog(&self, unanswered: u64) -> u64 {
+        if let Some(explicit) = self.ticket_lookup_timeout_secs {
+            return explicit;
+        }
+        let batch = self.collector_batch.max(1);
+        let runs = unanswered.div_ceil(batch) + 2;
+        runs.saturating_mul(self.collector_interval_secs.max(1))
+            .saturating_add(Self::NOTIFICATION_SLACK_SECS)
+    }
+
+    /// [`Self::lookup_timeout_secs_for_backlog`] for one mail (no backlog).
+    pub fn lookup_timeout_secs(&self) -> u64 {
+        self.lookup_timeout_secs_for_backlog(1)
     }
 }
 
@@ -204,6 +319,9 @@ impl Config {
         !self.server.feedback_addresses.is_empty() || self.glpi_api.is_some()
     }
 }
+
+/// The warning for a config that cannot thread anything.
+pub const NO_FEEDBACK_WARNING: &str = "neither server.feedback_addresses nor [glpi_api] is set: alertgate cannot learn GLPI's ticket ids, so GLPI will open a new ticket for every update and recovery (route GLPI's notifications back to a feedback address, or configure [glpi_api]; see README, \"Connecting to GLPI\")";
 
 /// What happens to a mail no rule matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -283,6 +401,7 @@ impl RecipientPattern {
 #[derive(Debug, Clone)]
 pub struct ServerPolicy {
     pub listen: Vec<SocketAddr>,
+    pub listen_tls: Vec<SocketAddr>,
     pub allowed_networks: Vec<IpNet>,
     pub accepted_recipients: Vec<RecipientPattern>,
     pub feedback_addresses: Vec<RecipientPattern>,
@@ -314,6 +433,9 @@ pub struct LoadedConfig {
     pub policy: ServerPolicy,
     pub compose: crate::compose::ComposeConfig,
     pub relay: crate::deliver::RelayConfig,
+    pub http: Option<crate::http::HttpSettings>,
+    /// What works but probably not as meant (`check` prints them, `serve` logs them).
+    pub warnings: Vec<ConfigProblem>,
 }
 
 impl LoadedConfig {
@@ -347,6 +469,26 @@ impl LoadedConfig {
             }
         };
         let policy = validate(path, text, &config, &mut problems);
+        let http = config.http.as_ref().and_then(|c| {
+            crate::http::HttpSettings::from_config(c)
+                .map_err(|found| {
+                    for (key, value, message) in found {
+                        let line = Some(value.as_str())
+                            .filter(|v| !v.is_empty())
+                            .and_then(|v| find_value_line(text, v))
+                            .or_else(|| find_key_line(text, &key));
+                        problems.push(ConfigProblem {
+                            file: path.to_path_buf(),
+                            line,
+                            key,
+                            message,
+                        });
+                    }
+                })
+                .ok()
+        });
+        validate_sections(path, text, &config, &mut problems);
+        let warnings = warnings(path, text, &config);
         match (
             problems.is_empty(),
             config.compose.clone(),
@@ -358,6 +500,8 @@ impl LoadedConfig {
                 policy,
                 compose,
                 relay,
+                http,
+                warnings,
             }),
             _ => Err(ConfigError { problems }),
         }
@@ -467,9 +611,63 @@ fn validate(
             ),
         }
     }
+    let mut listen_tls = Vec::new();
+    for addr in &server.listen_tls {
+        match addr.parse::<SocketAddr>() {
+            Ok(a) => listen_tls.push(a),
+            Err(_) => push(
+                "server.listen_tls",
+                Some(addr),
+                format!(
+                    "`{addr}` is not a socket address (expected IP:PORT, e.g. \"0.0.0.0:465\")"
+                ),
+            ),
+        }
+    }
+    if !server.listen_tls.is_empty() && server.tls.is_none() {
+        push(
+            "server.listen_tls",
+            None,
+            "implicit TLS needs a certificate: add [server.tls] cert and key".into(),
+        );
+    }
+    for (i, user) in server.auth.users.iter().enumerate() {
+        let key = "server.auth.users";
+        match (&user.password, &user.password_hash) {
+            (Some(_), Some(_)) => push(
+                key,
+                Some(&user.username),
+                format!(
+                    "user `{}` (#{}): give either password or password_hash, not both",
+                    user.username,
+                    i + 1
+                ),
+            ),
+            (None, None) => push(
+                key,
+                Some(&user.username),
+                format!(
+                    "user `{}` (#{}): no password_hash (make one with `alertgate passwd`)",
+                    user.username,
+                    i + 1
+                ),
+            ),
+            (None, Some(hash)) => {
+                if let Some(problem) = crate::smtp::auth::hash_problem(hash) {
+                    push(
+                        key,
+                        Some(&user.username),
+                        format!("user `{}`: password_hash: {problem}", user.username),
+                    );
+                }
+            }
+            (Some(_), None) => {}
+        }
+    }
     let mut seen = HashSet::new();
-    for a in &listen {
-        if !seen.insert(*a) {
+    for a in listen.iter().chain(&listen_tls) {
+        // Port 0 (any free port, tests) cannot clash.
+        if a.port() != 0 && !seen.insert(*a) {
             push("server.listen", None, format!("`{a}` is listed twice"));
         }
     }
@@ -523,9 +721,14 @@ fn validate(
     check_positive("server.max_errors", server.max_errors as u64);
     check_positive("server.command_timeout_secs", server.command_timeout_secs);
     check_positive("server.data_timeout_secs", server.data_timeout_secs);
+    check_positive("server.min_data_rate", server.min_data_rate);
     check_positive(
         "store.group_commit_max",
         config.store.group_commit_max as u64,
+    );
+    check_positive(
+        "store.prune_interval_secs",
+        config.store.prune_interval_secs,
     );
     if server.max_line_length < 512 {
         problems.push(ConfigProblem {
@@ -554,12 +757,156 @@ fn validate(
         }
     }
 
+    if let Some(relay) = &config.relay {
+        for (key, message) in relay.problems() {
+            problems.push(ConfigProblem {
+                file: path.to_path_buf(),
+                line: find_key_line(text, key).or_else(|| find_key_line(text, "relay")),
+                key: key.into(),
+                message,
+            });
+        }
+    }
+
     ServerPolicy {
         listen,
+        listen_tls,
         allowed_networks,
         accepted_recipients,
         feedback_addresses,
     }
+}
+
+/// Each stage's own validation, run once here so `check` and `serve` report the same
+/// precise message (and `serve` never starts with a config a stage would reject).
+fn validate_sections(path: &Path, text: &str, config: &Config, problems: &mut Vec<ConfigProblem>) {
+    let mut push = |key: &str, message: String| {
+        problems.push(ConfigProblem {
+            file: path.to_path_buf(),
+            line: find_key_line(text, key).or_else(|| {
+                key.split_once('.')
+                    .and_then(|(section, _)| find_key_line(text, section))
+            }),
+            key: key.into(),
+            message,
+        });
+    };
+    if let Some(compose) = &config.compose {
+        if let Err(e) = compose.validate() {
+            let key = match &e {
+                crate::compose::ComposeError::InvalidAddress { field, .. } => {
+                    format!("compose.{field}")
+                }
+                _ => "compose".to_owned(),
+            };
+            push(&key, e.to_string());
+        }
+    }
+    if let Err(e) = config.correlation.validate() {
+        let key = match e {
+            crate::correlate::PolicyError::ZeroRepeatInterval => "correlation.repeat_interval",
+            _ => "correlation.host_aliases",
+        };
+        push(key, e.to_string());
+    }
+    // The SMTP client's own checks (the maildir outbox is created at start, not here).
+    if let Some(relay) = config
+        .relay
+        .as_ref()
+        .filter(|r| r.kind == crate::deliver::RelayKind::Smtp && r.problems().is_empty())
+    {
+        if let Err(e) = crate::deliver::RelayClient::new(relay) {
+            push("relay", e.to_string());
+        }
+    }
+    if let Some(api) = &config.glpi_api {
+        if let Err(e) = api.validate() {
+            push("glpi_api", e.to_string());
+        }
+    }
+    let feedback = &config.feedback;
+    if feedback.collector_interval_secs == 0 {
+        push(
+            "feedback.collector_interval_secs",
+            "must be greater than 0 (GLPI's mail collector runs every 600 s by default)".into(),
+        );
+    }
+    if feedback.collector_batch == 0 {
+        push(
+            "feedback.collector_batch",
+            "must be greater than 0 (GLPI's collector imports 10 mails per run by default)".into(),
+        );
+    }
+    if feedback.ticket_lookup_timeout_secs == Some(0) {
+        push(
+            "feedback.ticket_lookup_timeout_secs",
+            "must be greater than 0 (omit it to derive it from the collector's timing)".into(),
+        );
+    }
+    for (key, words) in [
+        ("feedback.solved_words", &feedback.solved_words),
+        ("feedback.closed_words", &feedback.closed_words),
+    ] {
+        if words.iter().any(|w| w.trim().is_empty()) {
+            push(key, "has an empty word".into());
+        }
+    }
+}
+
+/// Settings that work but lose what the admin most likely wants.
+fn warnings(path: &Path, text: &str, config: &Config) -> Vec<ConfigProblem> {
+    let mut warnings = Vec::new();
+    let mut warn = |key: &str, message: String| {
+        warnings.push(ConfigProblem {
+            file: path.to_path_buf(),
+            line: find_key_line(text, key),
+            key: key.into(),
+            message,
+        })
+    };
+    if !config.feedback_enabled() {
+        warn("server.feedback_addresses", NO_FEEDBACK_WARNING.into());
+    }
+    let feedback = &config.feedback;
+    if let Some(timeout) = feedback.ticket_lookup_timeout_secs {
+        if timeout < feedback.collector_interval_secs {
+            warn(
+                "feedback.ticket_lookup_timeout_secs",
+                format!(
+                    "{timeout} s is shorter than one collector run ({} s): updates will often go out unthreaded and open extra tickets (omit it to derive it from the collector's timing)",
+                    feedback.collector_interval_secs
+                ),
+            );
+        }
+    }
+    for user in config
+        .server
+        .auth
+        .users
+        .iter()
+        .filter(|u| u.password.is_some())
+    {
+        warn(
+            "server.auth.users",
+            format!(
+                "user `{}` has a plaintext password; prefer password_hash (`alertgate passwd`)",
+                user.username
+            ),
+        );
+    }
+    if let Some(http) = &config.http {
+        let public = http
+            .listen
+            .parse::<SocketAddr>()
+            .is_ok_and(|a| !a.ip().is_loopback());
+        if public && http.token.is_none() {
+            warn(
+                "http.listen",
+                format!("{} is reachable from other hosts but no `http.token` is set: they get 401 and the page's actions are off", http.listen),
+            );
+        }
+    }
+    warnings
 }
 
 /// A CIDR, or a bare address meaning a single host.
@@ -621,6 +968,54 @@ mod tests {
     fn syntax_error_names_the_line() {
         let err = load("[server]\nlisten = [\n").expect_err("invalid");
         assert!(err.to_string().contains("test.toml:"), "{err}");
+    }
+
+    #[test]
+    fn lookup_timeout_derives_from_the_collector_unless_set() {
+        let c = load("[server]\naccepted_recipients = [\"g@x.test\"]\n").unwrap();
+        let f = &c.config.feedback;
+        assert_eq!((f.collector_interval_secs, f.collector_batch), (600, 10));
+        assert_eq!(f.min_mail_interval_secs, 60);
+        // One mail: its run plus two missed runs, plus the notification slack.
+        assert_eq!(f.lookup_timeout_secs(), 3 * 600 + 300);
+        // A backlog of 300 mails takes 30 runs.
+        assert_eq!(f.lookup_timeout_secs_for_backlog(300), 32 * 600 + 300);
+        assert_eq!(c.warnings.len(), 1, "no feedback source: {:?}", c.warnings);
+        let c = load(
+            "[server]\naccepted_recipients = [\"g@x.test\"]\nfeedback_addresses = [\"a@x.test\"]\n\
+             [feedback]\nticket_lookup_timeout_secs = 5000\ncollector_interval_secs = 60\n",
+        )
+        .unwrap();
+        assert_eq!(c.config.feedback.lookup_timeout_secs_for_backlog(300), 5000);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn auth_users_listen_tls_and_http_are_checked() {
+        let text = "[server]\naccepted_recipients = [\"g@x.test\"]\nlisten_tls = [\"127.0.0.1:465\"]\n[server.auth]\nusers = [{ username = \"a\", password_hash = \"md5:x\" }, { username = \"b\" }]\n[http]\nlisten = \"nowhere\"\ntoken = \"short\"\n";
+        let msg = load(text).expect_err("invalid").to_string();
+        for expected in [
+            "`server.listen_tls`: implicit TLS needs a certificate",
+            "user `a`: password_hash: unknown scheme",
+            "user `b` (#2): no password_hash",
+            "`http.listen`: `nowhere` is not a socket address",
+            "`http.token`: too short",
+        ] {
+            assert!(msg.contains(expected), "{expected} missing:\n{msg}");
+        }
+        let plain = load("[server]\naccepted_recipients = [\"g@x.test\"]\n[server.auth]\nusers = [{ username = \"a\", password = \"p\" }]\n[http]\nlisten = \"0.0.0.0:9925\"\n").expect("valid");
+        let warnings: Vec<String> = plain.warnings.iter().map(|w| w.to_string()).collect();
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("user `a` has a plaintext password")),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings.iter().any(|w| w.contains("no `http.token`")),
+            "{warnings:?}"
+        );
+        assert_eq!(plain.http.map(|h| h.listen.port()), Some(9925));
     }
 
     #[test]

@@ -2,12 +2,14 @@
 
 pub mod alert;
 pub mod app;
+pub mod cli;
 pub mod clock;
 pub mod compose;
 pub mod config;
 pub mod correlate;
 pub mod deliver;
 pub mod feedback;
+pub mod http;
 pub mod pipeline;
 pub mod replay;
 pub mod rules;

@@ -1,4 +1,4 @@
-//! The `alertgate` command line: serve, check, parse, queue.
+//! The `alertgate` command line: serve, check, parse, queue, inject, incidents, reload, passwd.
 
 use alertgate::config::LoadedConfig;
 use alertgate::store::{self, outbound, spool};
@@ -37,6 +37,9 @@ enum Command {
     Check {
         #[arg(short, long, default_value = "alertgate.toml")]
         config: PathBuf,
+        /// Also open a GLPI API session and check the API user's rights.
+        #[arg(long)]
+        online: bool,
     },
     /// Parse .eml files with the rules and print one JSON line per alert.
     Parse {
@@ -66,6 +69,38 @@ enum Command {
         #[arg(long, value_name = "REPORT.html")]
         html: Option<PathBuf>,
     },
+    /// Submit mail files into the spool as if received over SMTP (like `sendmail`).
+    Inject {
+        #[arg(short, long, default_value = "alertgate.toml")]
+        config: PathBuf,
+        /// Envelope sender (default: the From: header's address).
+        #[arg(long)]
+        from: Option<String>,
+        /// Envelope recipient, repeatable (default: the To: and Cc: headers).
+        #[arg(long)]
+        to: Vec<String>,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// List incidents: tag, source, host, service, state, since, alerts, GLPI ticket.
+    Incidents {
+        #[arg(short, long, default_value = "alertgate.toml")]
+        config: PathBuf,
+        /// Only open incidents.
+        #[arg(long)]
+        open: bool,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask the running gateway (through its pid file) to reload its configuration and rules.
+    Reload {
+        #[arg(short, long, default_value = "alertgate.toml")]
+        config: PathBuf,
+    },
+    /// Print an argon2id hash for a `[server.auth]` user's `password_hash` (reads the
+    /// password from standard input).
+    Passwd,
     /// Rule authors' tools.
     Rules {
         #[command(subcommand)]
@@ -100,6 +135,9 @@ enum QueueAction {
         state: Option<String>,
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// One JSON object per line (like `postqueue -j`).
+        #[arg(long)]
+        json: bool,
     },
     /// Show one spooled message (ID) or outbound mail (oID): envelope, state and bytes.
     Show { id: String },
@@ -120,7 +158,7 @@ fn main() -> ExitCode {
     init_logging(cli.log_format, default_level);
     let result = match cli.command {
         Command::Serve { config } => serve(&config),
-        Command::Check { config } => check(&config),
+        Command::Check { config, online } => check(&config, online),
         Command::Parse {
             rules,
             explain,
@@ -137,6 +175,15 @@ fn main() -> ExitCode {
             action: RulesAction::Test { rules, dir },
         } => alertgate::rules::expect::run(&rule_dirs(rules), &dir),
         Command::Queue { config, action } => queue(&config, action),
+        Command::Inject {
+            config,
+            from,
+            to,
+            files,
+        } => inject(&config, from, to, files),
+        Command::Incidents { config, open, json } => incidents(&config, open, json),
+        Command::Reload { config } => reload(&config),
+        Command::Passwd => passwd(),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -171,7 +218,7 @@ fn serve(config: &Path) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-fn check(config: &Path) -> anyhow::Result<bool> {
+fn check(config: &Path, online: bool) -> anyhow::Result<bool> {
     let mut problems: Vec<String> = Vec::new();
     let loaded = match LoadedConfig::load(config) {
         Ok(l) => Some(l),
@@ -182,6 +229,12 @@ fn check(config: &Path) -> anyhow::Result<bool> {
     };
     if let Some(l) = &loaded {
         problems.extend(alertgate::rules::cli::check_rule_dirs(&l.config.rules.dirs));
+        for warning in &l.warnings {
+            println!("warning: {warning}");
+        }
+        if online {
+            problems.extend(check_online(l)?);
+        }
     }
     if problems.is_empty() {
         println!("{}: ok", config.display());
@@ -193,6 +246,37 @@ fn check(config: &Path) -> anyhow::Result<bool> {
         println!("{} problem(s) found", problems.len());
         Ok(false)
     }
+}
+
+/// `check --online`: opens a GLPI API session and compares the API user's rights with
+/// what the config asks; each missing right is a problem naming its recipe.
+fn check_online(loaded: &LoadedConfig) -> anyhow::Result<Vec<String>> {
+    use alertgate::feedback::{GlpiApi, RightsCheck};
+    let Some(api_config) = &loaded.config.glpi_api else {
+        println!("online: no [glpi_api] section, nothing to check");
+        return Ok(Vec::new());
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    let api = GlpiApi::new(api_config).map_err(|e| anyhow::anyhow!("glpi_api: {e}"))?;
+    let outcome = runtime.block_on(async {
+        let outcome = api.check_rights(api_config.needs()).await;
+        api.close().await;
+        outcome
+    });
+    Ok(match outcome {
+        RightsCheck::Granted(rights) => {
+            println!("glpi_api: {} ok: {rights}", api_config.url);
+            Vec::new()
+        }
+        RightsCheck::Missing { rights, missing } => {
+            println!("glpi_api: {}: {rights}", api_config.url);
+            missing
+                .iter()
+                .map(|m| format!("glpi_api: the API user {m}"))
+                .collect()
+        }
+        RightsCheck::Unavailable(e) => vec![format!("glpi_api: {}: {e}", api_config.url)],
+    })
 }
 
 fn parse(rules: Vec<PathBuf>, explain: bool, files: &[PathBuf]) -> anyhow::Result<bool> {
@@ -212,7 +296,12 @@ fn queue(config: &Path, action: QueueAction) -> anyhow::Result<bool> {
     let loaded = load(config)?;
     let conn = store::open(&loaded.config.store.path)?;
     match action {
-        QueueAction::List { state, limit } => queue_list(&conn, state.as_deref(), limit),
+        QueueAction::List {
+            state,
+            limit,
+            json: true,
+        } => queue_list_json(&conn, state.as_deref(), limit),
+        QueueAction::List { state, limit, .. } => queue_list(&conn, state.as_deref(), limit),
         QueueAction::Show { id } => match parse_queue_id(&id)? {
             QueueId::Spool(id) => show_spool(&conn, id),
             QueueId::Outbound(id) => show_outbound(&conn, id),
@@ -236,6 +325,117 @@ fn queue(config: &Path, action: QueueAction) -> anyhow::Result<bool> {
             Ok(true)
         }
     }
+}
+
+fn inject(
+    config: &Path,
+    from: Option<String>,
+    to: Vec<String>,
+    files: Vec<PathBuf>,
+) -> anyhow::Result<bool> {
+    use alertgate::cli::inject::{inject, InjectRequest};
+    let loaded = load(config)?;
+    let request = InjectRequest { files, from, to };
+    let runtime = tokio::runtime::Runtime::new()?;
+    let results = runtime.block_on(inject(&loaded, &request));
+    let mut all_ok = true;
+    for (file, result) in request.files.iter().zip(results) {
+        match result {
+            Ok(id) => println!("{}: queued as {id}", file.display()),
+            Err(e) => {
+                all_ok = false;
+                eprintln!("alertgate: {e}");
+            }
+        }
+    }
+    Ok(all_ok)
+}
+
+fn incidents(config: &Path, open: bool, json: bool) -> anyhow::Result<bool> {
+    use alertgate::cli::incidents::{render_json, render_text};
+    let loaded = load(config)?;
+    let conn = store::open(&loaded.config.store.path)?;
+    let list = store::incidents::load(&conn, !open)?;
+    if json {
+        print!("{}", render_json(&list));
+    } else {
+        print!("{}", render_text(&list, format_time));
+    }
+    Ok(true)
+}
+
+fn reload(config: &Path) -> anyhow::Result<bool> {
+    let loaded = load(config)?;
+    let pid = alertgate::cli::reload::signal_reload(&loaded.config.store.path)?;
+    println!("sent SIGHUP to alertgate (pid {pid}); its log says whether the new configuration was taken");
+    Ok(true)
+}
+
+fn passwd() -> anyhow::Result<bool> {
+    use std::io::{BufRead, IsTerminal};
+    if std::io::stdin().is_terminal() {
+        eprint!("password (echoed; or pipe it in): ");
+    }
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    let password = line.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        anyhow::bail!("empty password");
+    }
+    println!("{}", alertgate::cli::passwd::hash(password)?);
+    Ok(true)
+}
+
+fn queue_list_json(
+    conn: &rusqlite::Connection,
+    state: Option<&str>,
+    limit: usize,
+) -> anyhow::Result<bool> {
+    let spool_state = state.and_then(spool::SpoolState::parse);
+    let outbound_state = state.filter(|s| ["queued", "held", "sent", "dead"].contains(s));
+    if state.is_some() && spool_state.is_none() && outbound_state.is_none() {
+        anyhow::bail!("unknown state `{}`", state.unwrap_or_default());
+    }
+    if state.is_none() || spool_state.is_some() {
+        for row in spool::list_checked(conn, spool_state, limit)? {
+            let row = match row {
+                Ok(row) => row,
+                Err(damaged) => {
+                    let line = serde_json::json!({"queue": "spool", "id": damaged.id, "damaged": damaged.error});
+                    println!("{line}");
+                    continue;
+                }
+            };
+            let line = serde_json::json!({
+                "queue": "spool", "id": row.id, "state": row.state,
+                "received_at": row.envelope.received_at, "size": row.size,
+                "sender": row.envelope.mail_from, "recipients": row.envelope.rcpt_to,
+                "message_id": row.message_id, "note": row.note,
+            });
+            println!("{line}");
+        }
+    }
+    if state.is_none() || outbound_state.is_some() {
+        for row in outbound::list_checked(conn, outbound_state, limit)? {
+            let row = match row {
+                Ok(row) => row,
+                Err(damaged) => {
+                    let line = serde_json::json!({"queue": "outbound", "id": format!("o{}", damaged.id), "damaged": damaged.error});
+                    println!("{line}");
+                    continue;
+                }
+            };
+            let line = serde_json::json!({
+                "queue": "outbound", "id": format!("o{}", row.id), "state": row.state,
+                "incident": row.order_key, "attempts": row.attempts,
+                "queued_at": row.queued_at, "next_attempt_at": row.next_attempt_at,
+                "sender": row.envelope_from, "recipients": row.envelope_to,
+                "subject": row.subject, "message_id": row.message_id, "last_error": row.last_error,
+            });
+            println!("{line}");
+        }
+    }
+    Ok(true)
 }
 
 enum QueueId {
@@ -301,7 +501,14 @@ fn queue_list(
             "{:>8}  {:<19}  {:<10}  {:>7}  {:<28}  {:<28}  note",
             "id", "received", "state", "size", "from", "to"
         );
-        for row in spool::list(conn, spool_state, limit)? {
+        for row in spool::list_checked(conn, spool_state, limit)? {
+            let row = match row {
+                Ok(row) => row,
+                Err(damaged) => {
+                    println!("{:>8}  DAMAGED: {}", damaged.id, damaged.error);
+                    continue;
+                }
+            };
             println!(
                 "{:>8}  {:<19}  {:<10}  {:>7}  {:<28}  {:<28}  {}",
                 row.id,
@@ -320,7 +527,18 @@ fn queue_list(
             "{:>8}  {:<8}  {:>8}  {:<19}  {:<16}  subject / last error",
             "id", "state", "attempts", "next attempt", "incident"
         );
-        for row in outbound::list(conn, state.filter(|_| outbound_only), limit)? {
+        for row in outbound::list_checked(conn, state.filter(|_| outbound_only), limit)? {
+            let row = match row {
+                Ok(row) => row,
+                Err(damaged) => {
+                    println!(
+                        "{:>8}  DAMAGED: {}",
+                        format!("o{}", damaged.id),
+                        damaged.error
+                    );
+                    continue;
+                }
+            };
             let next = if row.state == "queued" {
                 format_time(row.next_attempt_at)
             } else {

@@ -34,6 +34,8 @@ pub enum PipelineError {
 pub struct PipelineSettings {
     pub rules: Arc<RuleSet>,
     pub compose: ComposeConfig,
+    /// Reads GLPI's notifications (tag and solved/closed words from the config).
+    pub notifications: crate::feedback::NotificationReader,
     pub correlation: CorrelationPolicy,
     pub unmatched: UnmatchedPolicy,
     /// Hold an incident's updates until its GLPI ticket id is known.
@@ -56,8 +58,6 @@ pub struct GlpiFlow {
     pub api_updates: bool,
     /// `[glpi_api] create = "api"`: alertgate posts the ticket itself.
     pub create_via_api: bool,
-    /// Extra `Ticket` input fields for `create = "api"` (entity, category, requester).
-    pub ticket_fields: serde_json::Map<String, serde_json::Value>,
     /// GLPI's mail collector runs this often (`mailgate`, 600 s by default)…
     pub collector_interval_secs: i64,
     /// …and imports at most this many mails per run (10 by default).
@@ -71,7 +71,6 @@ impl Default for GlpiFlow {
         GlpiFlow {
             api_updates: false,
             create_via_api: false,
-            ticket_fields: serde_json::Map::new(),
             collector_interval_secs: 600,
             collector_batch: 10,
             min_mail_interval_secs: 60,
@@ -80,16 +79,21 @@ impl Default for GlpiFlow {
 }
 
 /// How long an incident's news waits for its ticket id when no timeout is set: the
-/// collector's runs for the mails still unanswered ahead of it (`backlog`) and its own,
-/// one run of margin, and GLPI's notification queue (about two minutes).
+/// collector runs the mails still unanswered ahead of it take, and its own
+/// ([`crate::config::FeedbackConfig::lookup_timeout_secs_for_backlog`]).
 pub fn derived_ticket_wait(
     collector_interval_secs: i64,
     collector_batch: i64,
     backlog: u64,
 ) -> i64 {
-    let batch = collector_batch.max(1) as u64;
-    let runs = (backlog / batch + 1) as i64;
-    collector_interval_secs.max(1).saturating_mul(runs + 1) + 120
+    let pace = crate::config::FeedbackConfig {
+        ticket_lookup_timeout_secs: None,
+        collector_interval_secs: collector_interval_secs.max(1) as u64,
+        collector_batch: collector_batch.max(1) as u64,
+        ..crate::config::FeedbackConfig::default()
+    };
+    i64::try_from(pace.lookup_timeout_secs_for_backlog(backlog.saturating_add(1)))
+        .unwrap_or(i64::MAX)
 }
 
 /// A ticket id learned for one of our incidents (from a notification or the API).
@@ -135,6 +139,11 @@ impl Pipeline {
             settings,
             state,
         })
+    }
+
+    /// A reloaded configuration (rules, compose, correlation) for the mails from now on.
+    pub fn set_settings(&mut self, settings: PipelineSettings) {
+        self.settings = settings;
     }
 
     pub fn state(&self) -> &CorrelationState {
@@ -457,6 +466,11 @@ impl PipelineCore<'_> {
         if !self.settings.hold_until_ticket_known {
             return owner.first_seen;
         }
+        if self.settings.glpi.create_via_api {
+            // alertgate creates the ticket itself: its id comes once GLPI is back, and a
+            // mail would only open a second ticket.
+            return i64::MAX;
+        }
         let wait = if self.settings.ticket_timeout_secs > 0 {
             self.settings.ticket_timeout_secs
         } else {
@@ -538,14 +552,31 @@ impl PipelineCore<'_> {
             ));
         }
         if let (Some(ticket), true) = (owner.ticket_id, self.settings.glpi.api_updates) {
+            // A digest's ticket hears of hundreds of incidents: merged per interval too.
+            if owner.is_digest {
+                let paced_until = actions::last_queued_at(conn, owner_tag, actions::FOLLOWUP)?
+                    .map_or(i64::MIN, |at| {
+                        at.saturating_add(self.settings.glpi.min_mail_interval_secs)
+                    });
+                if now < paced_until {
+                    outbound::hold_until(conn, owner_tag, paced_until)?;
+                    return Ok(format!(
+                        "held ({} event(s)) until {paced_until} for the digest's pace",
+                        events.len()
+                    ));
+                }
+            }
             for h in &rows {
                 outbound::delete(conn, h.id)?;
             }
             return self.queue_api_news(conn, &owner, ticket, &events, now);
         }
-        let paced_until = outbound::last_release_at(conn, owner_tag)?.map_or(i64::MIN, |at| {
-            at.saturating_add(self.settings.glpi.min_mail_interval_secs)
-        });
+        let interval = self.settings.glpi.min_mail_interval_secs;
+        let paced_until = match interval {
+            0 => i64::MIN,
+            _ => outbound::last_release_at(conn, owner_tag)?
+                .map_or(i64::MIN, |at| at.saturating_add(interval)),
+        };
         let unthreaded = owner.ticket_id.is_none();
         let wait_until = if unthreaded {
             paced_until.max(self.ticket_deadline(&owner))
@@ -593,7 +624,7 @@ impl PipelineCore<'_> {
         for h in rest {
             outbound::delete(conn, h.id)?;
         }
-        if unthreaded {
+        if unthreaded && self.settings.hold_until_ticket_known {
             let total = incidents::get_kv(conn, "unthreaded_after_timeout")?
                 .and_then(|v| v.parse::<u64>().ok())
                 .unwrap_or(0)
@@ -628,7 +659,20 @@ impl PipelineCore<'_> {
             _ => (events, None),
         };
         if !news.is_empty() {
-            actions::add(conn, tag, ticket, actions::FOLLOWUP, &news_text(news), now)?;
+            let reopens = news.iter().any(|e| {
+                matches!(
+                    e.kind,
+                    correlate::MailKind::Update {
+                        reason: correlate::UpdateReason::Reopen
+                    }
+                )
+            });
+            let kind = if reopens {
+                actions::REOPEN
+            } else {
+                actions::FOLLOWUP
+            };
+            actions::add(conn, tag, ticket, kind, &news_text(news), now)?;
         }
         if let Some(last) = solution {
             actions::add(conn, tag, ticket, actions::SOLVE, &solution_text(last), now)?;
@@ -644,8 +688,8 @@ impl PipelineCore<'_> {
         ))
     }
 
-    /// `Ticket` input for `create = "api"`: the open mail's subject and text, urgency and
-    /// impact from the state, and the configured fields (entity, category, requester).
+    /// The ticket `create = "api"` posts: the open mail's subject and body, urgency from
+    /// the (worst) state; the worker adds the configured entity, category and requester.
     fn ticket_input(
         &self,
         composed: &ComposedMail,
@@ -654,12 +698,12 @@ impl PipelineCore<'_> {
         let worst = states
             .max_by_key(|s| s.severity())
             .unwrap_or(crate::alert::State::Unknown);
-        let mut input = self.settings.glpi.ticket_fields.clone();
-        input.insert("name".into(), composed.subject.clone().into());
-        input.insert("content".into(), mail_text(&composed.bytes).into());
-        input.insert("urgency".into(), urgency_of(worst).into());
-        input.insert("impact".into(), urgency_of(worst).into());
-        serde_json::Value::Object(input).to_string()
+        serde_json::json!({
+            "name": composed.subject,
+            "content": mail_text(&composed.bytes),
+            "urgency": urgency_of(worst),
+        })
+        .to_string()
     }
 
     fn is_feedback(&self, row: &SpoolRow) -> bool {
@@ -680,7 +724,7 @@ impl PipelineCore<'_> {
         raw: &[u8],
         now: i64,
     ) -> Result<StepResult, PipelineError> {
-        let note = match crate::feedback::parse_notification(raw, &self.settings.compose.glpi_tag) {
+        let note = match self.settings.notifications.read(raw) {
             Err(e) => {
                 tracing::warn!(reason = %e, "mail to a feedback address is not a GLPI notification; kept");
                 format!("not a GLPI notification: {e}")

@@ -4,7 +4,10 @@
 mod support;
 
 use alertgate::correlate::TicketStatus;
-use alertgate::feedback::{parse_notification, ApiError, GlpiApi, GlpiApiConfig, Secret};
+use alertgate::feedback::{
+    parse_notification, ApiError, CreateMode, GlpiApi, GlpiApiConfig, MissingRight, Needs,
+    NewTicket, Secret,
+};
 use std::time::Duration;
 use support::glpi::*;
 
@@ -581,4 +584,157 @@ async fn tokens_stay_out_of_debug_output() {
             "{text}"
         );
     }
+}
+
+#[tokio::test]
+async fn api_creates_tickets_and_reads_their_status() {
+    let glpi = GlpiDouble::start().await;
+    let mut cfg = api_config(&glpi);
+    cfg.create = CreateMode::Api;
+    cfg.entity = Some(3);
+    cfg.category = Some(12);
+    let api = GlpiApi::new(&cfg).unwrap();
+    let ticket = NewTicket::new(
+        &cfg,
+        "[ALERT-1f3a9c2e] CRITICAL web01/disk",
+        "<p>full</p>",
+        5,
+    );
+    let id = api.create_ticket(&ticket).await.expect("created");
+    let t = glpi.ticket(id).expect("the double has it");
+    assert_eq!(t.created_by, Source::Api);
+    assert_eq!((t.urgency, t.impact), (5, 5));
+    assert_eq!((t.entities_id, t.itilcategories_id), (3, 12));
+    assert_eq!(t.requester, FROM, "the API user is the default requester");
+    assert_eq!(t.title, "[ALERT-1f3a9c2e] CRITICAL web01/disk");
+    assert_eq!(
+        api.ticket_status(id).await.unwrap(),
+        Some(TicketStatus::Open)
+    );
+    api.solve_ticket(id, "recovered").await.unwrap();
+    assert_eq!(
+        api.ticket_status(id).await.unwrap(),
+        Some(TicketStatus::Solved)
+    );
+    glpi.close(id).await;
+    assert_eq!(
+        api.ticket_status(id).await.unwrap(),
+        Some(TicketStatus::Closed)
+    );
+    assert_eq!(api.ticket_status(999).await.unwrap(), None);
+
+    // A bad field is refused for good, with GLPI's code.
+    let mut bad = ticket.clone();
+    bad.urgency = 9;
+    let err = api.create_ticket(&bad).await.unwrap_err();
+    assert!(err.is_refusal() && !err.is_transient(), "{err}");
+    assert_eq!(err.glpi_code().as_deref(), Some("ERROR_GLPI_ADD"));
+}
+
+#[tokio::test]
+async fn self_service_may_not_solve_and_the_refusal_is_typed() {
+    let glpi = GlpiDouble::start_with(GlpiConfig {
+        users: vec![FROM.into(), "other@example.test".into()],
+        ..GlpiConfig::default().with_profile(ApiProfile::self_service())
+    })
+    .await;
+    let api = GlpiApi::new(&api_config(&glpi)).unwrap();
+    let rights = api.rights().await.expect("rights read");
+    assert_eq!(rights.profile, "Self-Service");
+    assert_eq!(rights.user.as_deref(), Some("alertgate"));
+    assert_eq!(rights.user_id, Some(7));
+    assert!(!rights.can_solve());
+    let missing = rights.missing(Needs {
+        solve: true,
+        ..Needs::default()
+    });
+    assert!(
+        matches!(missing.as_slice(), [MissingRight::Solve { .. }]),
+        "{missing:?}"
+    );
+
+    let id = api
+        .create_ticket(&NewTicket::new(
+            &api_config(&glpi),
+            "[ALERT-0a0a0a0a] x",
+            "y",
+            3,
+        ))
+        .await
+        .expect("Self-Service may create tickets");
+    let err = api.solve_ticket(id, "recovered").await.unwrap_err();
+    assert!(err.is_refusal(), "{err}");
+    assert_eq!(err.glpi_code().as_deref(), Some("ERROR_GLPI_ADD"));
+    assert!(
+        err.to_string()
+            .contains("You don't have permission to perform this action."),
+        "{err}"
+    );
+    assert_eq!(glpi.ticket(id).unwrap().status, STATUS_NEW);
+    // The fallback: a follow-up carrying the recovery reaches its own ticket.
+    api.add_followup(id, "Recovered: OK")
+        .await
+        .expect("follow-up");
+    assert_eq!(glpi.followups(id)[0].content, "Recovered: OK");
+
+    // A ticket someone else requested is out of its sight: refused, session kept.
+    let sessions = glpi.api_calls("initSession");
+    let mut theirs = Mail::new("[ALERT-0b0b0b0b] theirs", "<m.0@alertgate.test>");
+    theirs.from = "other@example.test";
+    deliver(&glpi, theirs).await;
+    let other = glpi.tickets().last().unwrap().id;
+    assert_eq!(glpi.ticket(other).unwrap().requester, "other@example.test");
+    let err = api.ticket_status(other).await.unwrap_err();
+    assert_eq!(
+        err.glpi_code().as_deref(),
+        Some("ERROR_RIGHT_MISSING"),
+        "{err}"
+    );
+    let err = api.add_followup(other, "x").await.unwrap_err();
+    assert_eq!(err.glpi_code().as_deref(), Some("ERROR_GLPI_ADD"), "{err}");
+    assert_eq!(glpi.api_calls("initSession"), sessions);
+}
+
+#[tokio::test]
+async fn the_documented_profile_and_technician_may_do_everything() {
+    for profile in [ApiProfile::alertgate(), ApiProfile::technician()] {
+        let glpi =
+            GlpiDouble::start_with(GlpiConfig::default().with_profile(profile.clone())).await;
+        let mut cfg = api_config(&glpi);
+        cfg.create = CreateMode::Api;
+        cfg.solve_on_recovery = true;
+        let api = GlpiApi::new(&cfg).unwrap();
+        let rights = api.rights().await.unwrap();
+        assert!(
+            rights.missing(cfg.needs()).is_empty(),
+            "{profile:?}: {rights:?}"
+        );
+        let id = api
+            .create_ticket(&NewTicket::new(&cfg, "[ALERT-0c0c0c0c] x", "y", 4))
+            .await
+            .unwrap();
+        api.add_followup(id, "update").await.unwrap();
+        api.solve_ticket(id, "recovered").await.unwrap();
+        assert_eq!(glpi.ticket(id).unwrap().status, STATUS_SOLVED);
+        assert_eq!(glpi.api_calls("getActiveProfile"), 1);
+        assert_eq!(glpi.api_calls("getFullSession"), 1);
+    }
+}
+
+#[tokio::test]
+async fn a_profile_without_read_right_gets_right_missing_not_a_new_session() {
+    let mut profile = ApiProfile::alertgate();
+    profile.ticket = RIGHT_CREATE;
+    let glpi = GlpiDouble::start_with(GlpiConfig::default().with_profile(profile)).await;
+    let api = GlpiApi::new(&api_config(&glpi)).unwrap();
+    let id = api
+        .create_ticket(&NewTicket::new(&api_config(&glpi), "t", "c", 3))
+        .await
+        .unwrap();
+    let err = api.ticket_status(id).await.unwrap_err();
+    assert!(err.is_refusal(), "{err}");
+    assert_eq!(err.glpi_code().as_deref(), Some("ERROR_RIGHT_MISSING"));
+    assert_eq!(glpi.api_calls("initSession"), 1, "no session renewal");
+    let missing = api.rights().await.unwrap().missing(Needs::default());
+    assert_eq!(missing, [MissingRight::ReadTickets]);
 }

@@ -5,6 +5,8 @@
 
 mod support;
 
+use alertgate::correlate::TicketStatus;
+use alertgate::feedback::parse_notification;
 use std::time::{Duration, Instant};
 use support::glpi::*;
 
@@ -166,7 +168,10 @@ async fn a_follow_up_imported_after_a_solution_refuses_it() {
 }
 
 /// The double's notification for ticket 1 in `version`, with its raw text.
-async fn first_notification(version: GlpiVersion, language: Language) -> (GlpiDouble, String) {
+async fn first_notification(
+    version: GlpiVersion,
+    language: Language,
+) -> (GlpiDouble, String, Vec<Vec<u8>>) {
     let glpi = GlpiDouble::start_with(
         GlpiConfig::default()
             .with_version(version)
@@ -182,12 +187,12 @@ async fn first_notification(version: GlpiVersion, language: Language) -> (GlpiDo
     let text = String::from_utf8_lossy(&mails[0].data).into_owned()
         + "\n----\n"
         + &String::from_utf8_lossy(&mails2[1].data);
-    (glpi, text)
+    (glpi, text, mails2.into_iter().map(|m| m.data).collect())
 }
 
 #[tokio::test]
 async fn glpi_10_0_3_notifications_have_the_captured_shape() {
-    let (glpi, text) = first_notification(GlpiVersion::Legacy10, Language::En).await;
+    let (glpi, text, _) = first_notification(GlpiVersion::Legacy10, Language::En).await;
     let uuid = &glpi.config().uuid;
     let message_id = regex::Regex::new(&format!(
         r"Message-ID: <GLPI_{uuid}-Ticket-1\.\d+\.\d+@glpi\.test>\r\n"
@@ -243,7 +248,7 @@ async fn glpi_10_0_3_notifications_have_the_captured_shape() {
 
 #[tokio::test]
 async fn glpi_9_5_notifications_and_threading() {
-    let (glpi, text) = first_notification(GlpiVersion::V9_5, Language::En).await;
+    let (glpi, text, _) = first_notification(GlpiVersion::V9_5, Language::En).await;
     let message_id =
         regex::Regex::new(r"Message-ID: <GLPI-Ticket-1\.\d+\.\d+@glpi\.test>\r\n").unwrap();
     assert_eq!(message_id.find_iter(&text).count(), 2, "{text}");
@@ -256,7 +261,7 @@ async fn glpi_9_5_notifications_and_threading() {
 
 #[tokio::test]
 async fn modern_notifications_keep_the_fixed_new_id() {
-    let (glpi, text) = first_notification(GlpiVersion::Modern, Language::En).await;
+    let (glpi, text, _) = first_notification(GlpiVersion::Modern, Language::En).await;
     let root = modern_new_id(glpi.config(), 1);
     assert!(text.contains(&format!("Message-ID: {root}\r\n")), "{text}");
     assert!(text.contains(&format!("In-Reply-To: {root}\r\nReferences: {root}\r\n")));
@@ -276,8 +281,15 @@ async fn notifications_speak_the_configured_language() {
         (Language::It, "Ticket risolto", "Stato : Risolto"),
         (Language::Pt, "Chamado solucionado", "Status : Solucionado"),
     ] {
-        let (glpi, _) = first_notification(GlpiVersion::Legacy10, language).await;
+        let (glpi, _, raw) = first_notification(GlpiVersion::Legacy10, language).await;
         let n = &glpi.notifications()[1];
+        // alertgate reads them: the new ticket open, the solve solved.
+        let new = parse_notification(&raw[0], "GLPI").expect("new-ticket notification");
+        assert_eq!((new.ticket_id, new.status), (1, Some(TicketStatus::Open)));
+        let seen = parse_notification(&raw[1], "GLPI").expect("solved notification");
+        assert_eq!(seen.status, Some(TicketStatus::Solved), "{language:?}");
+        assert_eq!(seen.event, "solved", "{language:?}");
+        assert_eq!(seen.glpi_message_id.as_deref(), Some(n.message_id.as_str()));
         assert!(n.subject.contains(solved), "{}", n.subject);
         let labels = language.labels();
         assert_eq!(

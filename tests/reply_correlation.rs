@@ -39,7 +39,7 @@ async fn zabbix_update_joins_its_problem_incident_with_host_and_state() {
     // A manual clock: the update waits out the gateway's pace of one mail per incident
     // per minute without the test sleeping through it.
     let clock = Clock::manual(Clock::system().now());
-    let gw = TestGateway::with_relay_clocked(
+    let gw = TestGateway::with_relay_and_clock(
         glpi.smtp_port(),
         &format!("feedback_addresses = [\"{FEEDBACK}\"]"),
         "",

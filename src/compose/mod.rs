@@ -452,8 +452,11 @@ fn assemble(
         }
     }
 
-    let alternative =
-        MultiPart::alternative_plain_html(draft.report.to_text(), draft.report.to_html());
+    // Alert fields may carry bare CR, NUL or terminal escapes: not in a 7bit part.
+    let alternative = MultiPart::alternative_plain_html(
+        text::body_text(&draft.report.to_text()),
+        text::body_text(&draft.report.to_html()),
+    );
     let message = match draft.original {
         Some(original) => builder.multipart(
             MultiPart::mixed()
@@ -496,7 +499,11 @@ fn original_part(original: &[u8]) -> SinglePart {
                 ContentType::parse("application/octet-stream").unwrap_or(ContentType::TEXT_PLAIN),
             )
             .header(disposition)
-            .body(Body::new(crlf)),
+            // Not Body::new: lettre would declare NUL-bearing bytes 7bit.
+            .body(
+                Body::new_with_encoding(crlf, ContentTransferEncoding::Base64)
+                    .unwrap_or_else(Body::new),
+            ),
     }
 }
 

@@ -1,6 +1,6 @@
-//! Text hygiene for everything alert-derived that reaches a header or the HTML body:
-//! single-line header text, GLPI ticket-marker neutralisation, char-safe truncation,
-//! HTML escaping.
+//! Text hygiene for everything alert-derived that reaches a header or a body part:
+//! single-line header text, body text valid for 7bit/8bit, GLPI ticket-marker
+//! neutralisation, char-safe truncation, HTML escaping.
 
 /// What replaces `#` in alert text placed in a subject: GLPI's subject regex
 /// `\[.+#(\d+)\]` needs a literal `#`, so without one no alert text can name a ticket.
@@ -79,6 +79,30 @@ pub fn html_escape(text: &str) -> String {
     out
 }
 
+/// Makes a body text valid for any transfer encoding lettre may declare for it
+/// (RFC 2045 2.7/2.8: in 7bit and 8bit data, no NUL and CR only as part of CRLF):
+/// CRLF and a bare CR become line breaks, NUL is dropped, and every other control
+/// character but TAB becomes a space, so that terminal escapes cannot garble the text.
+pub fn body_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\r' => {
+                if chars.peek() == Some(&'\n') {
+                    chars.next();
+                }
+                out.push('\n');
+            }
+            '\n' | '\t' => out.push(c),
+            '\0' => {}
+            c if c.is_control() => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Escapes multi-line text for HTML, keeping line breaks visible.
 pub fn html_multiline(text: &str) -> String {
     let normalised = text.replace("\r\n", "\n").replace('\r', "\n");
@@ -143,6 +167,13 @@ mod tests {
             "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;q&quot;"
         );
         assert_eq!(html_multiline("a<b\r\nc"), "a&lt;b<br>\nc");
+    }
+
+    #[test]
+    fn body_text_has_no_bare_cr_nul_or_controls() {
+        assert_eq!(body_text("a\rb\r\nc\nd"), "a\nb\nc\nd");
+        assert_eq!(body_text("x\0y\u{7}z\u{1b}[0m\tw\u{85}"), "xy z [0m\tw ");
+        assert_eq!(body_text("état\u{2028}ok"), "état\u{2028}ok");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use serde::Deserialize;
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// How the connection to the relay is secured.
@@ -20,11 +21,27 @@ pub enum RelayTls {
     Tls,
 }
 
+/// Where outbound mail goes: an SMTP relay, or a local Maildir (the first run's outbox).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayKind {
+    #[default]
+    Smtp,
+    Maildir,
+}
+
 /// The `[relay]` section: where normalized mail is sent.
 #[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RelayConfig {
-    /// Host name or IP address of the relay; also the name its TLS certificate is checked against.
+    #[serde(default)]
+    pub kind: RelayKind,
+    /// The Maildir written to when `kind = "maildir"`.
+    #[serde(default)]
+    pub maildir: Option<PathBuf>,
+    /// Host name or IP address of the relay; also the name its TLS certificate is checked
+    /// against. Required when `kind = "smtp"` (checked at load).
+    #[serde(default)]
     pub host: String,
     #[serde(default = "default_port")]
     pub port: u16,
@@ -85,6 +102,8 @@ impl RelayConfig {
     /// A configuration with every default, for `host:port` (used by tests and examples).
     pub fn new(host: impl Into<String>, port: u16) -> RelayConfig {
         RelayConfig {
+            kind: RelayKind::Smtp,
+            maildir: None,
             host: host.into(),
             port,
             tls: RelayTls::default(),
@@ -99,6 +118,21 @@ impl RelayConfig {
             pool_idle_timeout_secs: default_pool_idle_timeout_secs(),
             max_parallel: default_max_parallel(),
             retry: RetryPolicy::default(),
+        }
+    }
+
+    /// What `[relay]` lacks for its kind, as (key, message); checked at load.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        match self.kind {
+            RelayKind::Smtp if self.host.trim().is_empty() => vec![(
+                "relay.host",
+                "missing: the relay's host name or address (or set kind = \"maildir\")".into(),
+            )],
+            RelayKind::Maildir if self.maildir.is_none() => vec![(
+                "relay.maildir",
+                "missing: kind = \"maildir\" needs a directory (e.g. \"./var/outbox\")".into(),
+            )],
+            _ => Vec::new(),
         }
     }
 
@@ -155,6 +189,8 @@ pub struct StepTimeouts {
 impl fmt::Debug for RelayConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RelayConfig")
+            .field("kind", &self.kind)
+            .field("maildir", &self.maildir)
             .field("host", &self.host)
             .field("port", &self.port)
             .field("tls", &self.tls)
@@ -330,8 +366,8 @@ mod tests {
         assert!(unknown.is_err_and(|e| e.to_string().contains("hots")));
         let bad_tls = toml::from_str::<RelayConfig>("host = \"h\"\ntls = \"ssl\"");
         assert!(bad_tls.is_err_and(|e| e.to_string().contains("ssl")));
-        let no_host = toml::from_str::<RelayConfig>("port = 25");
-        assert!(no_host.is_err_and(|e| e.to_string().contains("host")));
+        let bad_kind = toml::from_str::<RelayConfig>("kind = \"mbox\"");
+        assert!(bad_kind.is_err_and(|e| e.to_string().contains("mbox")));
         let retry_typo =
             toml::from_str::<RelayConfig>("host = \"h\"\n[retry]\ninitial_backoff = 1");
         assert!(retry_typo.is_err());

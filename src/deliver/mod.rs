@@ -4,11 +4,15 @@
 
 mod client;
 mod config;
+mod maildir;
 mod shrink;
+mod transport;
 mod worker;
 
 pub use client::{DeliverError, RelayClient};
-pub use config::{RelayConfig, RelayTimeouts, RelayTls, RetryPolicy, StepTimeouts};
+pub use config::{RelayConfig, RelayKind, RelayTimeouts, RelayTls, RetryPolicy, StepTimeouts};
+pub use maildir::MaildirOutbox;
+pub use transport::Transport;
 pub use worker::{
     decide, run_delivery, system_clock, Clock, DeliveryWorker, OutboundItem, OutboundQueue,
     Outcome, QueueError,

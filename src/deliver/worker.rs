@@ -2,8 +2,9 @@
 //! store), sends it through the relay with bounded parallelism, one mail per incident
 //! at a time, and records each outcome: sent, retry later, or dead letter.
 
-use super::client::{DeliverError, RelayClient};
+use super::client::DeliverError;
 use super::config::RetryPolicy;
+use super::transport::Transport;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -208,7 +209,7 @@ impl Unrecorded {
 /// The delivery worker; build it, then `run` it on its own task.
 pub struct DeliveryWorker {
     queue: Arc<dyn OutboundQueue>,
-    client: RelayClient,
+    client: Transport,
     policy: RetryPolicy,
     wake: Arc<Notify>,
     clock: Clock,
@@ -219,13 +220,13 @@ pub struct DeliveryWorker {
 impl DeliveryWorker {
     pub fn new(
         queue: Arc<dyn OutboundQueue>,
-        client: RelayClient,
+        client: impl Into<Transport>,
         policy: RetryPolicy,
         wake: Arc<Notify>,
     ) -> DeliveryWorker {
         DeliveryWorker {
             queue,
-            client,
+            client: client.into(),
             policy,
             wake,
             clock: system_clock(),
@@ -375,6 +376,7 @@ impl DeliveryWorker {
         let clock = Arc::clone(&self.clock);
         let unrecorded = Arc::clone(&self.unrecorded);
         async move {
+            let started = std::time::Instant::now();
             let result = client
                 .send(&item.envelope_from, &item.envelope_to, &item.raw)
                 .await;
@@ -390,6 +392,7 @@ impl DeliveryWorker {
                 }
             }
             let outcome = decide(&item, result, &policy, clock());
+            crate::http::metrics::metrics().delivery_outcome(&outcome, started.elapsed());
             log_outcome(&item, &outcome);
             let now = clock();
             let recorded = tokio::task::spawn_blocking(move || {
@@ -465,7 +468,7 @@ fn log_outcome(item: &OutboundItem, outcome: &Outcome) {
 /// Runs the delivery worker with the wall clock until `shutdown` turns true.
 pub async fn run_delivery(
     queue: Arc<dyn OutboundQueue>,
-    client: RelayClient,
+    client: impl Into<Transport>,
     policy: RetryPolicy,
     wake: Arc<Notify>,
     shutdown: watch::Receiver<bool>,

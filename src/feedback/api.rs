@@ -1,7 +1,9 @@
 //! Client of GLPI's legacy REST API (`apirest.php`): one session opened on first use,
-//! reused and renewed on 401; ticket lookup by thread tag, solve, follow-up.
-//! Tokens are kept in [`Secret`] so they never reach logs or Debug output.
+//! reused and renewed on 401; ticket lookup by thread tag, creation, status, solve,
+//! follow-up, and the API user's rights. Tokens are kept in [`Secret`] so they never
+//! reach logs or Debug output.
 
+use super::rights::ApiRights;
 use crate::correlate::TicketStatus;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -51,6 +53,32 @@ pub struct GlpiApiConfig {
     /// Accept a self-signed or otherwise invalid certificate (test installs only).
     #[serde(default)]
     pub accept_invalid_certs: bool,
+    /// How new tickets are opened: by mail through GLPI's collector (its rules route
+    /// them) or by `POST Ticket` (the id is known at once, no collector needed).
+    #[serde(default)]
+    pub create: CreateMode,
+    /// With `create = "api"`: the entity id of new tickets (GLPI's default: the API
+    /// user's active entity).
+    #[serde(default)]
+    pub entity: Option<u64>,
+    /// With `create = "api"`: the ITIL category id of new tickets.
+    #[serde(default)]
+    pub category: Option<u64>,
+    /// With `create = "api"`: the GLPI user id of the tickets' requester (default: the
+    /// API user).
+    #[serde(default)]
+    pub requester: Option<u64>,
+}
+
+/// `[glpi_api] create`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CreateMode {
+    /// Mail to the collector's mailbox (GLPI's rules choose entity, category, group).
+    #[default]
+    Mail,
+    /// `POST Ticket` through the API.
+    Api,
 }
 
 fn default_request_timeout() -> u64 {
@@ -67,6 +95,19 @@ impl GlpiApiConfig {
             solve_on_recovery: false,
             timeout_secs: default_request_timeout(),
             accept_invalid_certs: false,
+            create: CreateMode::Mail,
+            entity: None,
+            category: None,
+            requester: None,
+        }
+    }
+
+    /// What the configured features need from the API user's profile.
+    pub fn needs(&self) -> super::rights::Needs {
+        super::rights::Needs {
+            create_tickets: self.create == CreateMode::Api,
+            solve: self.solve_on_recovery,
+            other_requester: self.create == CreateMode::Api && self.requester.is_some(),
         }
     }
 
@@ -92,6 +133,24 @@ impl GlpiApiConfig {
         }
         if self.timeout_secs == 0 {
             return Err(ApiError::Config("glpi_api.timeout_secs must be > 0".into()));
+        }
+        if self.create == CreateMode::Mail {
+            for (key, set) in [
+                ("entity", self.entity.is_some()),
+                ("category", self.category.is_some()),
+                ("requester", self.requester.is_some()),
+            ] {
+                if set {
+                    return Err(ApiError::Config(format!(
+                        "glpi_api.{key} only applies with create = \"api\" (with create = \"mail\", GLPI's mail collector rules choose it)"
+                    )));
+                }
+            }
+        }
+        if self.requester == Some(0) {
+            return Err(ApiError::Config(
+                "glpi_api.requester must be a GLPI user id (> 0)".into(),
+            ));
         }
         Ok(())
     }
@@ -120,6 +179,119 @@ impl ApiError {
     /// requests will not.
     pub fn is_transient(&self) -> bool {
         matches!(self, ApiError::Unreachable(_) | ApiError::Server { .. })
+    }
+
+    /// GLPI refused this request for good (a 4xx other than a login problem): sending
+    /// it again will get the same answer, e.g. `400 ["ERROR_GLPI_ADD","You don't have
+    /// permission to perform this action."]` for a solution the profile may not add.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, ApiError::Refused { .. })
+    }
+
+    /// GLPI's error code (`ERROR_GLPI_ADD`, `ERROR_RIGHT_MISSING`, ...) when the answer
+    /// was GLPI's `["CODE", "message"]`.
+    pub fn glpi_code(&self) -> Option<String> {
+        match self {
+            ApiError::Refused { body, .. }
+            | ApiError::Login { body, .. }
+            | ApiError::Server { body, .. } => glpi_error_code(body),
+            _ => None,
+        }
+    }
+}
+
+/// `["ERROR_CODE", "message"]` → `ERROR_CODE`.
+fn glpi_error_code(body: &str) -> Option<String> {
+    let value: Value = serde_json::from_str(body.trim_end_matches('…')).ok()?;
+    value
+        .get(0)
+        .and_then(Value::as_str)
+        .filter(|code| code.starts_with("ERROR"))
+        .map(str::to_owned)
+}
+
+/// The outcome of [`GlpiApi::check_rights`]: what the API user may do of what the
+/// config asks.
+#[derive(Debug)]
+pub enum RightsCheck {
+    /// Everything the config needs is granted.
+    Granted(ApiRights),
+    /// Some needed rights are missing (each names its recipe).
+    Missing {
+        rights: ApiRights,
+        missing: Vec<super::rights::MissingRight>,
+    },
+    /// The rights could not be read (GLPI down, bad token, ...).
+    Unavailable(ApiError),
+}
+
+impl RightsCheck {
+    /// Solutions may be posted: granted, or unknown (GLPI was not reachable; a refusal
+    /// later falls back to a follow-up).
+    pub fn may_solve(&self) -> bool {
+        match self {
+            RightsCheck::Granted(_) | RightsCheck::Unavailable(_) => true,
+            RightsCheck::Missing { rights, .. } => rights.can_solve(),
+        }
+    }
+
+    /// Tickets may be created through the API (same reading as [`Self::may_solve`]).
+    pub fn may_create(&self) -> bool {
+        match self {
+            RightsCheck::Granted(_) | RightsCheck::Unavailable(_) => true,
+            RightsCheck::Missing { rights, .. } => rights.create_tickets,
+        }
+    }
+
+    /// Logs the outcome: info when granted, one warning per missing right.
+    pub fn log(&self) {
+        match self {
+            RightsCheck::Granted(rights) => {
+                tracing::info!(%rights, "GLPI API user has every right alertgate needs")
+            }
+            RightsCheck::Missing { rights, missing } => {
+                for right in missing {
+                    tracing::warn!(%rights, missing = %right, "GLPI API user lacks a right");
+                }
+                if !rights.can_solve() {
+                    tracing::warn!("tickets will not be solved through the API; recoveries go to the ticket as follow-ups");
+                }
+            }
+            RightsCheck::Unavailable(e) => {
+                tracing::warn!(error = %e, "could not read the GLPI API user's rights; assuming they are sufficient")
+            }
+        }
+    }
+}
+
+/// A ticket for [`GlpiApi::create_ticket`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTicket {
+    /// The title (alertgate's subject, thread tag included).
+    pub name: String,
+    /// The description (HTML is fine: GLPI keeps rich text).
+    pub content: String,
+    /// GLPI's 1 (very low) .. 5 (very high).
+    pub urgency: u8,
+    pub impact: u8,
+    /// `_users_id_requester`; `None` leaves GLPI's default (the API user).
+    pub requester_id: Option<u64>,
+    pub entity_id: Option<u64>,
+    pub category_id: Option<u64>,
+}
+
+impl NewTicket {
+    /// A ticket with the configured requester, entity and category of `cfg`.
+    pub fn new(cfg: &GlpiApiConfig, name: &str, content: &str, urgency: u8) -> NewTicket {
+        NewTicket {
+            name: name.to_owned(),
+            content: content.to_owned(),
+            urgency: urgency.clamp(1, 5),
+            impact: urgency.clamp(1, 5),
+            requester_id: cfg.requester,
+            entity_id: cfg.entity,
+            category_id: cfg.category,
+        }
     }
 }
 
@@ -223,6 +395,110 @@ impl GlpiApi {
         parse_search(&answer, tag)
     }
 
+    /// Opens a ticket with `POST Ticket`; returns its id. A refusal (no Create right,
+    /// a bad field) is [`ApiError::Refused`]; an outage is transient.
+    pub async fn create_ticket(&self, ticket: &NewTicket) -> Result<u64, ApiError> {
+        let mut input = serde_json::Map::new();
+        input.insert("name".into(), json!(ticket.name));
+        input.insert("content".into(), json!(ticket.content));
+        input.insert("urgency".into(), json!(ticket.urgency));
+        input.insert("impact".into(), json!(ticket.impact));
+        // 1 = incident (2 would be a request).
+        input.insert("type".into(), json!(1));
+        if let Some(id) = ticket.requester_id {
+            input.insert("_users_id_requester".into(), json!(id));
+        }
+        if let Some(id) = ticket.entity_id {
+            input.insert("entities_id".into(), json!(id));
+        }
+        if let Some(id) = ticket.category_id {
+            input.insert("itilcategories_id".into(), json!(id));
+        }
+        let body = json!({ "input": input });
+        let answer = self
+            .call_json(Call::Post {
+                path: "Ticket",
+                body: &body,
+            })
+            .await?;
+        answer.get("id").and_then(json_u64).ok_or_else(|| {
+            ApiError::BadResponse(format!(
+                "Ticket creation answered without an id: {}",
+                excerpt(&answer.to_string())
+            ))
+        })
+    }
+
+    /// The ticket's status now (`GET Ticket/N`): `None` when GLPI has no such ticket;
+    /// a ticket in the trash counts as closed (follow-ups to it reach nobody).
+    pub async fn ticket_status(&self, id: u64) -> Result<Option<TicketStatus>, ApiError> {
+        let path = format!("Ticket/{id}");
+        let answer = match self
+            .call_json(Call::Get {
+                path: &path,
+                query: &[],
+            })
+            .await
+        {
+            Ok(answer) => answer,
+            Err(ApiError::Refused { status: 404, .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if answer.get("is_deleted").and_then(json_i64) == Some(1) {
+            return Ok(Some(TicketStatus::Closed));
+        }
+        match answer.get("status").and_then(json_i64) {
+            Some(code) => Ok(Some(ticket_status_from_code(code))),
+            None => Err(ApiError::BadResponse(format!(
+                "Ticket/{id} answered without a status: {}",
+                excerpt(&answer.to_string())
+            ))),
+        }
+    }
+
+    /// The API user's rights, from `getFullSession` (who) and `getActiveProfile`
+    /// (what). Compare with [`GlpiApiConfig::needs`] through [`ApiRights::missing`].
+    pub async fn rights(&self) -> Result<ApiRights, ApiError> {
+        let full = self
+            .call_json(Call::Get {
+                path: "getFullSession",
+                query: &[],
+            })
+            .await?;
+        let session = full.get("session");
+        let active = self
+            .call_json(Call::Get {
+                path: "getActiveProfile",
+                query: &[],
+            })
+            .await?;
+        let profile = active
+            .get("active_profile")
+            .or_else(|| session.and_then(|s| s.get("glpiactiveprofile")))
+            .ok_or_else(|| {
+                ApiError::BadResponse(format!(
+                    "getActiveProfile answered without active_profile: {}",
+                    excerpt(&active.to_string())
+                ))
+            })?;
+        ApiRights::from_profile(profile, session).map_err(ApiError::BadResponse)
+    }
+
+    /// [`Self::rights`] compared with what `needs` (see [`GlpiApiConfig::needs`]).
+    pub async fn check_rights(&self, needs: super::rights::Needs) -> RightsCheck {
+        match self.rights().await {
+            Ok(rights) => {
+                let missing = rights.missing(needs);
+                if missing.is_empty() {
+                    RightsCheck::Granted(rights)
+                } else {
+                    RightsCheck::Missing { rights, missing }
+                }
+            }
+            Err(e) => RightsCheck::Unavailable(e),
+        }
+    }
+
     /// Adds a solution to the ticket; GLPI then sets it to solved (5).
     pub async fn solve_ticket(&self, id: u64, content: &str) -> Result<(), ApiError> {
         self.add_itil_item("ITILSolution", id, content).await
@@ -269,15 +545,17 @@ impl GlpiApi {
     /// call sent once more.
     async fn call_json(&self, call: Call<'_>) -> Result<Value, ApiError> {
         let session = self.session_token(false).await?;
-        let response = self.send(&call, &session).await?;
-        let response = if response.status() == reqwest::StatusCode::UNAUTHORIZED {
+        let (status, body) = read_body(self.send(&call, &session).await?).await?;
+        let (status, body) = if status == reqwest::StatusCode::UNAUTHORIZED
+            && glpi_error_code(&body).as_deref() != Some("ERROR_RIGHT_MISSING")
+        {
             tracing::info!("GLPI API session expired; opening a new one");
             let session = self.session_token(true).await?;
-            self.send(&call, &session).await?
+            read_body(self.send(&call, &session).await?).await?
         } else {
-            response
+            (status, body)
         };
-        read_json(response).await
+        interpret(status, &body)
     }
 
     async fn send(&self, call: &Call<'_>, session: &Secret) -> Result<reqwest::Response, ApiError> {
@@ -293,7 +571,10 @@ impl GlpiApi {
         let request = self
             .with_app_token(request)
             .header("Session-Token", session.expose());
-        request.send().await.map_err(unreachable)
+        let sent = request.send().await;
+        crate::http::metrics::metrics()
+            .glpi_api_call(sent.as_ref().is_ok_and(|r| r.status().is_success()));
+        sent.map_err(unreachable)
     }
 
     fn with_app_token(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
@@ -310,7 +591,9 @@ impl GlpiApi {
             return Ok(token.clone());
         }
         *session = None;
-        let token = self.init_session().await?;
+        let token = self.init_session().await;
+        crate::http::metrics::metrics().glpi_session_opened(token.is_ok());
+        let token = token?;
         *session = Some(token.clone());
         Ok(token)
     }
@@ -354,28 +637,46 @@ fn unreachable(e: reqwest::Error) -> ApiError {
 }
 
 async fn read_json(response: reqwest::Response) -> Result<Value, ApiError> {
+    let (status, body) = read_body(response).await?;
+    interpret(status, &body)
+}
+
+async fn read_body(response: reqwest::Response) -> Result<(reqwest::StatusCode, String), ApiError> {
     let status = response.status();
     let body = response.text().await.map_err(unreachable)?;
+    Ok((status, body))
+}
+
+/// An answer as a result: 5xx transient, 401 a login problem (a missing right is a
+/// refusal), other 4xx refusals, 2xx its JSON.
+fn interpret(status: reqwest::StatusCode, body: &str) -> Result<Value, ApiError> {
+    if status == reqwest::StatusCode::UNAUTHORIZED
+        && glpi_error_code(body).as_deref() == Some("ERROR_RIGHT_MISSING")
+    {
+        return Err(ApiError::Refused {
+            status: status.as_u16(),
+            body: excerpt(body),
+        });
+    }
     if status.is_server_error() {
         return Err(ApiError::Server {
             status: status.as_u16(),
-            body: excerpt(&body),
+            body: excerpt(body),
         });
     }
     if status == reqwest::StatusCode::UNAUTHORIZED {
         return Err(ApiError::Login {
             status: status.as_u16(),
-            body: excerpt(&body),
+            body: excerpt(body),
         });
     }
     if !status.is_success() {
         return Err(ApiError::Refused {
             status: status.as_u16(),
-            body: excerpt(&body),
+            body: excerpt(body),
         });
     }
-    serde_json::from_str(&body)
-        .map_err(|e| ApiError::BadResponse(format!("{e}: {}", excerpt(&body))))
+    serde_json::from_str(body).map_err(|e| ApiError::BadResponse(format!("{e}: {}", excerpt(body))))
 }
 
 /// Picks the newest ticket whose title really holds `tag` (GLPI's `contains` is a

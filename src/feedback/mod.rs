@@ -4,7 +4,14 @@
 
 pub mod api;
 pub mod notification;
+pub mod rights;
 pub mod worker;
 
-pub use api::{lookup_backoff, ticket_status_from_code, ApiError, GlpiApi, GlpiApiConfig, Secret};
-pub use notification::{parse_notification, status_for_event, GlpiNotification, NotGlpi};
+pub use api::{
+    lookup_backoff, ticket_status_from_code, ApiError, CreateMode, GlpiApi, GlpiApiConfig,
+    NewTicket, RightsCheck, Secret,
+};
+pub use notification::{
+    parse_notification, status_for_event, GlpiNotification, NotGlpi, NotificationReader,
+};
+pub use rights::{ApiRights, MissingRight, Needs};

@@ -16,19 +16,35 @@ use tokio::sync::{mpsc, watch};
 struct Lookup {
     attempts: u32,
     next_at: i64,
+    /// After this, the lookup goes on in the background at the collector's pace.
     deadline: i64,
+    /// The "not found in time" warning was logged.
+    late: bool,
 }
+
+/// Rounds of actions per loop: a ticket's queued follow-ups go one after the other.
+const ACTION_ROUNDS: usize = 32;
+
+/// A lookup still unanswered this long is dropped (the incident is long over).
+const LOOKUP_GIVE_UP_SECS: i64 = 86_400;
 
 pub struct ApiWorker {
     pub api: GlpiApi,
     /// One connection for the worker's life (actions are polled every second).
     conn: Arc<Mutex<rusqlite::Connection>>,
+    /// Explicit lookup timeout; 0: derived from the collector's pace and the backlog.
     pub lookup_timeout_secs: i64,
+    collector_interval_secs: i64,
+    collector_batch: i64,
     /// Tags whose open mail was delivered.
     pub opened: mpsc::UnboundedReceiver<String>,
     /// Where found tickets go (the pipeline records them).
     pub found: mpsc::UnboundedSender<TicketInfo>,
     clock: Clock,
+    /// The API user may solve tickets; otherwise solutions go as follow-ups.
+    can_solve: bool,
+    /// `[glpi_api]`, for the entity, category and requester of the tickets it creates.
+    tickets: Option<super::GlpiApiConfig>,
 }
 
 impl ApiWorker {
@@ -44,10 +60,63 @@ impl ApiWorker {
             api,
             conn: Arc::new(Mutex::new(conn)),
             lookup_timeout_secs,
+            collector_interval_secs: 600,
+            collector_batch: 10,
             opened,
             found,
             clock: Clock::system(),
+            can_solve: true,
+            tickets: None,
         })
+    }
+
+    /// GLPI's collector pace (`[feedback] collector_interval_secs`, `collector_batch`).
+    pub fn with_pace(mut self, interval_secs: i64, batch: i64) -> ApiWorker {
+        self.collector_interval_secs = interval_secs.max(1);
+        self.collector_batch = batch.max(1);
+        self
+    }
+
+    /// A new lookup for a ticket whose first mail just left, behind `backlog` others.
+    fn lookup(&self, now: i64, backlog: usize) -> Lookup {
+        let wait = if self.lookup_timeout_secs > 0 {
+            self.lookup_timeout_secs
+        } else {
+            crate::pipeline::derived_ticket_wait(
+                self.collector_interval_secs,
+                self.collector_batch,
+                backlog as u64,
+            )
+        };
+        Lookup {
+            attempts: 0,
+            next_at: now,
+            deadline: now + wait,
+            late: false,
+        }
+    }
+
+    /// Seconds to the next attempt: the usual backoff, never slower than the collector.
+    fn backoff(&self, lookup: &Lookup, now: i64) -> i64 {
+        let usual =
+            (lookup_backoff(lookup.attempts) as i64).min(self.collector_interval_secs.max(5));
+        if now < lookup.deadline {
+            usual
+        } else {
+            usual.max(self.collector_interval_secs)
+        }
+    }
+
+    /// The `[glpi_api]` section the tickets it creates take their fields from.
+    pub fn with_tickets(mut self, config: Option<super::GlpiApiConfig>) -> ApiWorker {
+        self.tickets = config;
+        self
+    }
+
+    /// Whether the API user may solve tickets (from the rights check at start).
+    pub fn with_solving(mut self, can_solve: bool) -> ApiWorker {
+        self.can_solve = can_solve;
+        self
     }
 
     /// Read time from `clock` instead of the system's.
@@ -61,19 +130,22 @@ impl ApiWorker {
         loop {
             let now = self.clock.now();
             while let Ok(tag) = self.opened.try_recv() {
-                lookups.entry(tag).or_insert(Lookup {
-                    attempts: 0,
-                    next_at: now,
-                    deadline: now + self.lookup_timeout_secs,
-                });
+                let lookup = self.lookup(now, lookups.len());
+                lookups.entry(tag).or_insert(lookup);
             }
             self.run_lookups(&mut lookups, now).await;
-            self.run_actions(now).await;
+            // Each round takes the head of every ticket's queue; the next ones follow at once.
+            for _ in 0..ACTION_ROUNDS {
+                if self.run_actions(now).await == 0 {
+                    break;
+                }
+            }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 tag = self.opened.recv() => {
                     if let Some(tag) = tag {
-                        lookups.entry(tag).or_insert(Lookup { attempts: 0, next_at: now, deadline: now + self.lookup_timeout_secs });
+                        let lookup = self.lookup(now, lookups.len());
+                        lookups.entry(tag).or_insert(lookup);
                     }
                 }
                 _ = stop.wait_for(|s| *s) => break,
@@ -82,28 +154,24 @@ impl ApiWorker {
         self.api.close().await;
     }
 
-    /// After a restart: open incidents without a ticket id, still within the timeout.
+    /// After a restart: open incidents without a ticket id (announced ones: their first
+    /// mail left), looked up again from the start.
     async fn pending_at_start(&self) -> HashMap<String, Lookup> {
-        let timeout = self.lookup_timeout_secs;
         let loaded = self.with_store(|conn| incidents::load(conn, false)).await;
         let now = self.clock.now();
-        match loaded {
-            Some(list) => list
-                .into_iter()
-                .filter(|i| i.ticket_id.is_none() && i.first_seen + timeout > now)
-                .map(|i| {
-                    (
-                        i.tag,
-                        Lookup {
-                            attempts: 0,
-                            next_at: now,
-                            deadline: i.first_seen + timeout,
-                        },
-                    )
-                })
-                .collect(),
-            _ => HashMap::new(),
-        }
+        let waiting: Vec<String> = loaded
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|i| {
+                i.ticket_id.is_none() && i.announced && now - i.first_seen < LOOKUP_GIVE_UP_SECS
+            })
+            .map(|i| i.tag)
+            .collect();
+        let backlog = waiting.len();
+        waiting
+            .into_iter()
+            .map(|tag| (tag, self.lookup(now, backlog)))
+            .collect()
     }
 
     async fn run_lookups(&self, lookups: &mut HashMap<String, Lookup>, now: i64) {
@@ -135,33 +203,88 @@ impl ApiWorker {
                 Err(e) => log_api_error(&e, &tag),
             }
             lookup.attempts += 1;
-            lookup.next_at = now + lookup_backoff(lookup.attempts) as i64;
-            if lookup.next_at > lookup.deadline {
-                tracing::warn!(tag = %tag, attempts = lookup.attempts, "GLPI ticket not found before the lookup timeout; giving up");
+            let backoff = self.backoff(lookup, now);
+            lookup.next_at = now + backoff;
+            if now >= lookup.deadline && !lookup.late {
+                lookup.late = true;
+                tracing::warn!(tag = %tag, attempts = lookup.attempts, "GLPI ticket not found before the lookup timeout; still looking, at the collector's pace");
+            }
+            if now - lookup.deadline > LOOKUP_GIVE_UP_SECS {
+                tracing::warn!(tag = %tag, attempts = lookup.attempts, "GLPI ticket not found in a day; giving up");
                 lookups.remove(&tag);
             }
         }
     }
 
-    async fn run_actions(&self, now: i64) {
+    /// Carries out the stored actions, the head of each ticket's queue only, so a
+    /// solution never overtakes a follow-up that GLPI did not take yet.
+    /// Returns how many actions succeeded (0: nothing more to do now).
+    async fn run_actions(&self, now: i64) -> usize {
         let Some(due) = self
             .with_store(move |conn| actions::due(conn, now, 16))
             .await
         else {
-            return;
+            return 0;
         };
+        let mut done = 0;
         for action in due {
-            let result = match action.action.as_str() {
+            let kind = if action.action == actions::SOLVE && !self.can_solve {
+                actions::FOLLOWUP
+            } else {
+                action.action.as_str()
+            };
+            let result = match kind {
                 actions::SOLVE => {
                     self.api
                         .solve_ticket(action.ticket_id, &action.content)
                         .await
                 }
+                actions::FOLLOWUP => match self.solved_by_people(&action).await {
+                    Ok(true) => {
+                        let id = action.id;
+                        self.with_store(move |conn| {
+                            actions::finish(
+                                conn,
+                                id,
+                                "skipped",
+                                now,
+                                Some("ticket solved or closed in GLPI"),
+                            )
+                        })
+                        .await;
+                        continue;
+                    }
+                    Ok(false) => {
+                        self.api
+                            .add_followup(action.ticket_id, &action.content)
+                            .await
+                    }
+                    Err(e) => Err(e),
+                },
+                actions::REOPEN => {
+                    self.api
+                        .add_followup(action.ticket_id, &action.content)
+                        .await
+                }
+                actions::CREATE => match self.create(&action.content).await {
+                    Ok(ticket_id) => {
+                        tracing::info!(tag = %action.tag, ticket = ticket_id, "GLPI ticket created through the API");
+                        let _ = self.found.send(TicketInfo {
+                            tag: action.tag.clone(),
+                            ticket_id,
+                            glpi_message_id: None,
+                            status: Some(crate::correlate::TicketStatus::Open),
+                        });
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                },
                 other => Err(ApiError::Config(format!("unknown GLPI action `{other}`"))),
             };
             let (state, next_at, error) = match &result {
                 Ok(()) => {
-                    tracing::info!(tag = %action.tag, ticket = action.ticket_id, "GLPI ticket solved on recovery");
+                    tracing::info!(tag = %action.tag, ticket = action.ticket_id, action = kind, "GLPI ticket updated through the API");
+                    done += 1;
                     ("done", now, None)
                 }
                 Err(e) if e.is_transient() => {
@@ -172,8 +295,16 @@ impl ApiWorker {
                         Some(e.to_string()),
                     )
                 }
+                Err(e) if kind == actions::SOLVE => {
+                    // The recovery must still reach the ticket: as a follow-up.
+                    tracing::error!(tag = %action.tag, ticket = action.ticket_id, error = %e, "GLPI refused the solution; adding the recovery as a follow-up instead");
+                    let id = action.id;
+                    self.with_store(move |conn| actions::convert(conn, id, actions::FOLLOWUP, now))
+                        .await;
+                    continue;
+                }
                 Err(e) => {
-                    tracing::error!(tag = %action.tag, ticket = action.ticket_id, error = %e, "GLPI refused the action; giving up");
+                    tracing::error!(tag = %action.tag, ticket = action.ticket_id, action = kind, error = %e, "GLPI refused the action; giving up");
                     ("failed", now, Some(e.to_string()))
                 }
             };
@@ -182,10 +313,51 @@ impl ApiWorker {
             })
             .await;
         }
+        done
     }
 }
 
 impl ApiWorker {
+    /// Reads the ticket's status before a follow-up: one to a ticket people solved would
+    /// reopen it. A solved or closed ticket is reported to the pipeline (which then holds
+    /// the incident's news, as for a notification saying so).
+    async fn solved_by_people(&self, action: &actions::GlpiAction) -> Result<bool, ApiError> {
+        match self.api.ticket_status(action.ticket_id).await? {
+            Some(status) if status.is_done() => {
+                tracing::info!(tag = %action.tag, ticket = action.ticket_id, ?status, "ticket solved or closed in GLPI; follow-up not sent");
+                let _ = self.found.send(TicketInfo {
+                    tag: action.tag.clone(),
+                    ticket_id: action.ticket_id,
+                    glpi_message_id: None,
+                    status: Some(status),
+                });
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// `POST Ticket` for a stored creation (`{"name", "content", "urgency"}`).
+    async fn create(&self, input: &str) -> Result<u64, ApiError> {
+        let input: serde_json::Value = serde_json::from_str(input)
+            .map_err(|e| ApiError::Config(format!("stored ticket input unreadable: {e}")))?;
+        let text = |k: &str| {
+            input
+                .get(k)
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("")
+        };
+        let urgency = input
+            .get("urgency")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(3);
+        let cfg = self.tickets.as_ref().ok_or_else(|| {
+            ApiError::Config("no [glpi_api] section to create tickets with".into())
+        })?;
+        let ticket = super::NewTicket::new(cfg, text("name"), text("content"), urgency as u8);
+        self.api.create_ticket(&ticket).await
+    }
+
     /// Run a store call on a blocking thread with the worker's connection; errors are
     /// logged (the next round tries again).
     async fn with_store<T: Send + 'static>(

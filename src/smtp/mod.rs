@@ -1,8 +1,11 @@
 //! Inbound SMTP: the listeners, the connection policy applied at connect (client networks,
 //! connection limit), TLS setup, and graceful shutdown. Sessions live in `session`.
 
+pub mod auth;
 pub mod reply;
 pub mod session;
+pub mod slots;
+mod tls;
 
 use crate::config::{Config, ServerPolicy};
 use crate::store::SpoolHandle;
@@ -11,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
@@ -37,6 +40,8 @@ pub struct Shared {
     pub policy: ServerPolicy,
     pub spool: SpoolHandle,
     pub tls: Option<TlsAcceptor>,
+    /// Kept across reloads: failures count per address, whatever the configuration.
+    pub auth_throttle: Arc<auth::AuthThrottle>,
 }
 
 impl Shared {
@@ -46,12 +51,60 @@ impl Shared {
     fn data_timeout(&self) -> Duration {
         Duration::from_secs(self.config.server.data_timeout_secs)
     }
+    /// A DATA transfer's deadline: `data_timeout` plus one second per `min_data_rate`
+    /// bytes received, so only a client sending at least that fast can stretch it.
+    fn data_deadline(
+        &self,
+        started: tokio::time::Instant,
+        received: usize,
+    ) -> tokio::time::Instant {
+        let rate = self.config.server.min_data_rate.max(1);
+        let earned = Duration::from_secs_f64(received as f64 / rate as f64);
+        started + self.data_timeout() + earned
+    }
 }
+
+/// The settings new sessions start with; replaced by a reload.
+type Current = Arc<std::sync::RwLock<Arc<Shared>>>;
 
 /// A bound SMTP server, ready to serve.
 pub struct Server {
     shared: Arc<Shared>,
+    current: Current,
     listeners: Vec<TcpListener>,
+    /// Implicit-TLS listeners (`listen_tls`).
+    tls_listeners: Vec<TcpListener>,
+}
+
+/// Applies a reloaded configuration to the sessions that start from now on.
+#[derive(Clone)]
+pub struct ServerReloader {
+    current: Current,
+}
+
+impl ServerReloader {
+    /// Fails (and changes nothing) when the new TLS files cannot be loaded.
+    pub fn apply(&self, config: Config, policy: ServerPolicy) -> Result<(), SmtpError> {
+        let tls = match &config.server.tls {
+            Some(t) => Some(load_tls(&t.cert, &t.key)?),
+            None => None,
+        };
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        let spool = current.spool.clone();
+        let auth_throttle = current.auth_throttle.clone();
+        *current = Arc::new(Shared {
+            config,
+            policy,
+            spool,
+            tls,
+            auth_throttle,
+        });
+        Ok(())
+    }
+}
+
+fn snapshot(current: &Current) -> Arc<Shared> {
+    current.read().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
 impl Server {
@@ -66,23 +119,47 @@ impl Server {
         };
         let mut listeners = Vec::new();
         for addr in &policy.listen {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|source| SmtpError::Bind {
-                    addr: *addr,
-                    source,
-                })?;
-            listeners.push(listener);
+            listeners.push(bind_one(*addr).await?);
         }
+        let mut tls_listeners = Vec::new();
+        for addr in &policy.listen_tls {
+            if tls.is_none() {
+                return Err(SmtpError::Tls(format!(
+                    "listen_tls {addr} needs [server.tls] cert and key"
+                )));
+            }
+            tls_listeners.push(bind_one(*addr).await?);
+        }
+        let auth_throttle = Arc::new(auth::AuthThrottle::new(Duration::from_millis(
+            config.server.auth.failure_delay_ms,
+        )));
+        let shared = Arc::new(Shared {
+            config,
+            policy,
+            spool,
+            tls,
+            auth_throttle,
+        });
         Ok(Server {
-            shared: Arc::new(Shared {
-                config,
-                policy,
-                spool,
-                tls,
-            }),
+            current: Arc::new(std::sync::RwLock::new(shared.clone())),
+            shared,
             listeners,
+            tls_listeners,
         })
+    }
+
+    /// Addresses of the implicit-TLS listeners.
+    pub fn local_tls_addrs(&self) -> Vec<SocketAddr> {
+        self.tls_listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    pub fn reloader(&self) -> ServerReloader {
+        ServerReloader {
+            current: self.current.clone(),
+        }
     }
 
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
@@ -95,15 +172,28 @@ impl Server {
     /// Serve until `shutdown` turns true; then stop accepting, give sessions in DATA up to
     /// `shutdown_grace_secs` to finish (the others are told 421), and return.
     pub async fn serve(self, shutdown: watch::Receiver<bool>) {
-        let limit = Arc::new(Semaphore::new(self.shared.config.server.max_connections));
+        let server = &self.shared.config.server;
+        let limit = Arc::new(slots::Slots::new(
+            server.max_connections,
+            server.max_connections_per_client,
+            Duration::from_secs(server.idle_eviction_secs),
+            // An evicted session answers 421 and closes at once; this is a safety bound.
+            Duration::from_secs(5),
+        ));
         let mut accepts = JoinSet::new();
-        for listener in self.listeners {
+        let all = self
+            .listeners
+            .into_iter()
+            .map(|l| (l, false))
+            .chain(self.tls_listeners.into_iter().map(|l| (l, true)));
+        for (listener, implicit_tls) in all {
             if let Ok(addr) = listener.local_addr() {
-                tracing::info!(%addr, "listening");
+                tracing::info!(%addr, implicit_tls, "listening");
             }
             accepts.spawn(accept_loop(
                 listener,
-                self.shared.clone(),
+                implicit_tls,
+                self.current.clone(),
                 limit.clone(),
                 shutdown.clone(),
             ));
@@ -117,25 +207,23 @@ impl Server {
             grace_secs = grace.as_secs(),
             "shutting down: no new connections, waiting for sessions"
         );
-        let max = self.shared.config.server.max_connections;
-        if tokio::time::timeout(grace, wait_for_sessions(&limit, max))
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(grace, limit.all_free()).await.is_err() {
             tracing::warn!("shutdown grace period over; abandoning remaining sessions");
         }
     }
 }
 
-/// All permits back means every session has ended.
-async fn wait_for_sessions(limit: &Semaphore, max: usize) {
-    let _ = limit.acquire_many(max as u32).await;
+async fn bind_one(addr: SocketAddr) -> Result<TcpListener, SmtpError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| SmtpError::Bind { addr, source })
 }
 
 async fn accept_loop(
     listener: TcpListener,
-    shared: Arc<Shared>,
-    limit: Arc<Semaphore>,
+    implicit_tls: bool,
+    current: Current,
+    limit: Arc<slots::Slots>,
     shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -149,20 +237,31 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
+        let shared = snapshot(&current);
         let shutdown = shutdown.clone();
-        match limit.clone().try_acquire_owned() {
-            Ok(permit) => {
-                tokio::spawn(async move {
-                    handle_connection(stream, peer, shared, shutdown).await;
-                    drop(permit);
-                });
+        let limit = limit.clone();
+        tokio::spawn(async move {
+            match limit.admit(peer.ip()).await {
+                slots::Admission::Admitted(slot) if implicit_tls => {
+                    tls::handle_implicit(stream, peer, shared, shutdown, slot).await;
+                }
+                slots::Admission::Admitted(slot) => {
+                    if implicit_tls {
+                        tls::handle_implicit(stream, peer, shared, shutdown, slot).await;
+                    } else {
+                        handle_connection(stream, peer, shared, shutdown, slot).await;
+                    }
+                }
+                slots::Admission::ClientLimit => {
+                    tracing::warn!(%peer, "refused: too many connections from this address");
+                    refuse(stream, reply::too_many_connections_from_client()).await;
+                }
+                slots::Admission::Busy => {
+                    tracing::warn!(%peer, "refused: too many connections");
+                    refuse(stream, reply::too_many_connections()).await;
+                }
             }
-            Err(_) => {
-                tracing::warn!(%peer, "refused: too many connections");
-                tokio::spawn(refuse(stream, reply::too_many_connections()));
-            }
-        }
+        });
     }
 }
 
@@ -171,6 +270,7 @@ async fn handle_connection(
     peer: SocketAddr,
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
+    slot: slots::Slot,
 ) {
     if !shared.policy.client_allowed(peer.ip()) {
         tracing::info!(%peer, "refused: client not in allowed_networks");
@@ -178,11 +278,13 @@ async fn handle_connection(
         return;
     }
     session::Session::new(Box::new(stream), shared, peer, shutdown)
+        .with_slot(slot)
         .run()
         .await;
 }
 
-async fn refuse(mut stream: TcpStream, r: reply::Reply) {
+async fn refuse<S: tokio::io::AsyncWrite + Unpin>(mut stream: S, r: reply::Reply) {
+    crate::http::metrics::metrics().smtp_reply(r.code);
     let mut out = Vec::new();
     r.write_to(&mut out);
     let _ = tokio::time::timeout(Duration::from_secs(5), async {

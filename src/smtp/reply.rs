@@ -24,7 +24,13 @@ impl Reply {
     }
 
     pub fn write_to(&self, out: &mut Vec<u8>) {
-        let text = self.text.replace(['\r', '\n'], " ");
+        // Replies may quote the client (a parameter, an address): never its controls.
+        // Found by the smtp_session fuzz target (`SIZE\x1b=100` echoed as is).
+        let text: String = self
+            .text
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
         if self.enhanced.is_empty() {
             out.extend_from_slice(format!("{} {}\r\n", self.code, text).as_bytes());
         } else {
@@ -83,6 +89,30 @@ pub fn client_refused(ip: &str) -> Reply {
 }
 pub fn too_many_connections() -> Reply {
     Reply::new(421, "4.7.0", "Too many connections, try again later")
+}
+pub fn too_many_connections_from_client() -> Reply {
+    Reply::new(
+        421,
+        "4.7.0",
+        "Too many connections from your address, try again later",
+    )
+}
+pub fn idle_evicted(host: &str) -> Reply {
+    Reply::new(
+        421,
+        "4.7.0",
+        format!("{host} Server busy, closing idle connection"),
+    )
+}
+pub fn inflight_full() -> Reply {
+    Reply::new(452, "4.3.1", "Insufficient system storage, try again later")
+}
+pub fn binarymime_unsupported() -> Reply {
+    Reply::new(
+        555,
+        "5.5.4",
+        "BODY=BINARYMIME is not supported (no CHUNKING)",
+    )
 }
 pub fn too_many_errors() -> Reply {
     Reply::new(421, "4.7.0", "Too many errors, closing connection")
@@ -172,6 +202,13 @@ pub fn already_authenticated() -> Reply {
 }
 pub fn auth_mechanism_unsupported() -> Reply {
     Reply::new(504, "5.5.4", "Unrecognized authentication type")
+}
+pub fn too_many_auth_failures() -> Reply {
+    Reply::new(
+        421,
+        "4.7.0",
+        "Too many failed authentication attempts, try again later",
+    )
 }
 pub fn auth_failed() -> Reply {
     Reply::new(535, "5.7.8", "Authentication credentials invalid")

@@ -10,9 +10,9 @@ use smtp_proto::request::receiver::{DataReceiver, DummyDataReceiver};
 use smtp_proto::{Error as ProtoError, Request};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// Anything a session can speak over: plain TCP or TLS.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -39,9 +39,13 @@ enum Next {
     Close,
 }
 
+// One per message in flight, moved rather than stored: boxing the big variant buys nothing.
+#[allow(clippy::large_enum_variant)]
 enum DataOutcome {
-    Complete(Vec<u8>),
+    Complete(Box<crate::store::spool::Draft>),
     TooBig,
+    /// The draft could not be written (disk full…): drained, answered 451.
+    NotStored(std::io::Error),
 }
 
 pub struct Session {
@@ -58,7 +62,17 @@ pub struct Session {
     auth_step: Option<AuthStep>,
     transaction: Option<Transaction>,
     errors: u32,
+    /// Set after a throttled AUTH failure: the next flush waits this long first.
+    reply_delay: Option<std::time::Duration>,
     shutdown: watch::Receiver<bool>,
+    /// The connection slot, through which the server may ask an idle session to close.
+    slot: Option<super::slots::Slot>,
+}
+
+/// Why a read did not bring more input.
+enum ReadEnd {
+    Closed,
+    TimedOut,
 }
 
 impl Session {
@@ -82,7 +96,20 @@ impl Session {
             auth_step: None,
             transaction: None,
             errors: 0,
+            reply_delay: None,
             shutdown,
+            slot: None,
+        }
+    }
+
+    pub fn with_slot(mut self, slot: super::slots::Slot) -> Session {
+        self.slot = Some(slot);
+        self
+    }
+
+    fn set_idle(&self, since: Option<Instant>) {
+        if let Some(slot) = &self.slot {
+            slot.set_idle(since.map(Instant::into_std));
         }
     }
 
@@ -91,10 +118,14 @@ impl Session {
     }
 
     fn reply(&mut self, r: Reply) {
+        crate::http::metrics::metrics().smtp_reply(r.code);
         r.write_to(&mut self.wbuf);
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
+        if let Some(delay) = self.reply_delay.take() {
+            tokio::time::sleep(delay).await;
+        }
         if !self.wbuf.is_empty() {
             self.io.write_all(&self.wbuf).await?;
             self.io.flush().await?;
@@ -114,8 +145,13 @@ impl Session {
     }
 
     async fn serve(&mut self) -> std::io::Result<()> {
+        // Per-request deadline (Postfix's smtpd_per_request_deadline): a whole command
+        // line must arrive within the command timeout, however it is dribbled.
+        let mut request_started = Instant::now();
         loop {
+            let mut handled = false;
             while let Some(line) = self.take_line() {
+                handled = true;
                 let next = match line {
                     Ok(line) => self.handle_line(&line),
                     Err(r) => self.refuse(r),
@@ -125,6 +161,7 @@ impl Session {
                     Next::Close => return self.flush().await,
                     Next::Data => {
                         self.flush().await?;
+                        self.set_idle(None);
                         let outcome = self.receive_data().await?;
                         if let Next::Close = self.finish_data(outcome).await {
                             return self.flush().await;
@@ -142,25 +179,33 @@ impl Session {
                 self.reply(r);
                 return self.flush().await;
             }
-            if !self.read_more(self.shared.command_timeout()).await? {
+            if handled {
+                request_started = Instant::now();
+                self.set_idle(Some(request_started));
+            }
+            let deadline = request_started + self.shared.command_timeout();
+            if !self.read_more(deadline).await? {
                 return Ok(());
             }
         }
     }
 
-    /// Read more input; Ok(false) when the client closed, timed out or we are shutting down.
-    async fn read_more(&mut self, limit: Duration) -> std::io::Result<bool> {
-        let mut chunk = [0u8; READ_CHUNK];
+    /// Read more input; Ok(false) when the client closed, missed the deadline, the
+    /// server needs this idle session's slot, or we are shutting down.
+    async fn read_more(&mut self, deadline: Instant) -> std::io::Result<bool> {
         let mut shutdown = self.shutdown.clone();
+        let evicted = self.slot.as_ref().map(|slot| Arc::clone(&slot.evicted));
+        let evicted = async move {
+            match evicted {
+                Some(notify) => notify.notified().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            read = tokio::time::timeout(limit, self.io.read(&mut chunk)) => match read {
-                Ok(Ok(0)) => Ok(false),
-                Ok(Ok(n)) => {
-                    self.rbuf.extend_from_slice(&chunk[..n]);
-                    Ok(true)
-                }
-                Ok(Err(e)) => Err(e),
-                Err(_) => {
+            read = self.read_until(deadline) => match read? {
+                Ok(()) => Ok(true),
+                Err(ReadEnd::Closed) => Ok(false),
+                Err(ReadEnd::TimedOut) => {
                     tracing::info!(peer = %self.peer, "session timed out");
                     let r = reply::timeout(self.host());
                     self.reply(r);
@@ -168,12 +213,33 @@ impl Session {
                     Ok(false)
                 }
             },
+            _ = evicted => {
+                tracing::info!(peer = %self.peer, "idle session closed to free its slot");
+                let r = reply::idle_evicted(self.host());
+                self.reply(r);
+                self.flush().await?;
+                Ok(false)
+            }
             _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => {
                 let r = reply::shutting_down(self.host());
                 self.reply(r);
                 self.flush().await?;
                 Ok(false)
             }
+        }
+    }
+
+    /// One read into the input buffer, unless `deadline` passes first.
+    async fn read_until(&mut self, deadline: Instant) -> std::io::Result<Result<(), ReadEnd>> {
+        let mut chunk = [0u8; READ_CHUNK];
+        match tokio::time::timeout_at(deadline, self.io.read(&mut chunk)).await {
+            Ok(Ok(0)) => Ok(Err(ReadEnd::Closed)),
+            Ok(Ok(n)) => {
+                self.rbuf.extend_from_slice(&chunk[..n]);
+                Ok(Ok(()))
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Ok(Err(ReadEnd::TimedOut)),
         }
     }
 
@@ -208,7 +274,12 @@ impl Session {
     /// Send an error reply and count it; past the limit the session ends.
     fn refuse(&mut self, r: Reply) -> Next {
         tracing::info!(peer = %self.peer, code = r.code, reason = %r.text, "command refused");
+        // RFC 5321 4.2.2: 421 is the server closing the channel.
+        let closing = r.code == 421;
         self.reply(r);
+        if closing {
+            return Next::Close;
+        }
         self.errors += 1;
         if self.errors >= self.shared.config.server.max_errors {
             tracing::info!(peer = %self.peer, errors = self.errors, "too many errors, closing");
@@ -239,6 +310,13 @@ impl Session {
         framed.extend_from_slice(b"\r\n");
         let request = match Request::parse(&mut framed.iter()) {
             Ok(req) => req.into_owned(),
+            // A SIZE too big for smtp-proto is still a well-formed number: too big.
+            Err(ProtoError::InvalidParameter { param: "SIZE" })
+                if declared_size(line)
+                    .is_some_and(|n| n > self.shared.config.server.max_message_size as u64) =>
+            {
+                return self.refuse(reply::message_too_big())
+            }
             Err(e) => return self.refuse(proto_error_reply(e)),
         };
         match request {
@@ -246,7 +324,7 @@ impl Session {
             Request::Helo { host } => self.answer_helo(host, false),
             Request::Lhlo { .. } => self.refuse(reply::unknown_command()),
             Request::Mail { from } => {
-                let r = self.mail(from);
+                let r = self.mail(from, line);
                 self.answer(r)
             }
             Request::Rcpt { to } => {
@@ -291,6 +369,9 @@ impl Session {
     }
 
     fn answer_helo(&mut self, host: String, esmtp: bool) -> Next {
+        // Never echo (or store) control bytes from the client's name: NUL in a reply
+        // breaks clients and log lines.
+        let host: String = host.chars().filter(|c| !c.is_control()).collect();
         self.helo = Some(host.clone());
         self.esmtp = esmtp;
         self.transaction = None;
@@ -335,7 +416,7 @@ impl Session {
         self.shared.config.server.auth.allow_plaintext_on_loopback && self.peer.ip().is_loopback()
     }
 
-    fn mail(&mut self, from: smtp_proto::MailFrom<String>) -> Reply {
+    fn mail(&mut self, from: smtp_proto::MailFrom<String>, line: &[u8]) -> Reply {
         if self.helo.is_none() {
             return reply::need_helo();
         }
@@ -345,7 +426,12 @@ impl Session {
         if self.shared.config.server.auth.required && self.auth_user.is_none() {
             return reply::auth_required();
         }
-        if from.size > self.shared.config.server.max_message_size {
+        if from.flags & smtp_proto::MAIL_BODY_BINARYMIME != 0 {
+            return reply::binarymime_unsupported();
+        }
+        // smtp-proto wraps a SIZE beyond usize round to a small number: read it here.
+        let declared = declared_size(line).unwrap_or(from.size as u64);
+        if declared > self.shared.config.server.max_message_size as u64 {
             return reply::message_too_big();
         }
         self.transaction = Some(Transaction {
@@ -379,43 +465,70 @@ impl Session {
         match &self.transaction {
             None => Err(reply::need_mail()),
             Some(tx) if tx.rcpt_to.is_empty() => Err(reply::need_rcpt()),
+            // Bytes received and not yet committed, across sessions, past the cap.
+            Some(_)
+                if self.shared.spool.inflight_bytes()
+                    >= self.shared.config.server.max_inflight_bytes =>
+            {
+                tracing::warn!(peer = %self.peer, inflight = self.shared.spool.inflight_bytes(), "DATA deferred: max_inflight_bytes reached");
+                Err(reply::inflight_full())
+            }
             Some(_) => Ok(()),
         }
     }
 
-    /// Read the message body up to the final dot; past the size limit, keep draining
-    /// (so the client hears our answer) but keep nothing.
+    /// Read the message body up to the final dot, streaming it to a spool draft so that
+    /// memory does not grow with its size; past the size limit (or when the draft cannot
+    /// be written) keep draining, so the client hears our answer, but keep nothing.
     async fn receive_data(&mut self) -> std::io::Result<DataOutcome> {
         let max = self.shared.config.server.max_message_size;
         let mut receiver = DataReceiver::new();
-        let mut body: Vec<u8> = Vec::with_capacity(self.rbuf.len().min(max) + 1024);
+        let mut chunk: Vec<u8> = Vec::with_capacity(READ_CHUNK + 1024);
+        let mut draft = self.shared.spool.draft().await;
         let mut discard: Option<DummyDataReceiver> = None;
-        let timeout = self.shared.data_timeout();
+        let mut too_big = false;
+        let started = Instant::now();
+        let mut received = self.rbuf.len();
         loop {
             let input = std::mem::take(&mut self.rbuf);
             let mut iter = input.iter();
             let done = match discard.as_mut() {
                 Some(d) => d.ingest(&mut iter),
-                None => receiver.ingest(&mut iter, &mut body),
+                None => receiver.ingest(&mut iter, &mut chunk),
             };
             self.rbuf = iter.as_slice().to_vec();
-            if discard.is_none() && body.len() > max {
-                discard = Some(DummyDataReceiver::new_data(&receiver));
-                body = Vec::new();
+            if discard.is_none() {
+                let stored = match draft.as_mut() {
+                    Ok(d) if d.len() + chunk.len() <= max => d.write(&chunk).await,
+                    Ok(_) => {
+                        too_big = true;
+                        Ok(())
+                    }
+                    Err(_) => Ok(()),
+                };
+                chunk.clear();
+                if let Err(e) = stored {
+                    draft = Err(e);
+                }
+                if too_big || draft.is_err() {
+                    discard = Some(DummyDataReceiver::new_data(&receiver));
+                }
             }
             if done {
-                return Ok(match discard {
-                    Some(_) => DataOutcome::TooBig,
-                    None => DataOutcome::Complete(body),
+                return Ok(match draft {
+                    _ if too_big => DataOutcome::TooBig,
+                    Ok(d) => DataOutcome::Complete(Box::new(d)),
+                    Err(e) => DataOutcome::NotStored(e),
                 });
             }
             // A shutdown does not interrupt DATA: the message in flight gets its answer.
-            let mut chunk = [0u8; READ_CHUNK];
-            match tokio::time::timeout(timeout, self.io.read(&mut chunk)).await {
-                Ok(Ok(0)) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-                Ok(Ok(n)) => self.rbuf.extend_from_slice(&chunk[..n]),
-                Ok(Err(e)) => return Err(e),
-                Err(_) => {
+            // The deadline grows only with the bytes received (minimum data rate).
+            let deadline = self.shared.data_deadline(started, received);
+            let before = self.rbuf.len();
+            match self.read_until(deadline).await? {
+                Ok(()) => received += self.rbuf.len() - before,
+                Err(ReadEnd::Closed) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Err(ReadEnd::TimedOut) => {
                     tracing::info!(peer = %self.peer, "timeout during DATA, nothing stored");
                     let r = reply::timeout(self.host());
                     self.reply(r);
@@ -430,11 +543,15 @@ impl Session {
         let Some(tx) = self.transaction.take() else {
             return self.refuse(reply::need_mail());
         };
-        let body = match outcome {
+        let draft = match outcome {
             DataOutcome::TooBig => {
                 return self.refuse(reply::message_too_big());
             }
-            DataOutcome::Complete(body) => body,
+            DataOutcome::NotStored(e) => {
+                tracing::error!(peer = %self.peer, error = %e, "refused: cannot write the message");
+                return self.answer(reply::store_failed());
+            }
+            DataOutcome::Complete(draft) => draft,
         };
         let envelope = Envelope {
             peer: self.peer.to_string(),
@@ -445,13 +562,13 @@ impl Session {
             auth_user: self.auth_user.clone(),
             received_at: crate::store::unix_now(),
         };
-        let mut raw = self.received_header(&envelope).into_bytes();
-        raw.extend_from_slice(&body);
-        let size = raw.len();
+        let head = self.received_header(&envelope).into_bytes();
+        let size = head.len() + draft.len();
         let (from, rcpts) = (envelope.mail_from.clone(), envelope.rcpt_to.join(","));
-        match self.shared.spool.store(envelope, raw).await {
+        match self.shared.spool.store_draft(envelope, head, *draft).await {
             Ok(id) => {
                 tracing::info!(spool_id = id, peer = %self.peer, from = %from, rcpt = %rcpts, size, "accepted");
+                crate::http::metrics::metrics().smtp_accepted();
                 self.answer(reply::queued(id))
             }
             Err(e) => {
@@ -523,6 +640,9 @@ impl Session {
     fn auth(&mut self, mechanism: u64, initial: &str) -> Option<Reply> {
         if !self.auth_configured() {
             return Some(reply::auth_not_enabled());
+        }
+        if self.shared.auth_throttle.blocked(self.peer.ip()) {
+            return Some(reply::too_many_auth_failures());
         }
         if !self.tls && !self.plaintext_auth_allowed() {
             return Some(if self.shared.tls.is_some() {
@@ -609,18 +729,62 @@ impl Session {
     }
 
     fn check_credentials(&mut self, user: &str, password: &str) -> Reply {
-        let ok = self.shared.config.server.auth.users.iter().any(|u| {
-            u.username == user && constant_time_eq(u.password.as_bytes(), password.as_bytes())
-        });
+        let ok = self
+            .shared
+            .config
+            .server
+            .auth
+            .users
+            .iter()
+            .any(|u| u.username == user && super::auth::verify(u, password));
         if ok {
             tracing::info!(peer = %self.peer, user, "authenticated");
             self.auth_user = Some(user.to_string());
             reply::auth_ok()
         } else {
             tracing::info!(peer = %self.peer, user, "authentication failed");
-            reply::auth_failed()
+            self.throttle_failure()
         }
     }
+
+    /// A failed AUTH: answered at once, after a delay, or with 421 (see `auth::AuthThrottle`).
+    fn throttle_failure(&mut self) -> Reply {
+        match self.shared.auth_throttle.failure(self.peer.ip()) {
+            super::auth::Throttle::Answer => reply::auth_failed(),
+            super::auth::Throttle::Delay(d) => {
+                self.reply_delay = Some(d);
+                reply::auth_failed()
+            }
+            super::auth::Throttle::Refuse => {
+                tracing::warn!(peer = %self.peer, "too many failed AUTH attempts, closing");
+                reply::too_many_auth_failures()
+            }
+        }
+    }
+
+    /// Sessions on the implicit-TLS listener start encrypted.
+    pub fn with_tls(mut self) -> Session {
+        self.tls = true;
+        self
+    }
+}
+
+/// The `SIZE=` parameter of a MAIL command line, saturating: a number of any length
+/// that does not fit in 64 bits is `u64::MAX`, never wrapped.
+fn declared_size(line: &[u8]) -> Option<u64> {
+    let close = line.iter().position(|b| *b == b'>')?;
+    line[close + 1..]
+        .split(|b| b.is_ascii_whitespace())
+        .find_map(|param| {
+            let (key, value) = param.split_at(param.iter().position(|b| *b == b'=')?);
+            key.eq_ignore_ascii_case(b"SIZE").then_some(&value[1..])
+        })
+        .filter(|digits| !digits.is_empty() && digits.iter().all(u8::is_ascii_digit))
+        .map(|digits| {
+            digits.iter().fold(0u64, |n, d| {
+                n.saturating_mul(10).saturating_add(u64::from(d - b'0'))
+            })
+        })
 }
 
 fn trim_ascii(b: &[u8]) -> &[u8] {
@@ -640,10 +804,6 @@ fn decode_b64(b: &[u8]) -> Option<String> {
         .decode(trim_ascii(b))
         .ok()?;
     String::from_utf8(bytes).ok()
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn proto_error_reply(e: ProtoError) -> Reply {
@@ -666,6 +826,7 @@ fn proto_error_reply(e: ProtoError) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::smtp::auth::constant_time_eq;
 
     #[test]
     fn protocol_errors_map_to_precise_replies() {
@@ -678,6 +839,22 @@ mod tests {
             proto_error_reply(ProtoError::UnsupportedParameter { param: "X".into() }).code,
             555
         );
+    }
+
+    #[test]
+    fn declared_size_saturates_instead_of_wrapping() {
+        assert_eq!(declared_size(b"MAIL FROM:<a@b> SIZE=100"), Some(100));
+        assert_eq!(
+            declared_size(b"MAIL FROM:<a@b> body=8bitmime size=7"),
+            Some(7)
+        );
+        assert_eq!(
+            declared_size(b"MAIL FROM:<a@b> SIZE=99999999999999999999999"),
+            Some(u64::MAX)
+        );
+        assert_eq!(declared_size(b"MAIL FROM:<a@b>"), None);
+        assert_eq!(declared_size(b"MAIL FROM:<a@b> SIZE="), None);
+        assert_eq!(declared_size(b"MAIL FROM:<a=b@c> X=1"), None);
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub struct GlpiAction {
 
 pub const SOLVE: &str = "solve";
 pub const FOLLOWUP: &str = "followup";
+/// A follow-up meant to reopen a ticket people solved (the problem got worse).
+pub const REOPEN: &str = "reopen";
 /// Create the ticket (`create = "api"`); `content` is the ticket's JSON input.
 pub const CREATE: &str = "create";
 
@@ -92,6 +94,17 @@ pub fn set_ticket(conn: &Connection, tag: &str, ticket_id: u64) -> Result<(), St
     )?
     .execute(params![tag, ticket_id as i64])?;
     Ok(())
+}
+
+/// When the incident's latest action of kind `action` was queued.
+pub fn last_queued_at(
+    conn: &Connection,
+    tag: &str,
+    action: &str,
+) -> Result<Option<i64>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT MAX(created_at) FROM glpi_actions WHERE tag = ?1 AND action = ?2")?
+        .query_row(params![tag, action], |r| r.get::<_, Option<i64>>(0))?)
 }
 
 pub fn counts(conn: &Connection) -> Result<Vec<(String, i64)>, StoreError> {

@@ -5,7 +5,9 @@ pub mod actions;
 pub mod incidents;
 pub mod outbound;
 pub mod replies;
+pub mod retention;
 pub mod spool;
+pub mod status;
 pub mod tally;
 
 use rusqlite::Connection;
@@ -29,6 +31,15 @@ pub enum StoreError {
     WriterGone,
     #[error("store: {0}")]
     Corrupt(String),
+    #[error("store: {path} is damaged (PRAGMA quick_check: {details}); restore it from a backup, or recover it with `sqlite3 {path} .recover`")]
+    Damaged { path: String, details: String },
+}
+
+/// A row that could not be read (wrong type, damaged page): listed, not fatal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DamagedRow {
+    pub id: i64,
+    pub error: String,
 }
 
 /// Each migration moves the schema from version `index` to `index + 1`.
@@ -138,6 +149,38 @@ pub fn open_with(path: &Path, durability: Durability) -> Result<Connection, Stor
         conn.pragma_update(None, "synchronous", "NORMAL")?;
     }
     Ok(conn)
+}
+
+/// The rows that could be read; each damaged one is logged.
+pub fn readable<T>(rows: Vec<Result<T, DamagedRow>>) -> Vec<T> {
+    rows.into_iter()
+        .filter_map(|row| {
+            row.map_err(|damaged| {
+                tracing::warn!(id = damaged.id, error = %damaged.error, "damaged row skipped")
+            })
+            .ok()
+        })
+        .collect()
+}
+
+/// Refuses a damaged database at start (a damaged b-tree page would otherwise make
+/// every commit fail, and the server answer 451 forever).
+pub fn quick_check(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let damaged = |details: String| StoreError::Damaged {
+        path: path.display().to_string(),
+        details,
+    };
+    let mut stmt = conn
+        .prepare("PRAGMA quick_check(20)")
+        .map_err(|e| damaged(e.to_string()))?;
+    let lines = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| damaged(e.to_string()))?;
+    if lines.len() == 1 && lines[0] == "ok" {
+        return Ok(());
+    }
+    Err(damaged(lines.join("; ")))
 }
 
 fn configure(conn: &Connection) -> Result<(), StoreError> {

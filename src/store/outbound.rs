@@ -156,19 +156,40 @@ pub fn mark_dead(conn: &Connection, id: i64, error: &str) -> Result<(), StoreErr
 }
 
 /// Listing for `alertgate queue list`: everything not yet sent, plus the latest sent ones.
+/// A row that cannot be read is listed as damaged instead of failing the listing.
+pub fn list_checked(
+    conn: &Connection,
+    state: Option<&str>,
+    limit: usize,
+) -> Result<Vec<Result<OutboundRow, super::DamagedRow>>, StoreError> {
+    let mut ids = conn
+        .prepare(
+            "SELECT id FROM outbound WHERE (?1 IS NULL OR state = ?1) ORDER BY id DESC LIMIT ?2",
+        )?
+        .query_map(params![state, limit as i64], |r| r.get::<_, i64>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    ids.reverse();
+    let sql = format!("SELECT {COLUMNS} FROM outbound WHERE id = ?1");
+    let mut stmt = conn.prepare(&sql)?;
+    Ok(ids
+        .into_iter()
+        .map(|id| {
+            stmt.query_row([id], |r| row(r, false))
+                .map_err(|e| super::DamagedRow {
+                    id,
+                    error: e.to_string(),
+                })
+        })
+        .collect())
+}
+
+/// The readable rows of `list_checked`; damaged ones are skipped with a warning.
 pub fn list(
     conn: &Connection,
     state: Option<&str>,
     limit: usize,
 ) -> Result<Vec<OutboundRow>, StoreError> {
-    let sql = format!(
-        "SELECT {COLUMNS} FROM outbound WHERE (?1 IS NULL OR state = ?1) ORDER BY id DESC LIMIT ?2"
-    );
-    let mut stmt = conn.prepare(&sql)?;
-    let rows = stmt
-        .query_map(params![state, limit as i64], |r| row(r, false))?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(rows.into_iter().rev().collect())
+    Ok(super::readable(list_checked(conn, state, limit)?))
 }
 
 pub fn get(conn: &Connection, id: i64) -> Result<Option<OutboundRow>, StoreError> {

@@ -75,9 +75,31 @@ pub struct SpoolRow {
     pub raw: Option<Vec<u8>>,
 }
 
+/// A message's bytes on their way to the spool: in memory (small, e.g. `inject`), or
+/// streamed to a file during DATA so memory does not grow with size × sessions.
+// One per message in flight, moved rather than stored: boxing the big variant buys nothing.
+#[allow(clippy::large_enum_variant)]
+enum SpoolBytes {
+    Memory(Vec<u8>),
+    /// `head` (the Received header) followed by the file's content.
+    File {
+        head: Vec<u8>,
+        draft: Box<Draft>,
+    },
+}
+
+impl SpoolBytes {
+    fn len(&self) -> usize {
+        match self {
+            SpoolBytes::Memory(raw) => raw.len(),
+            SpoolBytes::File { head, draft } => head.len() + draft.len,
+        }
+    }
+}
+
 struct SpoolJob {
     envelope: Envelope,
-    raw: Vec<u8>,
+    bytes: SpoolBytes,
     message_id: Option<String>,
     reply: oneshot::Sender<Result<i64, String>>,
 }
@@ -88,12 +110,97 @@ pub struct SpoolHandle {
     jobs: mpsc::Sender<SpoolJob>,
     /// Woken after each commit, so the pipeline need not poll.
     pub committed: Arc<Notify>,
+    /// Where DATA is streamed before it is committed.
+    incoming: Arc<std::path::PathBuf>,
+    /// Bytes in drafts not yet committed, across every session.
+    inflight: Arc<std::sync::atomic::AtomicUsize>,
+    next_draft: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Bytes kept in memory from the start of a streamed message, for its Message-ID.
+const HEAD_KEPT: usize = 64 * 1024;
+/// Size of one copy step from a draft file into the database.
+const COPY_CHUNK: usize = 64 * 1024;
+
+/// A message being received: its bytes go to a file in the store's `incoming/`
+/// directory; only its first `HEAD_KEPT` bytes stay in memory. Dropping a draft that was
+/// not stored deletes its file.
+pub struct Draft {
+    path: std::path::PathBuf,
+    file: Option<tokio::io::BufWriter<tokio::fs::File>>,
+    head: Vec<u8>,
+    len: usize,
+    inflight: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Draft {
+    /// Appends received bytes.
+    pub async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let keep = HEAD_KEPT.saturating_sub(self.head.len()).min(bytes.len());
+        self.head.extend_from_slice(&bytes[..keep]);
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("draft already finished"))?;
+        file.write_all(bytes).await?;
+        self.len += bytes.len();
+        self.inflight
+            .fetch_add(bytes.len(), std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    async fn finish(&mut self) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        if let Some(mut file) = self.file.take() {
+            file.flush().await?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Draft {
+    fn drop(&mut self) {
+        self.inflight
+            .fetch_sub(self.len, std::sync::atomic::Ordering::SeqCst);
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 impl SpoolHandle {
     /// Start the writer thread on its own connection.
+    /// The database is checked first (`PRAGMA quick_check`): a damaged one is refused.
     pub fn start(path: &Path, group_commit_max: usize) -> Result<SpoolHandle, StoreError> {
-        let conn = open(path)?;
+        let incoming = incoming_dir(path);
+        // Drafts left by a crash were never answered 250: nothing is lost by removing them.
+        let _ = std::fs::remove_dir_all(&incoming);
+        std::fs::create_dir_all(&incoming).map_err(|source| StoreError::CreateDir {
+            path: incoming.display().to_string(),
+            source,
+        })?;
+        let conn = match open(path) {
+            Ok(conn) => conn,
+            // A damaged page can already fail the schema read: say so precisely.
+            Err(StoreError::Sqlite(e))
+                if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseCorrupt)
+                    || e.sqlite_error_code() == Some(rusqlite::ErrorCode::NotADatabase) =>
+            {
+                return Err(StoreError::Damaged {
+                    path: path.display().to_string(),
+                    details: e.to_string(),
+                })
+            }
+            Err(e) => return Err(e),
+        };
+        super::quick_check(&conn, path)?;
         let (tx, rx) = mpsc::channel(group_commit_max.max(1) * 4);
         let committed = Arc::new(Notify::new());
         let notify = committed.clone();
@@ -104,6 +211,32 @@ impl SpoolHandle {
         Ok(SpoolHandle {
             jobs: tx,
             committed,
+            incoming: Arc::new(incoming),
+            inflight: Arc::default(),
+            next_draft: Arc::default(),
+        })
+    }
+
+    /// Bytes received by sessions and not yet committed.
+    pub fn inflight_bytes(&self) -> usize {
+        self.inflight.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// A new draft for a message about to be received.
+    pub async fn draft(&self) -> std::io::Result<Draft> {
+        let n = self
+            .next_draft
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let path = self
+            .incoming
+            .join(format!("{}-{n}.eml", std::process::id()));
+        let file = tokio::fs::File::create(&path).await?;
+        Ok(Draft {
+            path,
+            file: Some(tokio::io::BufWriter::with_capacity(COPY_CHUNK, file)),
+            head: Vec::new(),
+            len: 0,
+            inflight: Arc::clone(&self.inflight),
         })
     }
 
@@ -111,11 +244,46 @@ impl SpoolHandle {
     pub async fn store(&self, envelope: Envelope, raw: Vec<u8>) -> Result<i64, StoreError> {
         // Parsed here, in the caller's task: the single writer thread only writes.
         let message_id = crate::rules::message_id(&raw);
+        self.submit(envelope, SpoolBytes::Memory(raw), message_id)
+            .await
+    }
+
+    /// Store a streamed message, `head` (its Received header) first, durably.
+    pub async fn store_draft(
+        &self,
+        envelope: Envelope,
+        head: Vec<u8>,
+        mut draft: Draft,
+    ) -> Result<i64, StoreError> {
+        draft
+            .finish()
+            .await
+            .map_err(|e| StoreError::Corrupt(format!("cannot write the message: {e}")))?;
+        let mut start = head.clone();
+        start.extend_from_slice(&draft.head);
+        let message_id = crate::rules::message_id(&start);
+        self.submit(
+            envelope,
+            SpoolBytes::File {
+                head,
+                draft: Box::new(draft),
+            },
+            message_id,
+        )
+        .await
+    }
+
+    async fn submit(
+        &self,
+        envelope: Envelope,
+        bytes: SpoolBytes,
+        message_id: Option<String>,
+    ) -> Result<i64, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.jobs
             .send(SpoolJob {
                 envelope,
-                raw,
+                bytes,
                 message_id,
                 reply,
             })
@@ -152,6 +320,19 @@ pub fn insert(conn: &Connection, envelope: &Envelope, raw: &[u8]) -> Result<i64,
     Ok(conn.last_insert_rowid())
 }
 
+/// `incoming/` next to the database.
+fn incoming_dir(db: &Path) -> std::path::PathBuf {
+    let dir = db
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = db
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "alertgate".into());
+    dir.join(format!("{name}.incoming"))
+}
+
 fn writer_loop(
     mut conn: Connection,
     mut rx: mpsc::Receiver<SpoolJob>,
@@ -167,7 +348,10 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        match insert_batch(&mut conn, &batch) {
+        let started = std::time::Instant::now();
+        let inserted = insert_batch(&mut conn, &batch);
+        crate::http::metrics::metrics().store_commit(started.elapsed());
+        match inserted {
             Ok(ids) => {
                 committed.notify_one();
                 for (job, id) in batch.drain(..).zip(ids) {
@@ -190,11 +374,12 @@ fn insert_batch(conn: &mut Connection, batch: &[SpoolJob]) -> Result<Vec<i64>, S
     {
         let mut stmt = tx.prepare_cached(
             "INSERT INTO spool (received_at, peer, helo, mail_from, rcpt_to, tls, auth_user, message_id, size, raw)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, zeroblob(?10))",
         )?;
         for job in batch {
             let e = &job.envelope;
             let rcpt = serde_json::to_string(&e.rcpt_to).unwrap_or_else(|_| "[]".into());
+            let size = job.bytes.len();
             stmt.execute(params![
                 e.received_at,
                 e.peer,
@@ -204,14 +389,45 @@ fn insert_batch(conn: &mut Connection, batch: &[SpoolJob]) -> Result<Vec<i64>, S
                 e.tls,
                 e.auth_user,
                 job.message_id,
-                job.raw.len() as i64,
-                job.raw,
+                size as i64,
+                size as i64,
             ])?;
-            ids.push(tx.last_insert_rowid());
+            let id = tx.last_insert_rowid();
+            write_blob(&tx, id, &job.bytes)?;
+            ids.push(id);
         }
     }
     tx.commit()?;
     Ok(ids)
+}
+
+/// Fills the row's `raw` (a zeroblob of the right size) in chunks: a streamed message
+/// goes from its file to the database without ever being whole in memory.
+fn write_blob(conn: &Connection, id: i64, bytes: &SpoolBytes) -> Result<(), StoreError> {
+    use std::io::{Read, Write};
+    let mut blob = conn.blob_open(rusqlite::MAIN_DB, "spool", "raw", id, false)?;
+    let io = |e: std::io::Error| StoreError::Corrupt(format!("spooling the message: {e}"));
+    match bytes {
+        SpoolBytes::Memory(raw) => blob.write_all(raw).map_err(io)?,
+        SpoolBytes::File { head, draft } => {
+            blob.write_all(head).map_err(io)?;
+            let mut file = std::fs::File::open(&draft.path).map_err(io)?;
+            let mut chunk = vec![0u8; COPY_CHUNK];
+            let mut left = draft.len;
+            while left > 0 {
+                let n = file.read(&mut chunk[..left.min(COPY_CHUNK)]).map_err(io)?;
+                if n == 0 {
+                    return Err(StoreError::Corrupt(
+                        "a spooled message file was cut short".into(),
+                    ));
+                }
+                blob.write_all(&chunk[..n]).map_err(io)?;
+                left -= n;
+            }
+        }
+    }
+    blob.close()?;
+    Ok(())
 }
 
 const ROW_COLUMNS: &str = "id, received_at, peer, helo, mail_from, rcpt_to, tls, auth_user, message_id, size, state, note";
@@ -237,22 +453,41 @@ fn row_to_spool(r: &rusqlite::Row<'_>, with_raw: bool) -> rusqlite::Result<Spool
     })
 }
 
-/// Spooled messages, newest last; optionally only one state.
+/// Spooled messages, newest last; optionally only one state. A row that cannot be
+/// read is listed as damaged instead of failing the whole listing.
+pub fn list_checked(
+    conn: &Connection,
+    state: Option<SpoolState>,
+    limit: usize,
+) -> Result<Vec<Result<SpoolRow, super::DamagedRow>>, StoreError> {
+    let mut ids = conn
+        .prepare("SELECT id FROM spool WHERE (?1 IS NULL OR state = ?1) ORDER BY id DESC LIMIT ?2")?
+        .query_map(params![state.map(SpoolState::as_str), limit as i64], |r| {
+            r.get::<_, i64>(0)
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    ids.reverse();
+    let sql = format!("SELECT {ROW_COLUMNS} FROM spool WHERE id = ?1");
+    let mut stmt = conn.prepare(&sql)?;
+    Ok(ids
+        .into_iter()
+        .map(|id| {
+            stmt.query_row([id], |r| row_to_spool(r, false))
+                .map_err(|e| super::DamagedRow {
+                    id,
+                    error: e.to_string(),
+                })
+        })
+        .collect())
+}
+
+/// The readable rows of `list_checked`; damaged ones are skipped with a warning.
 pub fn list(
     conn: &Connection,
     state: Option<SpoolState>,
     limit: usize,
 ) -> Result<Vec<SpoolRow>, StoreError> {
-    let sql = format!(
-        "SELECT {ROW_COLUMNS} FROM spool WHERE (?1 IS NULL OR state = ?1) ORDER BY id DESC LIMIT ?2"
-    );
-    let mut stmt = conn.prepare(&sql)?;
-    let rows = stmt
-        .query_map(params![state.map(SpoolState::as_str), limit as i64], |r| {
-            row_to_spool(r, false)
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(rows.into_iter().rev().collect())
+    Ok(super::readable(list_checked(conn, state, limit)?))
 }
 
 pub fn get(conn: &Connection, id: i64) -> Result<Option<SpoolRow>, StoreError> {
@@ -262,14 +497,30 @@ pub fn get(conn: &Connection, id: i64) -> Result<Option<SpoolRow>, StoreError> {
         .optional()?)
 }
 
-/// The oldest messages still waiting for the pipeline, with their bytes.
+/// Bytes of spooled messages `pending` loads at once (at least one message): 64 big
+/// mails in one batch would otherwise put 640 MB in memory, and each is composed again.
+const PENDING_BYTES: usize = 16 * 1024 * 1024;
+
+/// The oldest messages still waiting for the pipeline, with their bytes: at most
+/// `limit` of them and, beyond the first, no more than `PENDING_BYTES` in all.
 pub fn pending(conn: &Connection, limit: usize) -> Result<Vec<SpoolRow>, StoreError> {
-    let sql =
-        format!("SELECT {ROW_COLUMNS}, raw FROM spool WHERE state = 'new' ORDER BY id LIMIT ?1");
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt
-        .query_map([limit as i64], |r| row_to_spool(r, true))?
+    let sizes = conn
+        .prepare_cached("SELECT id, size FROM spool WHERE state = 'new' ORDER BY id LIMIT ?1")?
+        .query_map([limit as i64], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+        })?
         .collect::<Result<Vec<_>, _>>()?;
+    let mut total = 0usize;
+    let mut rows = Vec::new();
+    for (id, size) in sizes {
+        total = total.saturating_add(usize::try_from(size).unwrap_or(usize::MAX));
+        if !rows.is_empty() && total > PENDING_BYTES {
+            break;
+        }
+        if let Some(row) = get(conn, id)? {
+            rows.push(row);
+        }
+    }
     Ok(rows)
 }
 

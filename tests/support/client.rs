@@ -29,6 +29,11 @@ impl ServerReply {
 impl RawClient {
     pub async fn connect(addr: SocketAddr) -> RawClient {
         let stream = TcpStream::connect(addr).await.expect("connect");
+        Self::from_stream(stream)
+    }
+
+    /// A client on an already connected socket (e.g. bound to another source address).
+    pub fn from_stream(stream: TcpStream) -> RawClient {
         // The body and the final dot are two writes: without this, Nagle holds the dot
         // until the server's delayed ACK (40 ms a mail).
         let _ = stream.set_nodelay(true);

@@ -27,6 +27,8 @@ pub fn config_text_with(
     rules_extra: &str,
     sections: &str,
 ) -> String {
+    // A `[store]` block in `sections` joins the store section the template already has.
+    let (store_extra, sections) = split_store_keys(sections);
     // Without a relay of its own, a test relays to a closed port: mail just waits.
     let relay = if sections.contains("[relay]") {
         ""
@@ -42,6 +44,7 @@ accepted_recipients = ["glpi@example.test", "@alerts.example.test"]
 
 [store]
 path = "{db}"
+{store_extra}
 
 [rules]
 dirs = ["{rules}"]
@@ -59,6 +62,26 @@ hostname = "alertgate.test"
             .join("rules")
             .display(),
     )
+}
+
+/// Takes the keys of a `[store]` block out of `sections`: (those keys, the rest).
+fn split_store_keys(sections: &str) -> (String, String) {
+    let mut store = String::new();
+    let mut rest = String::new();
+    let mut in_store = false;
+    for line in sections.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') {
+            in_store = trimmed == "[store]";
+            if in_store {
+                continue;
+            }
+        }
+        let target = if in_store { &mut store } else { &mut rest };
+        target.push_str(line);
+        target.push('\n');
+    }
+    (store, rest)
 }
 
 impl TestGateway {
@@ -80,7 +103,7 @@ impl TestGateway {
         .await
     }
 
-    /// As `start_full`, the time-driven stages reading `clock` (a manual one to compress time).
+    /// As `start_full`, with the gateway's time-driven stages reading `clock`.
     pub async fn start_clocked(
         server_extra: &str,
         rules_extra: &str,
@@ -116,6 +139,14 @@ impl TestGateway {
         }
     }
 
+    /// The implicit-TLS listeners (`listen_tls`).
+    pub fn tls_addrs(&self) -> Vec<SocketAddr> {
+        self.running
+            .as_ref()
+            .map(|r| r.tls_addrs.clone())
+            .unwrap_or_default()
+    }
+
     /// A gateway relaying to 127.0.0.1:`relay_port`, retrying after 1 s (2 s at most).
     pub async fn with_relay(relay_port: u16, server_extra: &str, sections: &str) -> TestGateway {
         let relay = format!(
@@ -124,8 +155,8 @@ impl TestGateway {
         Self::start_with(server_extra, &format!("{relay}\n{sections}")).await
     }
 
-    /// As `with_relay`, on `clock`.
-    pub async fn with_relay_clocked(
+    /// As `with_relay`, on a clock the test drives.
+    pub async fn with_relay_and_clock(
         relay_port: u16,
         server_extra: &str,
         sections: &str,
@@ -192,6 +223,11 @@ impl TestGateway {
         )
     }
 
+    /// The start-up check of the GLPI API user's rights (`None` without `[glpi_api]`).
+    pub fn glpi_rights(&self) -> Option<&alertgate::feedback::RightsCheck> {
+        self.running.as_ref().and_then(|r| r.glpi_rights.as_ref())
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("alertgate.toml")
     }
@@ -205,6 +241,14 @@ impl TestGateway {
         self.db()
             .query_row("SELECT COUNT(*) FROM spool", [], |r| r.get(0))
             .expect("count")
+    }
+
+    /// Stop the gateway but keep its directory (store, config) for inspection.
+    pub async fn shutdown_keep(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(r) = self.running.take() {
+            r.wait().await;
+        }
     }
 
     pub async fn shutdown(mut self) {

@@ -6,4 +6,5 @@ pub mod client;
 pub mod gateway;
 pub mod glpi;
 pub mod mailbox;
+pub mod ops;
 pub mod relay;

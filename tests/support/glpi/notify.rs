@@ -338,6 +338,16 @@ fn encode_header_text(text: &str) -> String {
     }
 }
 
+/// Base64 in lines of 76 characters, as PHPMailer writes it (RFC 2045).
+fn wrap_76(encoded: &str) -> String {
+    encoded
+        .as_bytes()
+        .chunks(76)
+        .map(|line| String::from_utf8_lossy(line).into_owned())
+        .collect::<Vec<_>>()
+        .join("\r\n")
+}
+
 fn html_escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -451,7 +461,7 @@ fn render(
             format!(
                 "--{boundary}\r\nContent-Type: text/{kind}; charset=utf-8\r\n\
                  Content-Transfer-Encoding: base64\r\n\r\n{}\r\n",
-                base64::engine::general_purpose::STANDARD.encode(body)
+                wrap_76(&base64::engine::general_purpose::STANDARD.encode(body))
             )
         }
     };
