@@ -243,7 +243,13 @@ pub fn run(
         .map_err(|e| anyhow::anyhow!("loading rules:\n{e}"))?;
     let mut report = classify(&rules, mails);
     let path = &loaded.config.store.path;
-    let settings = crate::app::pipeline_settings(loaded, rules, true);
+    // No GLPI API is reached during a replay: what it could solve is taken from the config.
+    let may_solve = loaded
+        .config
+        .glpi_api
+        .as_ref()
+        .is_some_and(|a| a.solve_on_recovery);
+    let settings = crate::app::pipeline_settings(loaded, rules, may_solve);
     let mut pipeline = Pipeline::open(path, settings).context("opening the replay store")?;
     let conn = store::open_with(path, store::Durability::Derived)?;
     let rcpt = loaded.compose.to.clone();

@@ -3,6 +3,7 @@
 //! original attached. Pure: bytes out, no I/O; every header goes through lettre.
 
 mod body;
+pub mod language;
 mod subject;
 mod text;
 mod threading;
@@ -44,6 +45,9 @@ pub struct ComposeConfig {
     /// GLPI's ticket tag (per-entity setting in GLPI, `GLPI` by default).
     #[serde(default = "default_glpi_tag")]
     pub glpi_tag: String,
+    /// Language of the subject words and body labels (`en`, `fr`, `de`, `es`).
+    #[serde(default)]
+    pub language: language::Language,
 }
 
 pub const DEFAULT_SUBJECT_TEMPLATE: &str =
@@ -79,6 +83,7 @@ impl ComposeConfig {
             attach_original_on_open: true,
             attach_original_on_update: false,
             glpi_tag: default_glpi_tag(),
+            language: language::Language::En,
         }
     }
 
@@ -257,7 +262,8 @@ pub fn compose(cfg: &ComposeConfig, ev: &MailEvent<'_>) -> Result<ComposedMail, 
     let checked = cfg.checked()?;
     threading::validate_incident_tag(&ev.incident.tag)?;
     let alert = ev.alert;
-    let state_word = state_word(&ev.kind, alert);
+    let english_word = state_word(&ev.kind, alert);
+    let state_word = cfg.language.subject_word(&english_word);
     let fields = SubjectFields {
         tag: &ev.incident.tag,
         state_word: &state_word,
@@ -285,7 +291,9 @@ pub fn compose(cfg: &ComposeConfig, ev: &MailEvent<'_>) -> Result<ComposedMail, 
         host: alert.host.clone(),
         service: service_of(alert).to_owned(),
         state: alert.state.as_str().to_ascii_uppercase(),
-        report: alert_report(ev, &state_word),
+        report: cfg
+            .language
+            .report(alert_report(ev, &english_word), &english_word, &state_word),
         original: ev.original.filter(|_| attach).map(<[u8]>::to_vec),
         now: ev.now,
     };

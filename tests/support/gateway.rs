@@ -112,9 +112,18 @@ impl TestGateway {
     ) -> TestGateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let text = config_text_with(dir.path(), server_extra, rules_extra, sections);
+        Self::start_text(dir, &text, clock).await
+    }
+
+    /// A gateway from a whole config text (made with `config_text` for `dir`).
+    pub async fn start_text(
+        dir: tempfile::TempDir,
+        text: &str,
+        clock: alertgate::clock::Clock,
+    ) -> TestGateway {
         let cfg_path = dir.path().join("alertgate.toml");
-        std::fs::write(&cfg_path, &text).expect("write config");
-        let loaded = LoadedConfig::from_str(&cfg_path, &text)
+        std::fs::write(&cfg_path, text).expect("write config");
+        let loaded = LoadedConfig::from_str(&cfg_path, text)
             .unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
         let db = loaded.config.store.path.clone();
         let (stop, stop_rx) = watch::channel(false);
