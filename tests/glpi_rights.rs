@@ -48,7 +48,6 @@ async fn problem_then_recovery(glpi: &GlpiDouble, gw: &TestGateway) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the API worker to carry out FOLLOWUP actions (issue 9b)"]
 async fn a_self_service_api_user_solves_nothing_and_the_recovery_still_reaches_the_ticket() {
     let glpi =
         GlpiDouble::start_with(GlpiConfig::default().with_profile(ApiProfile::self_service()))
