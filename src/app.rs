@@ -223,6 +223,7 @@ pub async fn start_with_clock(
     stop: watch::Receiver<bool>,
     clock: Clock,
 ) -> anyhow::Result<Running> {
+    limit_malloc_arenas();
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");
     }
@@ -381,6 +382,17 @@ fn glpi_flow(loaded: &LoadedConfig) -> crate::pipeline::GlpiFlow {
         collector_interval_secs: feedback.collector_interval_secs as i64,
         collector_batch: feedback.collector_batch as i64,
         min_mail_interval_secs: feedback.min_mail_interval_secs as i64,
+    }
+}
+
+/// glibc gives each thread that allocates under contention an arena of its own and keeps
+/// freed message buffers there: 200 sessions of 9.9 MB peaked at 464 MB RSS with the
+/// default (8 arenas per core), 160–182 MB with two. Other allocators need nothing.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; it is safe to call at any time.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
 
