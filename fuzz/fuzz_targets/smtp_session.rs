@@ -45,6 +45,9 @@ fn world() -> &'static World {
             policy: loaded.policy.clone(),
             spool,
             tls: None,
+            auth_throttle: Arc::new(alertgate::smtp::auth::AuthThrottle::new(
+                std::time::Duration::from_millis(1),
+            )),
         });
         World { runtime, shared }
     })
