@@ -11,6 +11,7 @@ use crate::correlate::{
     TicketStatus,
 };
 use crate::rules::{ParseContext, ParseError, RuleSet};
+use crate::store::incidents::StoreIncidents;
 use crate::store::outbound::{self, NewOutbound, OutboundState};
 use crate::store::replies::StoreReplyIndex;
 use crate::store::spool::{self, SpoolRow, SpoolState};
@@ -108,7 +109,11 @@ pub struct TicketInfo {
 pub struct Pipeline {
     conn: Connection,
     settings: PipelineSettings,
+    /// The engine's counters, storm window and cache of open incidents.
     state: CorrelationState,
+    /// The store's commit generation after this pipeline's last commit; `None` until
+    /// the state was read from the store (at start, after a failed step).
+    generation: Option<i64>,
 }
 
 /// What one processing step produced, for the spool row's note and the logs.
@@ -133,11 +138,12 @@ impl ParseContext for StoreContext<'_> {
 impl Pipeline {
     pub fn open(path: &Path, settings: PipelineSettings) -> Result<Pipeline, PipelineError> {
         let conn = crate::store::open_with(path, crate::store::Durability::Derived)?;
-        let state = incidents::load_state(&conn)?;
         Ok(Pipeline {
             conn,
             settings,
-            state,
+            // Read from the store inside the first transaction.
+            state: CorrelationState::default(),
+            generation: None,
         })
     }
 
@@ -156,7 +162,7 @@ impl Pipeline {
         if rows.is_empty() {
             return Ok(0);
         }
-        let result = self.in_transaction(|p, conn| {
+        let result = self.in_transaction(now, |p, conn| {
             for row in &rows {
                 let step = p.process(conn, row, now)?;
                 spool::set_state(conn, row.id, step.state, Some(&step.note), now)?;
@@ -170,8 +176,13 @@ impl Pipeline {
     /// Let time-driven decisions happen: storm digests, and news whose wait (for its
     /// ticket id, or for GLPI's intake pace) is over.
     pub fn tick(&mut self, now: i64) -> Result<(), PipelineError> {
-        self.in_transaction(|p, conn| {
-            let decision = correlate::tick(p.state, now, &p.settings.correlation);
+        self.in_transaction(now, |p, conn| {
+            let decision = correlate::tick_with(
+                p.state,
+                &mut StoreIncidents { conn },
+                now,
+                &p.settings.correlation,
+            )?;
             p.apply(conn, &decision, None, now)?;
             for owner in outbound::held_due_keys(conn, now)? {
                 p.flush(conn, &owner, now)?;
@@ -185,7 +196,7 @@ impl Pipeline {
         if infos.is_empty() {
             return Ok(());
         }
-        self.in_transaction(|p, conn| {
+        self.in_transaction(now, |p, conn| {
             for info in infos {
                 let note = p.learn_ticket(conn, info, now)?;
                 tracing::info!(tag = %info.tag, ticket = info.ticket_id, outcome = %note, "ticket learned from the API");
@@ -194,10 +205,13 @@ impl Pipeline {
         })
     }
 
-    /// Run `f` in one transaction; if it fails, the in-memory state is rebuilt from what
-    /// was committed, so memory never runs ahead of the store.
+    /// Run `f` in one transaction. The engine's state is the store's as of this
+    /// pipeline's last commit: when another writer committed since (the generation
+    /// moved) or the last step failed, it is read again first, so memory never runs
+    /// ahead of, nor lags behind, the store.
     fn in_transaction(
         &mut self,
+        now: i64,
         f: impl FnOnce(&mut PipelineCore<'_>, &Connection) -> Result<(), PipelineError>,
     ) -> Result<(), PipelineError> {
         // IMMEDIATE: take the write lock up front. A deferred transaction that reads first
@@ -205,20 +219,41 @@ impl Pipeline {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let mut core = PipelineCore {
-            settings: &self.settings,
-            state: &mut self.state,
-            backlog: None,
-        };
-        let outcome = f(&mut core, &tx).and_then(|()| {
+        let outcome = (|| {
+            let generation = incidents::generation(&tx)?;
+            if self.generation != Some(generation) {
+                if self.generation.is_some() {
+                    tracing::info!(
+                        "incidents changed by another writer; the engine's cache is re-read"
+                    );
+                }
+                self.state = incidents::load_state(&tx, now)?;
+            }
+            let mut core = PipelineCore {
+                settings: &self.settings,
+                state: &mut self.state,
+                backlog: None,
+            };
+            f(&mut core, &tx)?;
             incidents::set_kv(&tx, "next_incident_id", &core.state.next_id().to_string())?;
-            tx.commit().map_err(PipelineError::from)
+            Ok::<i64, PipelineError>(incidents::bump_generation(&tx)?)
+        })();
+        let outcome = outcome.and_then(|generation| {
+            tx.commit()?;
+            Ok(generation)
         });
-        if let Err(e) = &outcome {
-            tracing::error!(error = %e, "pipeline transaction failed; reloading state from the store");
-            self.state = incidents::load_state(&self.conn)?;
+        match outcome {
+            Ok(generation) => {
+                self.generation = Some(generation);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "pipeline transaction failed; the engine's state is re-read from the store");
+                self.state.drop_cache();
+                self.generation = None;
+                Err(e)
+            }
         }
-        outcome
     }
 }
 
@@ -275,6 +310,7 @@ impl PipelineCore<'_> {
             }
             let decision = correlate::reply::correlate_threaded(
                 &StoreReplyIndex { conn },
+                &mut StoreIncidents { conn },
                 self.state,
                 &mail_ids,
                 alert,
@@ -452,11 +488,7 @@ impl PipelineCore<'_> {
         if let Some(n) = self.backlog {
             return Ok(n);
         }
-        let waiting = self
-            .state
-            .open_incidents()
-            .filter(|i| i.announced && i.ticket_id.is_none())
-            .count() as u64;
+        let waiting = incidents::awaiting_ticket_count(conn)?;
         // Updates queue in the same mailbox: what left within the last run may still be there.
         let recent = outbound::sent_since(
             conn,
@@ -772,15 +804,17 @@ impl PipelineCore<'_> {
         info: &TicketInfo,
         now: i64,
     ) -> Result<String, PipelineError> {
-        let open = correlate::apply_ticket_info(
+        let open = correlate::apply_ticket_info_with(
             self.state,
+            &mut StoreIncidents { conn },
             &info.tag,
             info.ticket_id,
             info.glpi_message_id.clone(),
             info.status,
-        );
+        )?;
+        self.state.trim(self.settings.correlation.incident_cache);
         let incident = match open {
-            Some(_) => self.state.incident_by_tag(&info.tag).cloned(),
+            Some(incident) => Some(incident),
             // An ended incident may still have mails waiting for this ticket id.
             None => incidents::by_tag(conn, &info.tag)?.map(|mut inc| {
                 inc.record_ticket(info.ticket_id, info.glpi_message_id.clone(), info.status);

@@ -2,7 +2,9 @@
 //! host and no severity): an alert that cites the mail of an open incident by
 //! In-Reply-To/References takes host, service and state from that incident.
 
-use super::{alert_key, correlate, CorrelationPolicy, CorrelationState, Decision, Incident};
+use super::engine::correlate_uncached;
+use super::lookup::Work;
+use super::{alert_key, CorrelationPolicy, CorrelationState, Decision, Incident, IncidentLookup};
 use crate::alert::{Alert, InheritedField};
 
 /// Where the Message-IDs of alert mails point: which incident each mail was about.
@@ -51,33 +53,58 @@ pub fn inherit(alert: &Alert, incident: &Incident) -> Alert {
 
 /// Correlate one alert of a mail: inherit from the open incident the mail cites, then
 /// remember which incident this mail's ids belong to, for the replies still to come.
-pub fn correlate_threaded<I: ReplyIndex>(
+/// Open incidents not in memory are read through `lookup` (see
+/// [`super::correlate_with`]); the cache is trimmed once the step is done.
+pub fn correlate_threaded<I, L>(
     index: &I,
+    lookup: &mut L,
     state: &mut CorrelationState,
     ids: &MailIds,
     alert: &Alert,
     now: i64,
     policy: &CorrelationPolicy,
-) -> Result<Decision, I::Error> {
+) -> Result<Decision, I::Error>
+where
+    I: ReplyIndex,
+    L: IncidentLookup<Error = I::Error>,
+{
     let parent = if alert.inherits.is_empty() || ids.cited.is_empty() {
         None
     } else {
-        index
-            .incident_for(&ids.cited)?
-            .and_then(|tag| state.incident_by_tag(&tag))
+        match index.incident_for(&ids.cited)? {
+            Some(tag) => cached_by_tag(state, lookup, &tag)?,
+            None => None,
+        }
     };
     let alert = match parent {
-        Some(incident) => inherit(alert, incident),
+        Some(incident) => inherit(alert, &incident),
         None => alert.clone(),
     };
-    let decision = correlate(state, &alert, now, policy);
-    if let Some(incident) = state.incident(&alert_key(&alert, policy)) {
+    let decision = correlate_uncached(state, lookup, &alert, now, policy)?;
+    // The step read the key's incident if it has one; nothing was evicted yet.
+    let tag = state
+        .incident(&alert_key(&alert, policy))
+        .map(|i| i.tag.clone());
+    if let Some(tag) = tag {
         let all = ids.all();
         if !all.is_empty() {
-            index.remember(&all, &incident.tag)?;
+            index.remember(&all, &tag)?;
         }
     }
+    state.trim(policy.incident_cache);
     Ok(decision)
+}
+
+/// The open incident tagged `tag`, read into the cache on a miss.
+fn cached_by_tag<L: IncidentLookup>(
+    state: &mut CorrelationState,
+    lookup: &mut L,
+    tag: &str,
+) -> Result<Option<Incident>, L::Error> {
+    let mut work = Work::new(state, lookup);
+    let key = work.key_of_tag(tag);
+    work.finish()?;
+    Ok(key.and_then(|k| state.incident(&k)).cloned())
 }
 
 #[cfg(test)]
@@ -144,6 +171,7 @@ mod tests {
         let problem = zabbix("web-01", State::Critical, NotificationType::Problem);
         correlate_threaded(
             &index,
+            &mut crate::correlate::InMemory,
             &mut state,
             &ids(None, &["ev1@zabbix"]),
             &problem,
@@ -155,6 +183,7 @@ mod tests {
         update.inherits = vec![InheritedField::Host, InheritedField::State];
         correlate_threaded(
             &index,
+            &mut crate::correlate::InMemory,
             &mut state,
             &ids(None, &["ev1@zabbix"]),
             &update,
@@ -183,6 +212,7 @@ mod tests {
         };
         correlate_threaded(
             &index,
+            &mut crate::correlate::InMemory,
             &mut state,
             &ids(Some("n1@x"), &[]),
             &other,
@@ -196,6 +226,7 @@ mod tests {
         assert_eq!(inherit(&update, &incident).host, "");
         let unknown = correlate_threaded(
             &index,
+            &mut crate::correlate::InMemory,
             &mut state,
             &ids(None, &["nowhere@x"]),
             &update,

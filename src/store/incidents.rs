@@ -1,17 +1,25 @@
-//! Incidents as the correlation engine left them (JSON snapshots, one row each), the
-//! engine's counters, and which host each processed alert mail was about (for mails such
-//! as Zabbix updates that only name their original problem by In-Reply-To).
+//! Incidents as the correlation engine left them (JSON snapshots, one row each, with the
+//! columns its indexed reads need), the engine's counters, the pipeline's commit
+//! generation, and which host each processed alert mail was about (for mails such as
+//! Zabbix updates that only name their original problem by In-Reply-To).
 
 use super::StoreError;
-use crate::correlate::{CorrelationState, Incident};
+use crate::alert::AlertKey;
+use crate::correlate::{CorrelationState, Incident, IncidentLookup};
 use rusqlite::{params, Connection, OptionalExtension};
 
 /// Write an incident snapshot (insert or replace).
 pub fn save(conn: &Connection, incident: &Incident, now: i64) -> Result<(), StoreError> {
     let data = serde_json::to_string(incident).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     conn.prepare_cached(
-        "INSERT INTO incidents (id, tag, alert_key, open, data, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-         ON CONFLICT(id) DO UPDATE SET open = excluded.open, data = excluded.data, updated_at = excluded.updated_at",
+        "INSERT INTO incidents (id, tag, alert_key, open, data, updated_at, first_seen, announced,
+                                ticket_id, pending_digest, is_digest, digest_member)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+         ON CONFLICT(id) DO UPDATE SET open = excluded.open, data = excluded.data,
+            updated_at = excluded.updated_at, first_seen = excluded.first_seen,
+            announced = excluded.announced, ticket_id = excluded.ticket_id,
+            pending_digest = excluded.pending_digest, is_digest = excluded.is_digest,
+            digest_member = excluded.digest_member",
     )?
     .execute(params![
         incident.id as i64,
@@ -19,7 +27,13 @@ pub fn save(conn: &Connection, incident: &Incident, now: i64) -> Result<(), Stor
         incident.key.to_string(),
         incident.ended.is_none(),
         data,
-        now
+        now,
+        incident.first_seen,
+        incident.announced,
+        incident.ticket_id.map(|t| t as i64),
+        incident.in_pending_digest,
+        incident.is_digest,
+        incident.digest_tag.is_some(),
     ])?;
     Ok(())
 }
@@ -27,7 +41,8 @@ pub fn save(conn: &Connection, incident: &Incident, now: i64) -> Result<(), Stor
 /// The incident's digest went out: clear its flag in place, without a new snapshot.
 pub fn mark_digested(conn: &Connection, id: u64, now: i64) -> Result<(), StoreError> {
     conn.prepare_cached(
-        "UPDATE incidents SET data = json_set(data, '$.in_pending_digest', json('false')), updated_at = ?2 WHERE id = ?1",
+        "UPDATE incidents SET data = json_set(data, '$.in_pending_digest', json('false')),
+            pending_digest = 0, updated_at = ?2 WHERE id = ?1",
     )?
     .execute(params![id as i64, now])?;
     Ok(())
@@ -59,31 +74,198 @@ pub fn load(conn: &Connection, all: bool) -> Result<Vec<Incident>, StoreError> {
     Ok(out)
 }
 
+/// The incident (open or ended) tagged `tag`.
 pub fn by_tag(conn: &Connection, tag: &str) -> Result<Option<Incident>, StoreError> {
     let data: Option<String> = conn
-        .query_row("SELECT data FROM incidents WHERE tag = ?1", [tag], |r| {
-            r.get(0)
-        })
+        .prepare_cached("SELECT data FROM incidents WHERE tag = ?1")?
+        .query_row([tag], |r| r.get(0))
         .optional()?;
-    data.map(|d| {
-        serde_json::from_str(&d).map_err(|e| StoreError::Corrupt(format!("incident row: {e}")))
-    })
-    .transpose()
+    data.as_deref().map(parse).transpose()
 }
 
-/// Rebuild the correlation engine's state from what was committed.
-pub fn load_state(conn: &Connection) -> Result<CorrelationState, StoreError> {
-    let max_id: i64 = conn.query_row("SELECT COALESCE(MAX(id), 0) FROM incidents", [], |r| {
-        r.get(0)
-    })?;
+fn parse(data: &str) -> Result<Incident, StoreError> {
+    serde_json::from_str(data).map_err(|e| StoreError::Corrupt(format!("incident row: {e}")))
+}
+
+fn parse_all(rows: Vec<String>) -> Result<Vec<Incident>, StoreError> {
+    rows.iter().map(|d| parse(d)).collect()
+}
+
+/// The open incident of `key` (the newest if an old store has several): one read of
+/// the `incidents_open_key` index. The key's text form is not injective (a `/` in a
+/// host), so the rows are checked against the key itself.
+pub fn open_by_key(conn: &Connection, key: &AlertKey) -> Result<Option<Incident>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT data FROM incidents WHERE alert_key = ?1 AND open = 1 ORDER BY id DESC",
+    )?;
+    let rows = stmt.query_map([key.to_string()], |r| r.get::<_, String>(0))?;
+    for data in rows {
+        let incident = parse(&data?)?;
+        if incident.key == *key {
+            return Ok(Some(incident));
+        }
+    }
+    Ok(None)
+}
+
+/// The open incident tagged `tag`: one read of the tag's unique index.
+pub fn open_by_tag(conn: &Connection, tag: &str) -> Result<Option<Incident>, StoreError> {
+    let data: Option<String> = conn
+        .prepare_cached("SELECT data FROM incidents WHERE tag = ?1 AND open = 1")?
+        .query_row([tag], |r| r.get(0))
+        .optional()?;
+    data.as_deref().map(parse).transpose()
+}
+
+/// Whether any incident, open or ended, has this tag.
+pub fn tag_in_use(conn: &Connection, tag: &str) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM incidents WHERE tag = ?1")?
+        .query_row([tag], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// Open incidents whose alert still waits for the storm digest, oldest first.
+pub fn pending_digest_members(conn: &Connection) -> Result<Vec<Incident>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT data FROM incidents WHERE open = 1 AND pending_digest = 1 ORDER BY id",
+    )?;
+    let rows = stmt
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    parse_all(rows)
+}
+
+/// The newest open storm digest: the current storm's.
+pub fn newest_open_digest(conn: &Connection) -> Result<Option<Incident>, StoreError> {
+    let data: Option<String> = conn
+        .prepare_cached(
+            "SELECT data FROM incidents WHERE open = 1 AND is_digest = 1 ORDER BY id DESC LIMIT 1",
+        )?
+        .query_row([], |r| r.get(0))
+        .optional()?;
+    data.as_deref().map(parse).transpose()
+}
+
+/// When the incidents announced on their own (not held by a digest) and opened in
+/// `(since, until]` were opened: what the storm guard's sliding window counts.
+pub fn announced_openings(
+    conn: &Connection,
+    since: i64,
+    until: i64,
+) -> Result<Vec<i64>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT first_seen FROM incidents
+         WHERE first_seen > ?1 AND first_seen <= ?2 AND is_digest = 0 AND digest_member = 0
+         ORDER BY first_seen",
+    )?;
+    let rows = stmt.query_map(params![since, until], |r| r.get::<_, i64>(0))?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Open incidents.
+pub fn open_count(conn: &Connection) -> Result<u64, StoreError> {
+    let n: i64 = conn
+        .prepare_cached("SELECT COUNT(*) FROM incidents WHERE open = 1")?
+        .query_row([], |r| r.get(0))?;
+    Ok(n.max(0) as u64)
+}
+
+/// Open incidents whose first mail left and whose GLPI ticket id is not known yet.
+pub fn awaiting_ticket_count(conn: &Connection) -> Result<u64, StoreError> {
+    let n: i64 = conn
+        .prepare_cached(
+            "SELECT COUNT(*) FROM incidents WHERE open = 1 AND announced = 1 AND ticket_id IS NULL",
+        )?
+        .query_row([], |r| r.get(0))?;
+    Ok(n.max(0) as u64)
+}
+
+/// Tags of the open incidents awaiting their ticket id (as above) opened after `since`.
+pub fn awaiting_ticket_since(conn: &Connection, since: i64) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT tag FROM incidents
+         WHERE open = 1 AND announced = 1 AND ticket_id IS NULL AND first_seen > ?1 ORDER BY id",
+    )?;
+    let rows = stmt.query_map([since], |r| r.get::<_, String>(0))?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// The open incidents, newest first, at most `limit` (for display).
+pub fn open_newest(conn: &Connection, limit: usize) -> Result<Vec<Incident>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT data FROM incidents WHERE open = 1 ORDER BY id DESC LIMIT ?1")?;
+    let rows = stmt
+        .query_map([limit as i64], |r| r.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    parse_all(rows)
+}
+
+/// The id the next new incident gets: above every stored one and the saved counter.
+pub fn next_id(conn: &Connection) -> Result<u64, StoreError> {
+    let max_id: i64 = conn
+        .prepare_cached("SELECT COALESCE(MAX(id), 0) FROM incidents")?
+        .query_row([], |r| r.get(0))?;
     let saved = get_kv(conn, "next_incident_id")?
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(1);
-    let next_id = saved.max(max_id as u64 + 1);
-    Ok(CorrelationState::from_incidents(
-        load(conn, false)?,
-        next_id,
+    Ok(saved.max(max_id.max(0) as u64 + 1))
+}
+
+/// The engine's state as the store has it, without loading the open incidents: they
+/// are read one by one when alerts need them (see [`StoreIncidents`]). `now` places the
+/// storm guard's sliding window.
+pub fn load_state(conn: &Connection, now: i64) -> Result<CorrelationState, StoreError> {
+    let window = crate::correlate::STORM_WINDOW_SECS;
+    Ok(CorrelationState::resume(
+        next_id(conn)?,
+        pending_digest_members(conn)?,
+        newest_open_digest(conn)?,
+        announced_openings(conn, now - window, now)?,
     ))
+}
+
+/// How many times a pipeline committed; read inside the pipeline's transaction. A
+/// pipeline that finds another number than its own last commit left knows someone else
+/// wrote incidents since, and drops its cache.
+pub fn generation(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT generation FROM pipeline_generation WHERE id = 1")?
+        .query_row([], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0))
+}
+
+/// Count one more pipeline commit (inside it); returns the new generation.
+pub fn bump_generation(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "UPDATE pipeline_generation SET generation = generation + 1 WHERE id = 1 RETURNING generation",
+        )?
+        .query_row([], |r| r.get(0))?)
+}
+
+/// The engine's lookup of open incidents over a store connection (inside the
+/// pipeline's transaction).
+pub struct StoreIncidents<'a> {
+    pub conn: &'a Connection,
+}
+
+impl IncidentLookup for StoreIncidents<'_> {
+    type Error = StoreError;
+
+    fn open_by_key(&mut self, key: &AlertKey) -> Result<Option<Incident>, StoreError> {
+        open_by_key(self.conn, key)
+    }
+
+    fn open_by_tag(&mut self, tag: &str) -> Result<Option<Incident>, StoreError> {
+        open_by_tag(self.conn, tag)
+    }
+
+    fn tag_in_use(&mut self, tag: &str) -> Result<bool, StoreError> {
+        tag_in_use(self.conn, tag)
+    }
 }
 
 pub fn get_kv(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
@@ -180,7 +362,7 @@ mod tests {
         assert_eq!(stored.len(), 3, "a, b and the digest incident");
         assert!(stored.iter().all(|i| !i.in_pending_digest));
         // A restart no longer queues it for another digest.
-        let rebuilt = load_state(&conn).unwrap();
+        let rebuilt = load_state(&conn, 660).unwrap();
         assert!(rebuilt.pending_digest().is_empty());
     }
 }
