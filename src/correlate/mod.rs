@@ -12,6 +12,8 @@ pub mod reply;
 mod state;
 
 #[cfg(test)]
+mod cache_tests;
+#[cfg(test)]
 mod tests;
 
 pub use decision::{

@@ -308,7 +308,7 @@ pub fn host_for_message(conn: &Connection, message_id: &str) -> Result<Option<St
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::alert::{Alert, AlertKind, NotificationType, State};
+    use crate::alert::{Alert, AlertKey, AlertKind, NotificationType, State};
     use crate::correlate::{correlate, tick, CorrelationPolicy};
 
     #[test]
@@ -364,5 +364,182 @@ mod tests {
         // A restart no longer queues it for another digest.
         let rebuilt = load_state(&conn, 660).unwrap();
         assert!(rebuilt.pending_digest().is_empty());
+    }
+
+    fn problem(host: &str, state: State) -> Alert {
+        Alert {
+            source: "nagios".into(),
+            kind: AlertKind::Service,
+            host: host.into(),
+            host_alias: None,
+            service: "disk".into(),
+            state,
+            notification_type: NotificationType::Problem,
+            output: "disk".into(),
+            long_output: None,
+            author: None,
+            comment: None,
+            address: None,
+            event_time: None,
+            vendor_id: None,
+            url: None,
+            rule: "test".into(),
+            needs_sanitizing: false,
+            inherits: Vec::new(),
+        }
+    }
+
+    /// The plan SQLite picks for `sql`, one line per step.
+    fn plan(conn: &Connection, sql: &str) -> String {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let params = vec!["x"; stmt.parameter_count()];
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(params), |r| {
+                r.get::<_, String>(3)
+            })
+            .unwrap();
+        rows.map(|r| r.unwrap()).collect::<Vec<_>>().join("; ")
+    }
+
+    #[test]
+    fn every_read_of_the_engine_is_one_index_search() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::store::open(&dir.path().join("db")).unwrap();
+        let reads = [
+            ("SELECT data FROM incidents WHERE alert_key = 'k' AND open = 1 ORDER BY id DESC", "incidents_open_key"),
+            ("SELECT data FROM incidents WHERE tag = 't' AND open = 1", "sqlite_autoindex_incidents_1"),
+            ("SELECT 1 FROM incidents WHERE tag = 't'", "sqlite_autoindex_incidents_1"),
+            ("SELECT data FROM incidents WHERE open = 1 AND pending_digest = 1 ORDER BY id", "incidents_pending_digest"),
+            ("SELECT data FROM incidents WHERE open = 1 AND is_digest = 1 ORDER BY id DESC LIMIT 1", "incidents_open_digest"),
+            ("SELECT first_seen FROM incidents WHERE first_seen > 1 AND first_seen <= 2 AND is_digest = 0 AND digest_member = 0 ORDER BY first_seen", "incidents_first_seen"),
+        ];
+        for (sql, index) in reads {
+            let plan = plan(&conn, sql);
+            assert!(
+                plan.contains(&format!("USING INDEX {index}"))
+                    || plan.contains(&format!("USING COVERING INDEX {index}")),
+                "{sql}: {plan}"
+            );
+            // A partial index is walked whole (it holds just those rows); the table never.
+            assert!(
+                !plan.contains("TEMP B-TREE") && plan.matches("incidents").count() == 2,
+                "{sql}: {plan}"
+            );
+            if sql.contains("tag =") || sql.contains("alert_key =") {
+                assert!(plan.starts_with("SEARCH incidents"), "{sql}: {plan}");
+            }
+        }
+        // Counts walk only their partial index: the open incidents, or those awaiting a ticket.
+        for (sql, index) in [
+            ("SELECT COUNT(*) FROM incidents WHERE open = 1", "incidents_open_key"),
+            ("SELECT COUNT(*) FROM incidents WHERE open = 1 AND announced = 1 AND ticket_id IS NULL", "incidents_awaiting_ticket"),
+        ] {
+            let plan = plan(&conn, sql);
+            assert!(plan.starts_with("SCAN incidents USING") && plan.ends_with(&format!("INDEX {index}")), "{sql}: {plan}");
+        }
+        // The statements the store really runs are those.
+        let by_key = plan(
+            &conn,
+            "SELECT data FROM incidents WHERE alert_key = ?1 AND open = 1 ORDER BY id DESC",
+        );
+        assert_eq!(
+            by_key,
+            "SEARCH incidents USING INDEX incidents_open_key (alert_key=?)"
+        );
+    }
+
+    #[test]
+    fn lookups_find_open_incidents_by_key_and_tag_and_the_state_resumes_without_loading_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::store::open(&dir.path().join("db")).unwrap();
+        let policy = CorrelationPolicy::default();
+        let mut state = CorrelationState::default();
+        let mut tags = Vec::new();
+        for host in ["a", "b/disk", "c"] {
+            let d = correlate(&mut state, &problem(host, State::Critical), 100, &policy);
+            for inc in &d.changed {
+                save(&conn, inc, 100).unwrap();
+                tags.push(inc.tag.clone());
+            }
+        }
+        let key = |host: &str, service: &str| AlertKey {
+            source: "nagios".into(),
+            host: host.into(),
+            service: service.into(),
+        };
+        assert_eq!(
+            open_by_key(&conn, &key("a", "disk")).unwrap().map(|i| i.id),
+            Some(1)
+        );
+        // "nagios:b/disk" as text is also the host alert of host "b/disk"; the row's key decides.
+        assert_eq!(open_by_key(&conn, &key("b/disk", "")).unwrap(), None);
+        assert_eq!(open_by_key(&conn, &key("b", "disk/disk")).unwrap(), None);
+        assert_eq!(
+            open_by_key(&conn, &key("b/disk", "disk"))
+                .unwrap()
+                .map(|i| i.id),
+            Some(2)
+        );
+        assert_eq!(open_by_tag(&conn, &tags[2]).unwrap().map(|i| i.id), Some(3));
+        mark_ended(&conn, 3, 200).unwrap();
+        assert_eq!(open_by_tag(&conn, &tags[2]).unwrap(), None);
+        assert!(
+            tag_in_use(&conn, &tags[2]).unwrap(),
+            "ended incidents keep their tag"
+        );
+        assert!(!tag_in_use(&conn, "ALERT-none").unwrap());
+        assert_eq!(open_count(&conn).unwrap(), 2);
+        assert_eq!(awaiting_ticket_count(&conn).unwrap(), 2);
+        assert_eq!(
+            announced_openings(&conn, 99, 160).unwrap(),
+            vec![100, 100, 100]
+        );
+        assert!(announced_openings(&conn, 100, 160).unwrap().is_empty());
+        let resumed = load_state(&conn, 150).unwrap();
+        assert_eq!(resumed.open_count(), 0, "nothing loaded up front");
+        assert_eq!(resumed.next_id(), 4);
+    }
+
+    #[test]
+    fn the_generation_counts_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::store::open(&dir.path().join("db")).unwrap();
+        assert_eq!(generation(&conn).unwrap(), 0);
+        assert_eq!(bump_generation(&conn).unwrap(), 1);
+        assert_eq!(bump_generation(&conn).unwrap(), 2);
+        assert_eq!(generation(&conn).unwrap(), 2);
+    }
+
+    #[test]
+    fn the_migration_fills_the_new_columns_from_existing_snapshots() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let conn = crate::store::open(&path).unwrap();
+        let mut state = CorrelationState::default();
+        let d = correlate(
+            &mut state,
+            &problem("old", State::Critical),
+            500,
+            &CorrelationPolicy::default(),
+        );
+        save(&conn, &d.changed[0], 500).unwrap();
+        // Back to the columns version 6 had, as an older alertgate left it.
+        conn.execute_batch(
+            "UPDATE incidents SET first_seen = 0, announced = 0, ticket_id = NULL;
+             DROP INDEX incidents_open_key; DROP INDEX incidents_pending_digest;
+             DROP INDEX incidents_open_digest; DROP INDEX incidents_awaiting_ticket;
+             DROP INDEX incidents_first_seen; DROP TABLE pipeline_generation;
+             CREATE INDEX incidents_open ON incidents(open);
+             ALTER TABLE incidents DROP COLUMN first_seen; ALTER TABLE incidents DROP COLUMN announced;
+             ALTER TABLE incidents DROP COLUMN ticket_id; ALTER TABLE incidents DROP COLUMN pending_digest;
+             ALTER TABLE incidents DROP COLUMN is_digest; ALTER TABLE incidents DROP COLUMN digest_member;
+             PRAGMA user_version = 6;",
+        )
+        .unwrap();
+        drop(conn);
+        let conn = crate::store::open(&path).unwrap();
+        assert_eq!(announced_openings(&conn, 499, 500).unwrap(), vec![500]);
+        assert_eq!(awaiting_ticket_count(&conn).unwrap(), 1);
+        assert_eq!(generation(&conn).unwrap(), 0);
     }
 }

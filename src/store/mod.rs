@@ -118,6 +118,7 @@ const MIGRATIONS: &[&str] = &[
     // by index: by alert key, by tag (unique already), the storm's pending members and
     // digests, the ones still waiting for a ticket id, and the storm window's openings.
     // `generation` counts the pipeline's commits, so a cache knows when someone else wrote.
+    // The old index on `open` alone goes: it would win over the key's on a small table.
     "ALTER TABLE incidents ADD COLUMN first_seen INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE incidents ADD COLUMN announced INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE incidents ADD COLUMN ticket_id INTEGER;
@@ -131,6 +132,7 @@ const MIGRATIONS: &[&str] = &[
         pending_digest = COALESCE(json_extract(data, '$.in_pending_digest'), 0),
         is_digest = COALESCE(json_extract(data, '$.is_digest'), 0),
         digest_member = json_extract(data, '$.digest_tag') IS NOT NULL;
+     DROP INDEX incidents_open;
      CREATE INDEX incidents_open_key ON incidents(alert_key, id) WHERE open = 1;
      CREATE INDEX incidents_pending_digest ON incidents(id) WHERE open = 1 AND pending_digest = 1;
      CREATE INDEX incidents_open_digest ON incidents(id) WHERE open = 1 AND is_digest = 1;
