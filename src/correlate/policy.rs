@@ -52,8 +52,8 @@ impl Default for CorrelationPolicy {
     }
 }
 
-/// Open incidents cached by default: a few MB, far more than a site's daily working set.
-pub const DEFAULT_INCIDENT_CACHE: usize = 4096;
+/// Open incidents cached by default: about 10 MB of RSS (BENCHMARKS.md, section 7).
+pub const DEFAULT_INCIDENT_CACHE: usize = 1024;
 /// More than this is no cache any more: memory would grow with history again.
 pub const MAX_INCIDENT_CACHE: usize = 1_000_000;
 
