@@ -1,5 +1,6 @@
-//! The embedded SQLite store: schema and migrations, the inbound spool (one writer thread
-//! with group commit), incidents, and the outbound queue. Every durable fact lives here.
+//! The store: everything persistent, behind one boundary (`db::Db`, SQLite today): schema
+//! and migrations, the inbound spool (one writer thread with group commit), incidents,
+//! the outbound queue and GLPI actions. No SQL and no `rusqlite` outside this module.
 
 pub mod actions;
 pub mod db;
