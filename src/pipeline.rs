@@ -202,21 +202,17 @@ impl Pipeline {
         &mut self,
         f: impl FnOnce(&mut PipelineCore<'_>, &mut Tx<'_>) -> Result<(), PipelineError>,
     ) -> Result<(), PipelineError> {
-        let outcome = (|| {
-            let mut tx = self.db.transaction()?;
-            let mut core = PipelineCore {
-                settings: &self.settings,
-                state: &mut self.state,
-                backlog: None,
-            };
-            f(&mut core, &mut tx)?;
-            incidents::set_kv(
-                &mut tx,
-                "next_incident_id",
-                &core.state.next_id().to_string(),
-            )?;
+        let mut tx = self.db.transaction()?;
+        let mut core = PipelineCore {
+            settings: &self.settings,
+            state: &mut self.state,
+            backlog: None,
+        };
+        let outcome = f(&mut core, &mut tx).and_then(|()| {
+            let next_id = core.state.next_id().to_string();
+            incidents::set_kv(&mut tx, "next_incident_id", &next_id)?;
             tx.commit().map_err(PipelineError::from)
-        })();
+        });
         if let Err(e) = &outcome {
             tracing::error!(error = %e, "pipeline transaction failed; reloading state from the store");
             self.state = incidents::load_state(&mut self.db)?;
