@@ -38,19 +38,21 @@ fn lookup(c: &mut Criterion) {
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut conn = alertgate::store::open(&dir.path().join("bench.db")).expect("store");
+    let location = alertgate::store::Location::Sqlite(dir.path().join("bench.db"));
+    let mut db = alertgate::store::open(&location).expect("store");
     let policy = CorrelationPolicy {
         max_new_incidents_per_minute: u32::MAX,
         ..CorrelationPolicy::default()
     };
     let mut state = CorrelationState::default();
     let now = 1_764_000_000;
-    let tx = conn.transaction().expect("tx");
+    let mut tx = db.transaction().expect("tx");
     for n in 0..count {
-        let d = correlate_with(&mut state, &mut StoreIncidents { conn: &tx }, &alert(n), now, &policy)
-            .expect("correlate");
+        let mut lookup = StoreIncidents::new(&mut tx);
+        let d =
+            correlate_with(&mut state, &mut lookup, &alert(n), now, &policy).expect("correlate");
         for inc in &d.changed {
-            incidents::save(&tx, inc, now).expect("save");
+            incidents::save(&mut tx, inc, now).expect("save");
         }
     }
     tx.commit().expect("commit");
@@ -60,18 +62,20 @@ fn lookup(c: &mut Criterion) {
         host: probe.host.clone(),
         service: probe.service.clone(),
     };
-    assert!(incidents::open_by_key(&conn, &key).expect("read").is_some());
+    assert!(incidents::open_by_key(&mut db, &key)
+        .expect("read")
+        .is_some());
     let mut group = c.benchmark_group(format!("{count} open incidents"));
     group.bench_function("read one incident by key (the miss's read)", |b| {
-        b.iter(|| incidents::open_by_key(&conn, &key).expect("read"))
+        b.iter(|| incidents::open_by_key(&mut db, &key).expect("read"))
     });
     group.bench_function("repeat alert, incident cached (hit)", |b| {
-        let mut lookup = StoreIncidents { conn: &conn };
+        let mut lookup = StoreIncidents::new(&mut db);
         correlate_with(&mut state, &mut lookup, &probe, now + 1, &policy).expect("warm");
         b.iter(|| correlate_with(&mut state, &mut lookup, &probe, now + 1, &policy).expect("hit"))
     });
     group.bench_function("repeat alert, incident evicted (miss)", |b| {
-        let mut lookup = StoreIncidents { conn: &conn };
+        let mut lookup = StoreIncidents::new(&mut db);
         b.iter(|| {
             state.drop_cache();
             correlate_with(&mut state, &mut lookup, &probe, now + 1, &policy).expect("miss")

@@ -6,7 +6,8 @@
 
 mod support;
 
-use std::time::Duration;
+use alertgate::correlate::{EndReason, Ending};
+use alertgate::store::incidents;
 use support::alerts::{centreon_host, centreon_service};
 use support::gateway::TestGateway;
 
@@ -87,23 +88,27 @@ async fn alerts_for_evicted_incidents_thread_fold_and_recover_as_if_cached() {
     );
     // mysql folded into the evicted host incident: no incident of its own, listed in the recovery.
     assert!(!all.iter().any(|(_, s)| s.contains("mysql")), "{all:#?}");
-    let conn = gw.db();
-    let open: i64 = conn
-        .query_row("SELECT COUNT(*) FROM incidents WHERE open = 1", [], |r| {
-            r.get(0)
-        })
-        .unwrap();
-    assert_eq!(open, 2, "web-01 and web-02 stay open");
-    let total: i64 = conn
-        .query_row("SELECT COUNT(*) FROM incidents", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(total, 4, "no incident twice");
-    let folded: String = conn
-        .query_row("SELECT data FROM incidents WHERE tag = ?1", [&db], |r| {
-            r.get(0)
-        })
-        .unwrap();
-    assert!(folded.contains("\"mysql\""), "{folded}");
+    let mut store = gw.db();
+    assert_eq!(
+        incidents::open_count(&mut store).unwrap(),
+        2,
+        "web-01 and web-02 stay open"
+    );
+    assert_eq!(
+        incidents::load(&mut store, true).unwrap().len(),
+        4,
+        "no incident twice"
+    );
+    let host = incidents::by_tag(&mut store, &db)
+        .unwrap()
+        .expect("db-01's incident");
+    assert_eq!(
+        host.folded
+            .iter()
+            .map(|f| f.service.as_str())
+            .collect::<Vec<_>>(),
+        ["mysql"]
+    );
     gw.shutdown().await;
 }
 
@@ -117,17 +122,21 @@ async fn a_change_committed_by_another_gateway_is_read_not_the_cached_copy() {
     .await;
     gw.wait_processed().await;
     let first = tag_of(&mails(&gw), "CRITICAL app-01 / http");
-    // The other gateway recovered it, and committed (bumping the generation) as a
-    // pipeline does; this gateway's pipeline is idle, so the write lock is free.
+    // The other gateway recovered it and committed, as its pipeline does (with the
+    // generation bumped); this gateway's pipeline is idle, so the write lock is free.
     {
-        let conn = gw.db();
-        conn.execute_batch(
-            "BEGIN IMMEDIATE;
-             UPDATE incidents SET open = 0 WHERE open = 1;
-             UPDATE pipeline_generation SET generation = generation + 1;
-             COMMIT;",
-        )
-        .unwrap();
+        let mut store = gw.db();
+        let mut tx = store.transaction().unwrap();
+        let mut incident = incidents::by_tag(&mut tx, &first)
+            .unwrap()
+            .expect("incident");
+        incident.ended = Some(Ending {
+            at: incident.last_seen,
+            reason: EndReason::Recovered,
+        });
+        incidents::save(&mut tx, &incident, incident.last_seen).unwrap();
+        incidents::bump_generation(&mut tx).unwrap();
+        tx.commit().unwrap();
     }
     gw.send(&centreon_service(
         "PROBLEM",
@@ -146,17 +155,11 @@ async fn a_change_committed_by_another_gateway_is_read_not_the_cached_copy() {
     );
     assert!(all[1].1.contains("CRITICAL app-01 / http"), "{all:#?}");
     // The ids the other gateway used are not given out again.
-    let ids: Vec<i64> = {
-        let conn = gw.db();
-        let mut stmt = conn
-            .prepare("SELECT id FROM incidents ORDER BY id")
-            .unwrap();
-        stmt.query_map([], |r| r.get(0))
-            .unwrap()
-            .map(|r| r.unwrap())
-            .collect()
-    };
+    let ids: Vec<u64> = incidents::load(&mut gw.db(), true)
+        .unwrap()
+        .iter()
+        .map(|i| i.id)
+        .collect();
     assert_eq!(ids, [1, 2]);
-    tokio::time::sleep(Duration::from_millis(10)).await;
     gw.shutdown().await;
 }

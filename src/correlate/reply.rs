@@ -53,26 +53,24 @@ pub fn inherit(alert: &Alert, incident: &Incident) -> Alert {
 
 /// Correlate one alert of a mail: inherit from the open incident the mail cites, then
 /// remember which incident this mail's ids belong to, for the replies still to come.
-/// Open incidents not in memory are read through `lookup` (see
-/// [`super::correlate_with`]); the cache is trimmed once the step is done.
-pub fn correlate_threaded<I, L>(
-    index: &I,
-    lookup: &mut L,
+/// `store` is both the reply index and the lookup of the open incidents not in memory
+/// (see [`super::correlate_with`]); the cache is trimmed once the step is done.
+pub fn correlate_threaded<S, E>(
+    store: &mut S,
     state: &mut CorrelationState,
     ids: &MailIds,
     alert: &Alert,
     now: i64,
     policy: &CorrelationPolicy,
-) -> Result<Decision, I::Error>
+) -> Result<Decision, E>
 where
-    I: ReplyIndex,
-    L: IncidentLookup<Error = I::Error>,
+    S: ReplyIndex<Error = E> + IncidentLookup<Error = E>,
 {
     let parent = if alert.inherits.is_empty() || ids.cited.is_empty() {
         None
     } else {
-        match index.incident_for(&ids.cited)? {
-            Some(tag) => cached_by_tag(state, lookup, &tag)?,
+        match store.incident_for(&ids.cited)? {
+            Some(tag) => cached_by_tag(state, store, &tag)?,
             None => None,
         }
     };
@@ -80,7 +78,7 @@ where
         Some(incident) => inherit(alert, &incident),
         None => alert.clone(),
     };
-    let decision = correlate_uncached(state, lookup, &alert, now, policy)?;
+    let decision = correlate_uncached(state, store, &alert, now, policy)?;
     // The step read the key's incident if it has one; nothing was evicted yet.
     let tag = state
         .incident(&alert_key(&alert, policy))
@@ -88,7 +86,7 @@ where
     if let Some(tag) = tag {
         let all = ids.all();
         if !all.is_empty() {
-            index.remember(&all, &tag)?;
+            store.remember(&all, &tag)?;
         }
     }
     state.trim(policy.incident_cache);
@@ -116,6 +114,23 @@ mod tests {
 
     #[derive(Default)]
     struct MapIndex(RefCell<HashMap<String, String>>);
+
+    /// Every open incident is in memory: nothing to look up.
+    impl IncidentLookup for MapIndex {
+        type Error = std::convert::Infallible;
+        fn open_by_key(
+            &mut self,
+            _: &crate::alert::AlertKey,
+        ) -> Result<Option<Incident>, Self::Error> {
+            Ok(None)
+        }
+        fn open_by_tag(&mut self, _: &str) -> Result<Option<Incident>, Self::Error> {
+            Ok(None)
+        }
+        fn tag_in_use(&mut self, _: &str) -> Result<bool, Self::Error> {
+            Ok(false)
+        }
+    }
 
     impl ReplyIndex for MapIndex {
         type Error = std::convert::Infallible;
@@ -165,13 +180,12 @@ mod tests {
 
     #[test]
     fn update_takes_host_and_state_of_the_problem_it_cites() {
-        let index = MapIndex::default();
+        let mut index = MapIndex::default();
         let policy = CorrelationPolicy::default();
         let mut state = CorrelationState::default();
         let problem = zabbix("web-01", State::Critical, NotificationType::Problem);
         correlate_threaded(
-            &index,
-            &mut crate::correlate::InMemory,
+            &mut index,
             &mut state,
             &ids(None, &["ev1@zabbix"]),
             &problem,
@@ -182,8 +196,7 @@ mod tests {
         let mut update = zabbix("", State::Unknown, NotificationType::Acknowledgement);
         update.inherits = vec![InheritedField::Host, InheritedField::State];
         correlate_threaded(
-            &index,
-            &mut crate::correlate::InMemory,
+            &mut index,
             &mut state,
             &ids(None, &["ev1@zabbix"]),
             &update,
@@ -205,14 +218,13 @@ mod tests {
     fn nothing_is_inherited_from_another_source_or_without_a_cited_incident() {
         let policy = CorrelationPolicy::default();
         let mut state = CorrelationState::default();
-        let index = MapIndex::default();
+        let mut index = MapIndex::default();
         let other = Alert {
             source: "nagios".into(),
             ..zabbix("web-01", State::Critical, NotificationType::Problem)
         };
         correlate_threaded(
-            &index,
-            &mut crate::correlate::InMemory,
+            &mut index,
             &mut state,
             &ids(Some("n1@x"), &[]),
             &other,
@@ -225,8 +237,7 @@ mod tests {
         update.inherits = vec![InheritedField::Host];
         assert_eq!(inherit(&update, &incident).host, "");
         let unknown = correlate_threaded(
-            &index,
-            &mut crate::correlate::InMemory,
+            &mut index,
             &mut state,
             &ids(None, &["nowhere@x"]),
             &update,
