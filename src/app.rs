@@ -305,6 +305,7 @@ pub async fn start_with_clock(
         ),
         None => None,
     };
+    let http = http.map(|h| h.with_held_outcomes(delivery.held_outcomes()));
     let http_addr = http.as_ref().and_then(HttpServer::local_addr);
     let (settings_tx, settings_rx) = mpsc::unbounded_channel();
     let reloader = Reloader {

@@ -336,6 +336,8 @@ pub fn last_release_at(conn: &Connection, order_key: &str) -> Result<Option<i64>
 /// The outbound queue as the delivery worker sees it, on its own connection.
 pub struct SqliteQueue {
     conn: std::sync::Mutex<Connection>,
+    /// The database's write-ahead log, synced before mail leaves (see `due`).
+    wal: std::path::PathBuf,
     /// Told the tag of each incident whose first mail was delivered (ticket lookup).
     opened: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 }
@@ -344,6 +346,7 @@ impl SqliteQueue {
     pub fn open(path: &std::path::Path) -> Result<SqliteQueue, StoreError> {
         Ok(SqliteQueue {
             conn: std::sync::Mutex::new(super::open_with(path, super::Durability::Derived)?),
+            wal: wal_path(path),
             opened: None,
         })
     }
@@ -365,9 +368,39 @@ impl SqliteQueue {
     }
 }
 
+/// SQLite's write-ahead log next to the database: `{path}-wal`.
+fn wal_path(db: &std::path::Path) -> std::path::PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push("-wal");
+    name.into()
+}
+
+/// Puts every commit made so far on disk. The pipeline's commits are `Derived` (not
+/// fsynced): a power cut or a disk error may undo one, and the spooled alert is then
+/// composed again under a new incident tag. Had its first mail already left, GLPI would
+/// get it twice under two Message-IDs, as two tickets. Syncing the log before mail leaves
+/// makes every mail that leaves one the store remembers.
+fn sync_commits(wal: &std::path::Path) -> Result<(), QueueError> {
+    match std::fs::File::open(wal) {
+        // Checkpoints sync the database file before the log is reused.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+        Ok(file) => file.sync_data(),
+    }
+    .map_err(|e| {
+        QueueError::new(format!(
+            "cannot put the queue on disk before sending ({}): {e}",
+            wal.display()
+        ))
+    })
+}
+
 impl OutboundQueue for SqliteQueue {
     fn due(&self, now: i64, limit: usize) -> Result<Vec<OutboundItem>, QueueError> {
         let rows = self.with(|c| due(c, now, limit))?;
+        if !rows.is_empty() {
+            sync_commits(&self.wal)?;
+        }
         Ok(rows
             .into_iter()
             .map(|r| OutboundItem {
