@@ -486,6 +486,15 @@ mod tests {
             status(a.clone(), "127.0.0.1", "GET", "/", None).await,
             StatusCode::OK
         );
+        // What the delivery worker holds in memory is for operators only.
+        assert_eq!(
+            status(a.clone(), "192.0.2.7", "GET", "/queue/unrecorded", None).await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            status(a.clone(), "127.0.0.1", "GET", "/queue/unrecorded", None).await,
+            StatusCode::OK
+        );
         assert_eq!(
             status(a.clone(), "::ffff:192.0.2.7", "GET", "/health", Some(TOKEN)).await,
             StatusCode::OK
