@@ -215,7 +215,8 @@ impl Pipeline {
             tx.commit().map_err(PipelineError::from)
         });
         if let Err(e) = &outcome {
-            tracing::error!(error = %e, "pipeline transaction failed; reloading state from the store");
+            // The caller logs the failure (once per fault); this is its detail.
+            tracing::debug!(error = %e, "pipeline transaction failed; reloading state from the store");
             self.state = incidents::load_state(&self.conn)?;
         }
         outcome

@@ -326,17 +326,34 @@ struct Gateway {
 
 impl Gateway {
     fn start(dir: &Path, store_dir: &Path, relay_port: u16) -> Gateway {
-        let (smtp_port, http_port) = (ops::free_port(), ops::free_port());
-        let text = config(store_dir, smtp_port, http_port, relay_port);
-        std::fs::write(dir.join("alertgate.toml"), text).expect("config");
+        let (smtp_port, http_port) = Self::configure(dir, store_dir, relay_port);
         Self::serve(dir, smtp_port, http_port)
     }
 
+    /// Writes the config for a gateway with its store in `store_dir`; its ports.
+    fn configure(dir: &Path, store_dir: &Path, relay_port: u16) -> (u16, u16) {
+        let (smtp_port, http_port) = (ops::free_port(), ops::free_port());
+        let text = config(store_dir, smtp_port, http_port, relay_port);
+        std::fs::write(dir.join("alertgate.toml"), text).expect("config");
+        (smtp_port, http_port)
+    }
+
     fn serve(dir: &Path, smtp_port: u16, http_port: u16) -> Gateway {
-        let served = Served::start(dir, "alertgate.toml");
+        let mut served = Served::start(dir, "alertgate.toml");
         let smtp: SocketAddr = format!("127.0.0.1:{smtp_port}").parse().expect("addr");
         let http: SocketAddr = format!("127.0.0.1:{http_port}").parse().expect("addr");
-        ops::wait_for(20, "the HTTP listener", || TcpStream::connect(http).ok());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(http).is_err() {
+            if let Ok(Some(status)) = served.child.try_wait() {
+                panic!("alertgate serve exited ({status}):\n{}", served.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no HTTP listener:\n{}",
+                served.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         Gateway {
             dir: dir.to_path_buf(),
             smtp,
@@ -713,4 +730,73 @@ fn http_port_of(dir: &Path) -> u16 {
         .and_then(|rest| rest.split('"').next())
         .and_then(|port| port.parse().ok())
         .expect("http port")
+}
+
+/// A gateway that restarts (after a crash, a reboot) onto a full disk with accepted mail
+/// still in its spool: it cannot process it until room is made, and must say so once,
+/// not once a second, then process and deliver it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_onto_a_full_store_filesystem_delivers_the_spool_once_room_is_made() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let store_dir = dir.join("store");
+    let fs = Mounted::tmpfs(&store_dir, "24m");
+    let relay = RecordingRelay::start().await;
+    let (smtp_port, http_port) = Gateway::configure(dir, &store_dir, relay.port());
+
+    // Accepted while the gateway was down (`inject`, like Postfix's sendmail).
+    let spooled = hosts("spooled", 5);
+    let mails = dir.join("mails");
+    std::fs::create_dir_all(&mails).expect("mail dir");
+    let mut args = vec!["inject".to_string(), "-c".into(), "alertgate.toml".into()];
+    for host in &spooled {
+        let file = mails.join(format!("{host}.eml"));
+        std::fs::write(&file, alert(host)).expect("mail file");
+        args.push(file.display().to_string());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, out, err) = ops::run(dir, &args);
+    assert!(ok, "inject: {out}{err}");
+
+    let filler = fill(&fs.point);
+    let mut gw = Gateway::serve(dir, smtp_port, http_port);
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let fault_log = gw.log();
+    let during_fault = relay.received().len();
+
+    std::fs::remove_file(&filler).expect("remove filler");
+    wait_all_delivered(&gw, &relay, &spooled).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let log = gw.stop();
+    let received = relay.received();
+
+    let fault_errors = lines_at(&fault_log, "ERROR");
+    let fault_warns = lines_at(&fault_log, "WARN");
+    eprintln!(
+        "restart onto a full store: {} spooled; relay got {} copies ({during_fault} during \
+         the fault); {} ERROR and {} WARN lines in the 12 s fault, {} ERROR in all",
+        spooled.len(),
+        received.len(),
+        fault_errors.len(),
+        fault_warns.len(),
+        lines_at(&log, "ERROR").len()
+    );
+    for line in fault_errors.iter().chain(&fault_warns) {
+        eprintln!("  {line}");
+    }
+    assert_at_most_twice_one_id(&received, &spooled);
+    assert_eq!(delivered_hosts(&received, &spooled), spooled);
+    let repeated = most_repeated(&fault_errors);
+    assert!(
+        repeated.1 <= 2,
+        "the fault is logged per attempt: `{}` {} times in 12 s:\n{fault_log}",
+        repeated.0,
+        repeated.1
+    );
+    assert!(
+        fault_errors.len() + fault_warns.len() <= 6,
+        "{} ERROR/WARN lines in a 12 s fault:\n{fault_log}",
+        fault_errors.len() + fault_warns.len()
+    );
+    drop(fs);
 }

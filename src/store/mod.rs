@@ -183,12 +183,43 @@ pub fn quick_check(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     Err(damaged(lines.join("; ")))
 }
 
+/// Beyond this the write-ahead log is cut back when it restarts: a burst of big mails
+/// would otherwise keep it at its peak size for good.
+const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
+
 fn configure(conn: &Connection) -> Result<(), StoreError> {
     conn.busy_timeout(Duration::from_secs(30))?;
+    keep_wal_files(conn)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
     // FULL: a commit is on disk before we answer 250, even across power loss.
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(())
+}
+
+/// Keeps the write-ahead log and its index (`-wal`, `-shm`) when the last connection
+/// closes. SQLite needs room on disk to create the index before it can read anything: a
+/// gateway restarted onto a full disk could not open its store, and so not start to
+/// answer 451 and deliver what it had spooled once room is made.
+fn keep_wal_files(conn: &Connection) -> Result<(), StoreError> {
+    let mut on: std::os::raw::c_int = 1;
+    // SAFETY: the handle is this open connection's; PERSIST_WAL reads and writes one int
+    // through the pointer, which lives across the call.
+    let rc = unsafe {
+        rusqlite::ffi::sqlite3_file_control(
+            conn.handle(),
+            c"main".as_ptr(),
+            rusqlite::ffi::SQLITE_FCNTL_PERSIST_WAL,
+            (&mut on as *mut std::os::raw::c_int).cast(),
+        )
+    };
+    if rc != rusqlite::ffi::SQLITE_OK {
+        return Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rc),
+            Some("cannot keep the write-ahead log files".into()),
+        )));
+    }
     Ok(())
 }
 
@@ -232,6 +263,29 @@ mod tests {
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn wal_files_stay_after_the_last_close_with_the_log_emptied() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let conn = open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE big (b BLOB); INSERT INTO big VALUES (randomblob(2000000));",
+        )
+        .unwrap();
+        let wal = dir.path().join("db.sqlite-wal");
+        assert!(std::fs::metadata(&wal).unwrap().len() > 2_000_000);
+        drop(conn);
+        // Kept, so a restart onto a full disk can open the store; emptied, so a burst
+        // does not keep its size.
+        assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0);
+        assert!(dir.path().join("db.sqlite-shm").exists());
+        let conn = open(&path).unwrap();
+        let n: i64 = conn
+            .query_row("SELECT length(b) FROM big", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 2_000_000);
     }
 
     #[test]
