@@ -453,6 +453,15 @@ async fn full_store_filesystem_sends_each_mail_at_most_twice_and_logs_once() {
         if let Some(row) = listing.lines().find(|l| l.contains(UNRECORDED_MARK)) {
             // The store still says queued; the gateway knows better.
             assert!(row.contains(" queued "), "{listing}");
+            if !shown_unrecorded {
+                let (_, json, _) =
+                    ops::run(dir, &["queue", "-c", "alertgate.toml", "list", "--json"]);
+                assert!(
+                    json.lines()
+                        .any(|l| l.contains("\"unrecorded\"") && l.contains(UNRECORDED_MARK)),
+                    "queue list --json marks them too:\n{json}"
+                );
+            }
             shown_unrecorded = true;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;

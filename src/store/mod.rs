@@ -123,9 +123,12 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 pub enum Durability {
     /// Every commit is fsynced before it returns: the spool, whose commit is our `250`.
     Full,
-    /// Commits are atomic and survive a crash of the process, but a power cut may undo
-    /// the last ones. For state derived from the spool: the pipeline redoes such steps
-    /// from the spooled message, and a lost "sent" mark only means a resend.
+    /// Commits are atomic and survive a crash of the process, but a power cut (or a disk
+    /// error that turns the filesystem read-only) may undo the last ones. For state
+    /// derived from the spool: the pipeline redoes such steps from the spooled message,
+    /// and a lost "sent" mark only means a resend. Mail leaves only once these commits
+    /// are on disk (`SqliteQueue::due` syncs the log first): a redone composition has a
+    /// new incident tag, and must not follow a first one GLPI already has.
     Derived,
 }
 
