@@ -333,11 +333,20 @@ pub fn last_release_at(conn: &Connection, order_key: &str) -> Result<Option<i64>
         .query_row([order_key], |r| r.get::<_, Option<i64>>(0))?)
 }
 
+/// The highest outbound id committed (0 for an empty queue).
+fn newest_id(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT COALESCE(MAX(id), 0) FROM outbound")?
+        .query_row([], |r| r.get(0))?)
+}
+
 /// The outbound queue as the delivery worker sees it, on its own connection.
 pub struct SqliteQueue {
     conn: std::sync::Mutex<Connection>,
     /// The database's write-ahead log, synced before mail leaves (see `due`).
     wal: std::path::PathBuf,
+    /// Every outbound row up to this id is known to be on disk.
+    synced_through: std::sync::atomic::AtomicI64,
     /// Told the tag of each incident whose first mail was delivered (ticket lookup).
     opened: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 }
@@ -347,6 +356,7 @@ impl SqliteQueue {
         Ok(SqliteQueue {
             conn: std::sync::Mutex::new(super::open_with(path, super::Durability::Derived)?),
             wal: wal_path(path),
+            synced_through: std::sync::atomic::AtomicI64::new(0),
             opened: None,
         })
     }
@@ -397,9 +407,20 @@ fn sync_commits(wal: &std::path::Path) -> Result<(), QueueError> {
 
 impl OutboundQueue for SqliteQueue {
     fn due(&self, now: i64, limit: usize) -> Result<Vec<OutboundItem>, QueueError> {
-        let rows = self.with(|c| due(c, now, limit))?;
-        if !rows.is_empty() {
+        use std::sync::atomic::Ordering;
+        let synced = self.synced_through.load(Ordering::Relaxed);
+        let (rows, newest) = self.with(|c| {
+            let rows = due(c, now, limit)?;
+            // One sync covers every row committed so far: a pipeline batch, not a mail.
+            let newest = match rows.iter().any(|r| r.id > synced) {
+                true => Some(newest_id(c)?),
+                false => None,
+            };
+            Ok((rows, newest))
+        })?;
+        if let Some(newest) = newest {
             sync_commits(&self.wal)?;
+            self.synced_through.fetch_max(newest, Ordering::Relaxed);
         }
         Ok(rows
             .into_iter()
