@@ -300,39 +300,40 @@ fn queue(config: &Path, action: QueueAction) -> anyhow::Result<bool> {
         QueueAction::List { .. } => held_outcomes(&loaded),
         _ => HashMap::new(),
     };
-    let conn = match store::open(&loaded.config.store.path) {
-        Ok(conn) => conn,
+    let mut db = match store::open(&loaded.config.store.location()) {
+        Ok(db) => db,
         Err(e) => {
             // The store may be what is failing: what the gateway holds is still worth seeing.
             print_held_only(&held);
             return Err(e.into());
         }
     };
+    let conn = &mut db;
     match action {
         QueueAction::List {
             state,
             limit,
             json: true,
-        } => queue_list_json(&conn, state.as_deref(), limit, &held),
-        QueueAction::List { state, limit, .. } => queue_list(&conn, state.as_deref(), limit, &held),
+        } => queue_list_json(conn, state.as_deref(), limit, &held),
+        QueueAction::List { state, limit, .. } => queue_list(conn, state.as_deref(), limit, &held),
         QueueAction::Show { id } => match parse_queue_id(&id)? {
-            QueueId::Spool(id) => show_spool(&conn, id),
-            QueueId::Outbound(id) => show_outbound(&conn, id),
+            QueueId::Spool(id) => show_spool(conn, id),
+            QueueId::Outbound(id) => show_outbound(conn, id),
         },
         QueueAction::Retry { target } => {
             let id = match target.as_str() {
                 "dead" => None,
                 t => Some(outbound_id(t)?),
             };
-            let n = outbound::retry(&conn, id, store::unix_now())?;
+            let n = outbound::retry(conn, id, store::unix_now())?;
             println!("{n} mail(s) queued again");
             Ok(n > 0 || id.is_none())
         }
         QueueAction::Purge { target } => {
             let n = match target.as_str() {
-                "dead" => outbound::purge(&conn, None, Some(outbound::OutboundState::Dead))?,
-                "sent" => outbound::purge(&conn, None, Some(outbound::OutboundState::Sent))?,
-                t => outbound::purge(&conn, Some(outbound_id(t)?), None)?,
+                "dead" => outbound::purge(conn, None, Some(outbound::OutboundState::Dead))?,
+                "sent" => outbound::purge(conn, None, Some(outbound::OutboundState::Sent))?,
+                t => outbound::purge(conn, Some(outbound_id(t)?), None)?,
             };
             println!("{n} mail(s) deleted");
             Ok(true)
@@ -367,8 +368,8 @@ fn inject(
 fn incidents(config: &Path, open: bool, json: bool) -> anyhow::Result<bool> {
     use alertgate::cli::incidents::{render_json, render_text};
     let loaded = load(config)?;
-    let conn = store::open(&loaded.config.store.path)?;
-    let list = store::incidents::load(&conn, !open)?;
+    let mut db = store::open(&loaded.config.store.location())?;
+    let list = store::incidents::load(&mut db, !open)?;
     if json {
         print!("{}", render_json(&list));
     } else {
@@ -432,13 +433,13 @@ fn print_held_only(held: &HashMap<i64, HeldOutcome>) {
 }
 
 fn queue_list_json(
-    conn: &rusqlite::Connection,
+    conn: &mut store::Db,
     state: Option<&str>,
     limit: usize,
     held: &HashMap<i64, HeldOutcome>,
 ) -> anyhow::Result<bool> {
     let spool_state = state.and_then(spool::SpoolState::parse);
-    let outbound_state = state.filter(|s| ["queued", "held", "sent", "dead"].contains(s));
+    let outbound_state = state.and_then(outbound::OutboundState::parse);
     if state.is_some() && spool_state.is_none() && outbound_state.is_none() {
         anyhow::bail!("unknown state `{}`", state.unwrap_or_default());
     }
@@ -453,7 +454,7 @@ fn queue_list_json(
                 }
             };
             let line = serde_json::json!({
-                "queue": "spool", "id": row.id, "state": row.state,
+                "queue": "spool", "id": row.id, "state": row.state.as_str(),
                 "received_at": row.envelope.received_at, "size": row.size,
                 "sender": row.envelope.mail_from, "recipients": row.envelope.rcpt_to,
                 "message_id": row.message_id, "note": row.note,
@@ -472,7 +473,7 @@ fn queue_list_json(
                 }
             };
             let mut line = serde_json::json!({
-                "queue": "outbound", "id": format!("o{}", row.id), "state": row.state,
+                "queue": "outbound", "id": format!("o{}", row.id), "state": row.state.as_str(),
                 "incident": row.order_key, "attempts": row.attempts,
                 "queued_at": row.queued_at, "next_attempt_at": row.next_attempt_at,
                 "sender": row.envelope_from, "recipients": row.envelope_to,
@@ -517,7 +518,7 @@ fn outbound_id(s: &str) -> anyhow::Result<i64> {
 }
 
 fn queue_list(
-    conn: &rusqlite::Connection,
+    conn: &mut store::Db,
     state: Option<&str>,
     limit: usize,
     held: &HashMap<i64, HeldOutcome>,
@@ -526,7 +527,7 @@ fn queue_list(
         None => None,
         Some(s) => match spool::SpoolState::parse(s) {
             Some(st) => Some(st),
-            None if ["queued", "sent", "dead"].contains(&s) => None,
+            None if outbound::OutboundState::parse(s).is_some() => None,
             None => anyhow::bail!("unknown state `{s}` (expected new, processed, held, dropped, feedback, failed, queued, sent, dead)"),
         },
     };
@@ -594,7 +595,10 @@ fn queue_list(
             "{:>8}  {:<8}  {:>8}  {:<19}  {:<16}  subject / last error",
             "id", "state", "attempts", "next attempt", "incident"
         );
-        for row in outbound::list_checked(conn, state.filter(|_| outbound_only), limit)? {
+        let outbound_state = state
+            .filter(|_| outbound_only)
+            .and_then(outbound::OutboundState::parse);
+        for row in outbound::list_checked(conn, outbound_state, limit)? {
             let row = match row {
                 Ok(row) => row,
                 Err(damaged) => {
@@ -606,7 +610,7 @@ fn queue_list(
                     continue;
                 }
             };
-            let next = if row.state == "queued" {
+            let next = if row.state == outbound::OutboundState::Queued {
                 format_time(row.next_attempt_at)
             } else {
                 "-".into()
@@ -634,7 +638,7 @@ fn queue_list(
     Ok(true)
 }
 
-fn show_spool(conn: &rusqlite::Connection, id: i64) -> anyhow::Result<bool> {
+fn show_spool(conn: &mut store::Db, id: i64) -> anyhow::Result<bool> {
     let Some(row) = spool::get(conn, id)? else {
         eprintln!("alertgate: no spooled message with id {id}");
         return Ok(false);
@@ -674,7 +678,7 @@ fn show_spool(conn: &rusqlite::Connection, id: i64) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-fn show_outbound(conn: &rusqlite::Connection, id: i64) -> anyhow::Result<bool> {
+fn show_outbound(conn: &mut store::Db, id: i64) -> anyhow::Result<bool> {
     let Some(row) = outbound::get(conn, id)? else {
         eprintln!("alertgate: no outbound mail with id o{id}");
         return Ok(false);
