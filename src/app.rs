@@ -312,6 +312,7 @@ pub async fn start_with_clock(
         ),
         None => None,
     };
+    let http = http.map(|h| h.with_held_outcomes(delivery.held_outcomes()));
     let http_addr = http.as_ref().and_then(HttpServer::local_addr);
     let (settings_tx, settings_rx) = mpsc::unbounded_channel();
     let reloader = Reloader {
@@ -415,6 +416,7 @@ async fn run_pipeline(
     stop: watch::Receiver<bool>,
 ) {
     let mut last_tick = 0;
+    let mut fault = StoreFault::default();
     loop {
         while let Ok(settings) = reloaded.try_recv() {
             pipeline.set_settings(settings);
@@ -426,35 +428,40 @@ async fn run_pipeline(
         }
         let tick_due = now != last_tick;
         let joined = tokio::task::spawn_blocking(move || {
-            if let Err(e) = pipeline.learn_tickets(&tickets, now) {
-                tracing::error!(error = %e, "recording ticket ids failed");
-            }
+            let learned = pipeline.learn_tickets(&tickets, now);
             let processed = pipeline.run_batch(now);
             let ticked = if tick_due { pipeline.tick(now) } else { Ok(()) };
-            (pipeline, processed, ticked)
+            (pipeline, learned, processed, ticked)
         })
         .await;
-        let Ok((returned, processed, ticked)) = joined else {
+        let Ok((returned, learned, processed, ticked)) = joined else {
             tracing::error!("pipeline thread panicked; stopping the pipeline");
             return;
         };
         pipeline = returned;
         last_tick = now;
-        if let Err(e) = &ticked {
-            tracing::error!(error = %e, "pipeline tick failed");
+        if let Err(e) = &learned {
+            fault.failed("recording ticket ids", e);
         }
-        let busy = match processed {
+        if let Err(e) = &ticked {
+            fault.failed("the pipeline's timed decisions", e);
+        }
+        let busy = match &processed {
             Ok(n) => {
-                if n > 0 {
+                if *n > 0 {
                     outbound_wake.notify_one();
                 }
-                n > 0
+                *n > 0
             }
             Err(e) => {
-                tracing::error!(error = %e, "pipeline batch failed; retrying in a second");
+                fault.failed("processing the spool", e);
                 false
             }
         };
+        // Over only when everything tried this round worked (and something was tried).
+        if learned.is_ok() && ticked.is_ok() && processed.is_ok() && (tick_due || busy) {
+            fault.recovered();
+        }
         if ticked.is_ok() && tick_due {
             outbound_wake.notify_one();
         }
@@ -467,6 +474,37 @@ async fn run_pipeline(
                 _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
                 _ = wait_stop(stop.clone()) => return,
             }
+        }
+    }
+}
+
+/// The pipeline's store failures, logged once per fault (a full disk is retried every
+/// second: one line a second would bury everything else in the log).
+#[derive(Default)]
+struct StoreFault {
+    since: Option<std::time::Instant>,
+    attempts: u64,
+}
+
+impl StoreFault {
+    fn failed(&mut self, what: &str, error: &dyn std::fmt::Display) {
+        self.attempts += 1;
+        if self.since.is_none() {
+            self.since = Some(std::time::Instant::now());
+            tracing::error!(step = what, error = %error, "the pipeline cannot commit to the store; retrying every second, logged again when it works");
+        } else {
+            tracing::debug!(step = what, error = %error, "the pipeline still cannot commit");
+        }
+    }
+
+    fn recovered(&mut self) {
+        if let Some(since) = self.since.take() {
+            tracing::info!(
+                secs = since.elapsed().as_secs(),
+                attempts = self.attempts,
+                "the pipeline works again: its store fault is over"
+            );
+            self.attempts = 0;
         }
     }
 }

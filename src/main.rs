@@ -1,8 +1,10 @@
 //! The `alertgate` command line: serve, check, parse, queue, inject, incidents, reload, passwd.
 
 use alertgate::config::LoadedConfig;
+use alertgate::deliver::HeldOutcome;
 use alertgate::store::{self, outbound, spool};
 use clap::{Parser, Subcommand, ValueEnum};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -294,15 +296,26 @@ fn rule_dirs(rules: Vec<PathBuf>) -> Vec<PathBuf> {
 
 fn queue(config: &Path, action: QueueAction) -> anyhow::Result<bool> {
     let loaded = load(config)?;
-    let mut db = store::open(&loaded.config.store.location())?;
+    let held = match action {
+        QueueAction::List { .. } => held_outcomes(&loaded),
+        _ => HashMap::new(),
+    };
+    let mut db = match store::open(&loaded.config.store.location()) {
+        Ok(db) => db,
+        Err(e) => {
+            // The store may be what is failing: what the gateway holds is still worth seeing.
+            print_held_only(&held);
+            return Err(e.into());
+        }
+    };
     let conn = &mut db;
     match action {
         QueueAction::List {
             state,
             limit,
             json: true,
-        } => queue_list_json(conn, state.as_deref(), limit),
-        QueueAction::List { state, limit, .. } => queue_list(conn, state.as_deref(), limit),
+        } => queue_list_json(conn, state.as_deref(), limit, &held),
+        QueueAction::List { state, limit, .. } => queue_list(conn, state.as_deref(), limit, &held),
         QueueAction::Show { id } => match parse_queue_id(&id)? {
             QueueId::Spool(id) => show_spool(conn, id),
             QueueId::Outbound(id) => show_outbound(conn, id),
@@ -387,10 +400,43 @@ fn passwd() -> anyhow::Result<bool> {
     Ok(true)
 }
 
+/// The outcomes the running gateway holds in memory (store refused them), by outbound
+/// id; asked over its HTTP listener. Without one, or when it does not answer, none
+/// (with a note on stderr when it was asked and did not answer).
+fn held_outcomes(loaded: &LoadedConfig) -> HashMap<i64, HeldOutcome> {
+    let Some(http) = &loaded.http else {
+        return HashMap::new();
+    };
+    match alertgate::cli::held::fetch(http) {
+        Ok(held) => held.into_iter().map(|h| (h.id, h)).collect(),
+        Err(e) => {
+            eprintln!(
+                "alertgate: note: {e}; delivery outcomes it may hold in memory are not listed"
+            );
+            HashMap::new()
+        }
+    }
+}
+
+fn print_held_only(held: &HashMap<i64, HeldOutcome>) {
+    let mut held: Vec<&HeldOutcome> = held.values().collect();
+    held.sort_by_key(|h| h.id);
+    for h in held {
+        println!(
+            "{:>8}  {:<16}  {}  [{}]",
+            format!("o{}", h.id),
+            h.incident,
+            alertgate::cli::held::describe(h),
+            h.error
+        );
+    }
+}
+
 fn queue_list_json(
     conn: &mut store::Db,
     state: Option<&str>,
     limit: usize,
+    held: &HashMap<i64, HeldOutcome>,
 ) -> anyhow::Result<bool> {
     let spool_state = state.and_then(spool::SpoolState::parse);
     let outbound_state = state.and_then(outbound::OutboundState::parse);
@@ -426,13 +472,19 @@ fn queue_list_json(
                     continue;
                 }
             };
-            let line = serde_json::json!({
+            let mut line = serde_json::json!({
                 "queue": "outbound", "id": format!("o{}", row.id), "state": row.state.as_str(),
                 "incident": row.order_key, "attempts": row.attempts,
                 "queued_at": row.queued_at, "next_attempt_at": row.next_attempt_at,
                 "sender": row.envelope_from, "recipients": row.envelope_to,
                 "subject": row.subject, "message_id": row.message_id, "last_error": row.last_error,
             });
+            if let Some(h) = held.get(&row.id) {
+                line["unrecorded"] = serde_json::json!({
+                    "outcome": h.outcome, "at": h.at, "record_attempts": h.record_attempts,
+                    "error": h.error, "note": alertgate::cli::held::describe(h),
+                });
+            }
             println!("{line}");
         }
     }
@@ -465,7 +517,12 @@ fn outbound_id(s: &str) -> anyhow::Result<i64> {
         })
 }
 
-fn queue_list(conn: &mut store::Db, state: Option<&str>, limit: usize) -> anyhow::Result<bool> {
+fn queue_list(
+    conn: &mut store::Db,
+    state: Option<&str>,
+    limit: usize,
+    held: &HashMap<i64, HeldOutcome>,
+) -> anyhow::Result<bool> {
     let spool_state = match state {
         None => None,
         Some(s) => match spool::SpoolState::parse(s) {
@@ -484,6 +541,20 @@ fn queue_list(conn: &mut store::Db, state: Option<&str>, limit: usize) -> anyhow
     };
     println!("spool: {}", summary(spool::counts(conn)?));
     println!("outbound: {}", summary(outbound::counts(conn)?));
+    if !held.is_empty() {
+        let mut by_outcome: std::collections::BTreeMap<&str, i64> = Default::default();
+        for h in held.values() {
+            *by_outcome.entry(h.outcome.as_str()).or_default() += 1;
+        }
+        let counts = by_outcome
+            .into_iter()
+            .map(|(s, n)| (s.to_string(), n))
+            .collect();
+        println!(
+            "held in memory by the running gateway, the store refused them: {}",
+            summary(counts)
+        );
+    }
     let actions = store::actions::counts(conn)?;
     if !actions.is_empty() {
         println!("glpi api actions: {}", summary(actions));
@@ -544,6 +615,14 @@ fn queue_list(conn: &mut store::Db, state: Option<&str>, limit: usize) -> anyhow
             } else {
                 "-".into()
             };
+            // The store's word is stale for a mail whose outcome the gateway holds.
+            let note = match held.get(&row.id) {
+                Some(h) => format!("  [{}: {}]", alertgate::cli::held::describe(h), h.error),
+                None => row
+                    .last_error
+                    .map(|e| format!("  [{e}]"))
+                    .unwrap_or_default(),
+            };
             println!(
                 "{:>8}  {:<8}  {:>8}  {:<19}  {:<16}  {}{}",
                 format!("o{}", row.id),
@@ -552,9 +631,7 @@ fn queue_list(conn: &mut store::Db, state: Option<&str>, limit: usize) -> anyhow
                 next,
                 row.order_key,
                 row.subject,
-                row.last_error
-                    .map(|e| format!("  [{e}]"))
-                    .unwrap_or_default(),
+                note,
             );
         }
     }

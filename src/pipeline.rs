@@ -246,7 +246,8 @@ impl Pipeline {
                 Ok(())
             }
             Err(e) => {
-                tracing::error!(error = %e, "pipeline transaction failed; the engine's state is re-read from the store");
+                // The caller logs the failure (once per fault); this is its detail.
+                tracing::debug!(error = %e, "pipeline transaction failed; the engine's state is re-read from the store");
                 self.state.drop_cache();
                 self.generation = None;
                 Err(e)

@@ -164,6 +164,8 @@ struct Harness {
     wake: Arc<Notify>,
     stop: watch::Sender<bool>,
     worker: JoinHandle<()>,
+    /// The outcomes the worker holds while the queue refuses them.
+    held: alertgate::deliver::HeldOutcomes,
 }
 
 fn policy() -> RetryPolicy {
@@ -196,14 +198,16 @@ impl Harness {
             Arc::clone(&wake),
         )
         .with_clock(Arc::new(move || now.load(Ordering::SeqCst)))
-        .with_poll_interval(Duration::from_millis(50))
-        .run(stop_rx);
+        .with_poll_interval(Duration::from_millis(50));
+        let held = worker.held_outcomes();
+        let worker = worker.run(stop_rx);
         Harness {
             queue,
             clock,
             wake,
             stop,
             worker: tokio::spawn(worker),
+            held,
         }
     }
 
@@ -548,8 +552,19 @@ async fn store_fault_while_recording_outcomes_is_not_a_resend_loop() {
         queue.failed_writes.load(Ordering::SeqCst)
     );
 
+    // Shown as what they are (for `queue list`, through the HTTP listener).
+    let held = h.held.list();
+    assert_eq!(held.len(), 3, "{held:?}");
+    assert!(
+        held.iter()
+            .all(|o| o.outcome == "sent" && o.at == T0 && o.record_attempts >= 1),
+        "{held:?}"
+    );
+    assert!(held.iter().all(|o| !o.error.is_empty()), "{held:?}");
+
     queue.writes_fail.store(false, Ordering::SeqCst);
     h.wait_until("all recorded sent", all_sent).await;
+    assert!(h.held.list().is_empty(), "nothing held once recorded");
     let got = relay.wait_for(6, WAIT).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut ids: Vec<_> = got.iter().filter_map(|m| m.header("Message-ID")).collect();

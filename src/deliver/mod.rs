@@ -14,6 +14,6 @@ pub use config::{RelayConfig, RelayKind, RelayTimeouts, RelayTls, RetryPolicy, S
 pub use maildir::MaildirOutbox;
 pub use transport::Transport;
 pub use worker::{
-    decide, run_delivery, system_clock, Clock, DeliveryWorker, OutboundItem, OutboundQueue,
-    Outcome, QueueError,
+    decide, run_delivery, system_clock, Clock, DeliveryWorker, HeldOutcome, HeldOutcomes,
+    OutboundItem, OutboundQueue, Outcome, QueueError,
 };

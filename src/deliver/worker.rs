@@ -117,6 +117,57 @@ struct UnrecordedOutcome {
     decided_at: i64,
     failures: u32,
     retry_at: Instant,
+    /// Why the store refused it, the last time.
+    error: String,
+}
+
+/// An outcome held in memory because the store refused it, as operators see it:
+/// `queue list` asks the running gateway for these (they are in no store).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HeldOutcome {
+    /// The outbound mail's id (`o{id}` in `queue list`).
+    pub id: i64,
+    pub message_id: String,
+    pub incident: String,
+    /// `sent`, `deferred` or `dead`: what the store will be told once it can be.
+    pub outcome: String,
+    /// When it happened, Unix seconds.
+    pub at: i64,
+    /// Tries to record it so far.
+    pub record_attempts: u32,
+    pub error: String,
+}
+
+impl UnrecordedOutcome {
+    fn view(&self) -> HeldOutcome {
+        HeldOutcome {
+            id: self.item.id,
+            message_id: self.item.message_id.clone(),
+            incident: self.item.order_key.clone(),
+            outcome: match self.outcome {
+                Outcome::Sent { .. } => "sent",
+                Outcome::Retry { .. } => "deferred",
+                Outcome::Dead { .. } => "dead",
+            }
+            .to_string(),
+            at: self.decided_at,
+            record_attempts: self.failures,
+            error: self.error.clone(),
+        }
+    }
+}
+
+/// A read-only view of the worker's held outcomes, for the HTTP listener.
+#[derive(Clone, Default)]
+pub struct HeldOutcomes(Arc<Unrecorded>);
+
+impl HeldOutcomes {
+    /// The held outcomes, by outbound id.
+    pub fn list(&self) -> Vec<HeldOutcome> {
+        let mut held: Vec<HeldOutcome> = self.0.lock().values().map(|h| h.view()).collect();
+        held.sort_by_key(|h| h.id);
+        held
+    }
 }
 
 /// The outcomes held in memory, by outbound id; shared by the send tasks and the loop.
@@ -156,6 +207,7 @@ impl Unrecorded {
                 decided_at,
                 failures: 1,
                 retry_at: Instant::now() + RECORD_RETRY_INITIAL,
+                error,
             },
         );
     }
@@ -188,6 +240,7 @@ impl Unrecorded {
     fn failed_again(&self, id: i64, error: String) {
         tracing::debug!(id, error = %error, "delivery outcome still not recorded");
         if let Some(held) = self.lock().get_mut(&id) {
+            held.error = error;
             held.failures = held.failures.saturating_add(1);
             let factor = 1u32
                 .checked_shl(held.failures.min(16) - 1)
@@ -209,6 +262,8 @@ pub struct DeliveryWorker {
     clock: Clock,
     poll_interval: Duration,
     unrecorded: Arc<Unrecorded>,
+    /// The queue could not be read at the last look: its failure is logged once.
+    queue_failing: std::sync::atomic::AtomicBool,
 }
 
 impl DeliveryWorker {
@@ -226,6 +281,7 @@ impl DeliveryWorker {
             clock: system_clock(),
             poll_interval: DEFAULT_POLL_INTERVAL,
             unrecorded: Arc::default(),
+            queue_failing: Default::default(),
         }
     }
 
@@ -237,6 +293,11 @@ impl DeliveryWorker {
     pub fn with_poll_interval(mut self, interval: Duration) -> DeliveryWorker {
         self.poll_interval = interval;
         self
+    }
+
+    /// The outcomes this worker will hold in memory while the store refuses them.
+    pub fn held_outcomes(&self) -> HeldOutcomes {
+        HeldOutcomes(Arc::clone(&self.unrecorded))
     }
 
     /// Runs until `shutdown` turns true (or its sender is dropped), then lets in-flight
@@ -349,10 +410,21 @@ impl DeliveryWorker {
     async fn fetch_due(&self, limit: usize) -> Vec<OutboundItem> {
         let queue = Arc::clone(&self.queue);
         let now = (self.clock)();
+        use std::sync::atomic::Ordering;
         match tokio::task::spawn_blocking(move || queue.due(now, limit)).await {
-            Ok(Ok(items)) => items,
+            Ok(Ok(items)) => {
+                if self.queue_failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!("outbound queue readable again: delivery resumes");
+                }
+                items
+            }
+            // Once per fault, not once a poll: a store down for an hour is one line.
+            Ok(Err(err)) if !self.queue_failing.swap(true, Ordering::Relaxed) => {
+                tracing::error!(error = %err, "cannot read the outbound queue; nothing is sent until it can be");
+                Vec::new()
+            }
             Ok(Err(err)) => {
-                tracing::error!(error = %err, "cannot read the outbound queue");
+                tracing::debug!(error = %err, "outbound queue still unreadable");
                 Vec::new()
             }
             Err(err) => {

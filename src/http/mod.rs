@@ -1,6 +1,8 @@
 //! The HTTP listener (`[http]`): Prometheus `/metrics`, `/health` and `/ready` probes,
 //! the server-rendered status page `/`, and its POST-only actions (retry a dead letter,
-//! release a held mail), behind client networks and an optional bearer token.
+//! release a held mail), `/queue/unrecorded` (the delivery outcomes held in memory while
+//! the store refuses them, for `queue list`), behind client networks and an optional
+//! bearer token.
 
 pub mod metrics;
 mod page;
@@ -112,6 +114,8 @@ struct AppState {
     db: Mutex<store::Db>,
     glpi_url: Option<String>,
     glpi_api: bool,
+    /// The delivery worker's outcomes not yet recorded (none without a worker).
+    held: crate::deliver::HeldOutcomes,
 }
 
 type Shared = Arc<AppState>;
@@ -119,7 +123,7 @@ type Shared = Arc<AppState>;
 /// A bound HTTP listener.
 pub struct HttpServer {
     listener: tokio::net::TcpListener,
-    router: Router,
+    state: AppState,
 }
 
 impl HttpServer {
@@ -133,16 +137,20 @@ impl HttpServer {
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
             .map_err(|e| anyhow::anyhow!("http: cannot listen on {}: {e}", settings.listen))?;
-        let state = Arc::new(AppState {
+        let state = AppState {
             settings,
             db: Mutex::new(db),
             glpi_url: glpi_url.map(|u| u.trim_end_matches('/').to_string()),
             glpi_api,
-        });
-        Ok(HttpServer {
-            listener,
-            router: router(state),
-        })
+            held: crate::deliver::HeldOutcomes::default(),
+        };
+        Ok(HttpServer { listener, state })
+    }
+
+    /// Serve the delivery worker's held outcomes on `/queue/unrecorded`.
+    pub fn with_held_outcomes(mut self, held: crate::deliver::HeldOutcomes) -> HttpServer {
+        self.state.held = held;
+        self
     }
 
     pub fn local_addr(&self) -> Option<SocketAddr> {
@@ -152,9 +160,7 @@ impl HttpServer {
     pub async fn serve(self, mut stop: watch::Receiver<bool>) {
         let addr = self.local_addr();
         tracing::info!(listen = ?addr, "http listener started");
-        let app = self
-            .router
-            .into_make_service_with_connect_info::<SocketAddr>();
+        let app = router(Arc::new(self.state)).into_make_service_with_connect_info::<SocketAddr>();
         let result = axum::serve(self.listener, app)
             .with_graceful_shutdown(async move {
                 let _ = stop.wait_for(|s| *s).await;
@@ -172,6 +178,7 @@ fn router(state: Shared) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/health", get(health))
         .route("/ready", get(ready))
+        .route("/queue/unrecorded", get(unrecorded))
         .route("/actions/retry/{id}", post(retry_dead))
         .route("/actions/release/{id}", post(release_held))
         .layer(axum::middleware::from_fn_with_state(state.clone(), access))
@@ -307,6 +314,15 @@ async fn ready(State(state): State<Shared>) -> Response {
     json_response(code, serde_json::json!({"ready": all, "checks": checks}))
 }
 
+/// Outcomes the delivery worker holds in memory because the store refused them: only
+/// this process knows them, so `queue list` asks here (as `postqueue` asks showq).
+async fn unrecorded(State(state): State<Shared>) -> Response {
+    json_response(
+        StatusCode::OK,
+        serde_json::json!({"unrecorded": state.held.list()}),
+    )
+}
+
 /// Filters of the status page.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct PageQuery {
@@ -426,6 +442,7 @@ mod tests {
             db: Mutex::new(db),
             glpi_url: None,
             glpi_api: false,
+            held: crate::deliver::HeldOutcomes::default(),
         }))
     }
 
@@ -468,6 +485,15 @@ mod tests {
         );
         assert_eq!(
             status(a.clone(), "127.0.0.1", "GET", "/", None).await,
+            StatusCode::OK
+        );
+        // What the delivery worker holds in memory is for operators only.
+        assert_eq!(
+            status(a.clone(), "192.0.2.7", "GET", "/queue/unrecorded", None).await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            status(a.clone(), "127.0.0.1", "GET", "/queue/unrecorded", None).await,
             StatusCode::OK
         );
         assert_eq!(

@@ -384,6 +384,35 @@ fn is_damage(e: &rusqlite::Error) -> bool {
 /// Statements kept prepared per connection: every store statement fits.
 const STATEMENT_CACHE: usize = 256;
 
+/// Beyond this the write-ahead log is cut back when it restarts: a burst of big mails
+/// would otherwise keep it at its peak size for good.
+const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
+
+/// Keeps the write-ahead log and its index (`-wal`, `-shm`) when the last connection
+/// closes. SQLite needs room on disk to create the index before it can read anything: a
+/// gateway restarted onto a full disk could not open its store, and so not start to
+/// answer 451 and deliver what it had spooled once room is made.
+fn keep_wal_files(conn: &rusqlite::Connection) -> Result<(), StoreError> {
+    let mut on: std::os::raw::c_int = 1;
+    // SAFETY: the handle is this open connection's; PERSIST_WAL reads and writes one int
+    // through the pointer, which lives across the call.
+    let rc = unsafe {
+        rusqlite::ffi::sqlite3_file_control(
+            conn.handle(),
+            c"main".as_ptr(),
+            rusqlite::ffi::SQLITE_FCNTL_PERSIST_WAL,
+            (&mut on as *mut std::os::raw::c_int).cast(),
+        )
+    };
+    if rc != rusqlite::ffi::SQLITE_OK {
+        return Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rc),
+            Some("cannot keep the write-ahead log files".into()),
+        )));
+    }
+    Ok(())
+}
+
 /// The SQLite backend: one `rusqlite` connection, statements prepared once and cached.
 pub struct SqliteDb {
     conn: rusqlite::Connection,
@@ -400,7 +429,9 @@ impl SqliteDb {
         }
         let conn = rusqlite::Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(30))?;
+        keep_wal_files(&conn)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
         // FULL: a commit is on disk before we answer 250, even across power loss.
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;

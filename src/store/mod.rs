@@ -204,9 +204,12 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 pub enum Durability {
     /// Every commit is fsynced before it returns: the spool, whose commit is our `250`.
     Full,
-    /// Commits are atomic and survive a crash of the process, but a power cut may undo
-    /// the last ones. For state derived from the spool: the pipeline redoes such steps
-    /// from the spooled message, and a lost "sent" mark only means a resend.
+    /// Commits are atomic and survive a crash of the process, but a power cut (or a disk
+    /// error that turns the filesystem read-only) may undo the last ones. For state
+    /// derived from the spool: the pipeline redoes such steps from the spooled message,
+    /// and a lost "sent" mark only means a resend. Mail leaves only once these commits
+    /// are on disk (`SqliteQueue::due` syncs the log first): a redone composition has a
+    /// new incident tag, and must not follow a first one GLPI already has.
     Derived,
 }
 
@@ -273,6 +276,30 @@ mod tests {
             .text(0)
             .unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn wal_files_stay_after_the_last_close_with_the_log_emptied() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = Location::Sqlite(dir.path().join("db.sqlite"));
+        let mut db = open(&location).unwrap();
+        db.execute("CREATE TABLE big (b BLOB)", &[]).unwrap();
+        db.execute("INSERT INTO big VALUES (randomblob(2000000))", &[])
+            .unwrap();
+        let wal = dir.path().join("db.sqlite-wal");
+        assert!(std::fs::metadata(&wal).unwrap().len() > 2_000_000);
+        drop(db);
+        // Kept, so a restart onto a full disk can open the store; emptied, so a burst
+        // does not keep its size.
+        assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0);
+        assert!(dir.path().join("db.sqlite-shm").exists());
+        let mut db = open(&location).unwrap();
+        let n = db
+            .query_one("SELECT length(b) FROM big", &[])
+            .unwrap()
+            .int(0)
+            .unwrap();
+        assert_eq!(n, 2_000_000);
     }
 
     #[test]

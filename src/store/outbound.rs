@@ -419,9 +419,20 @@ pub fn last_release_at(db: &mut Db, order_key: &str) -> Result<Option<i64>, Stor
     .opt_int(0)
 }
 
+/// The highest outbound id committed (0 for an empty queue).
+fn newest_id(db: &mut Db) -> Result<i64, StoreError> {
+    db.query_one("SELECT COALESCE(MAX(id), 0) FROM outbound", &[])?
+        .int(0)
+}
+
 /// The outbound queue as the delivery worker sees it, on its own connection.
 pub struct StoreQueue {
     db: std::sync::Mutex<Db>,
+    /// SQLite's write-ahead log, synced before mail leaves (see `due`); none for a
+    /// server database, whose commits are durable when they return.
+    wal: Option<std::path::PathBuf>,
+    /// Every outbound row up to this id is known to be on disk.
+    synced_through: std::sync::atomic::AtomicI64,
     /// Told the tag of each incident whose first mail was delivered (ticket lookup).
     opened: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 }
@@ -430,6 +441,8 @@ impl StoreQueue {
     pub fn open(location: &Location) -> Result<StoreQueue, StoreError> {
         Ok(StoreQueue {
             db: std::sync::Mutex::new(Db::open(location, super::Durability::Derived)?),
+            wal: location.sqlite_path().map(wal_path),
+            synced_through: std::sync::atomic::AtomicI64::new(0),
             opened: None,
         })
     }
@@ -448,9 +461,52 @@ impl StoreQueue {
     }
 }
 
+/// SQLite's write-ahead log next to the database: `{path}-wal`.
+fn wal_path(db: &std::path::Path) -> std::path::PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push("-wal");
+    name.into()
+}
+
+/// Puts every commit made so far on disk. The pipeline's commits are `Derived` (not
+/// fsynced): a power cut or a disk error may undo one, and the spooled alert is then
+/// composed again under a new incident tag. Had its first mail already left, GLPI would
+/// get it twice under two Message-IDs, as two tickets. Syncing the log before mail leaves
+/// makes every mail that leaves one the store remembers.
+fn sync_commits(wal: &std::path::Path) -> Result<(), QueueError> {
+    match std::fs::File::open(wal) {
+        // Checkpoints sync the database file before the log is reused.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+        Ok(file) => file.sync_data(),
+    }
+    .map_err(|e| {
+        QueueError::new(format!(
+            "cannot put the queue on disk before sending ({}): {e}",
+            wal.display()
+        ))
+    })
+}
+
 impl OutboundQueue for StoreQueue {
     fn due(&self, now: i64, limit: usize) -> Result<Vec<OutboundItem>, QueueError> {
-        let rows = self.with(|db| due(db, now, limit))?;
+        use std::sync::atomic::Ordering;
+        let synced = self.synced_through.load(Ordering::Relaxed);
+        let (rows, newest) = self.with(|db| {
+            let rows = due(db, now, limit)?;
+            // One sync covers every row committed so far: a pipeline batch, not a mail.
+            let newest = match rows.iter().any(|r| r.id > synced) {
+                true => Some(newest_id(db)?),
+                false => None,
+            };
+            Ok((rows, newest))
+        })?;
+        if let Some(newest) = newest {
+            if let Some(wal) = &self.wal {
+                sync_commits(wal)?;
+            }
+            self.synced_through.fetch_max(newest, Ordering::Relaxed);
+        }
         Ok(rows
             .into_iter()
             .map(|r| OutboundItem {
