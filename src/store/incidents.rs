@@ -228,11 +228,13 @@ pub fn load_state(db: &mut Db, now: i64) -> Result<CorrelationState, StoreError>
 /// wrote incidents since, and re-reads its state. (PostgreSQL: `SELECT … FOR UPDATE`
 /// here serialises the pipelines of two gateways.)
 pub fn generation(db: &mut Db) -> Result<i64, StoreError> {
+    let sql = match db.dialect() {
+        Dialect::Sqlite => "SELECT generation FROM pipeline_generation WHERE id = 1",
+        // SQLite's transaction already holds the write lock; PostgreSQL locks the row.
+        Dialect::Postgres => "SELECT generation FROM pipeline_generation WHERE id = 1 FOR UPDATE",
+    };
     Ok(db
-        .query_opt(
-            "SELECT generation FROM pipeline_generation WHERE id = 1",
-            &[],
-        )?
+        .query_opt(sql, &[])?
         .map(|r| r.int(0))
         .transpose()?
         .unwrap_or(0))
