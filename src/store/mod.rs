@@ -4,6 +4,7 @@
 pub mod actions;
 pub mod incidents;
 pub mod outbound;
+pub mod pg;
 pub mod replies;
 pub mod retention;
 pub mod spool;
@@ -20,6 +21,16 @@ pub use spool::{Envelope, SpoolHandle, SpoolRow, SpoolState};
 pub enum StoreError {
     #[error("store: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("store: postgres: {}", pg_detail(.0))]
+    Postgres(postgres::Error),
+    /// The database server is out of reach: the caller answers 451 or retries later.
+    #[error("store: the database is unavailable: {0}")]
+    Unavailable(String),
+    /// A statement inside the transaction failed, so the whole transaction was undone.
+    #[error("store: the transaction was rolled back after a failed statement")]
+    TxAborted,
+    #[error("store: bad database URL {url}: {reason}")]
+    BadUrl { url: String, reason: String },
     #[error("store: cannot create directory {path}: {source}")]
     CreateDir {
         path: String,
@@ -33,6 +44,14 @@ pub enum StoreError {
     Corrupt(String),
     #[error("store: {path} is damaged (PRAGMA quick_check: {details}); restore it from a backup, or recover it with `sqlite3 {path} .recover`")]
     Damaged { path: String, details: String },
+}
+
+/// postgres::Error's Display is only "db error" for a server error: add what it said.
+fn pg_detail(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
 }
 
 /// A row that could not be read (wrong type, damaged page): listed, not fatal.
