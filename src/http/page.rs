@@ -3,9 +3,9 @@
 
 use super::PageQuery;
 use crate::correlate::Incident;
-use crate::store::outbound::{self, OutboundRow};
+use crate::store::outbound::{self, OutboundRow, OutboundState};
 use crate::store::status::{self, RecentEvent};
-use crate::store::{incidents, spool, StoreError};
+use crate::store::{incidents, spool, Db, StoreError};
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 /// Everything the page shows, read through the store's functions.
@@ -21,20 +21,20 @@ pub struct PageData {
 }
 
 impl PageData {
-    pub fn read(conn: &rusqlite::Connection) -> Result<PageData, StoreError> {
-        let spool_counts = spool::counts(conn)?;
+    pub fn read(db: &mut Db) -> Result<PageData, StoreError> {
+        let spool_counts = spool::counts(db)?;
         let held_unmatched = spool_counts
             .iter()
             .find(|(state, _)| state == spool::SpoolState::Held.as_str())
             .map_or(0, |(_, n)| *n);
         Ok(PageData {
-            incidents: incidents::load(conn, false)?,
-            events: status::recent_events(conn, 100)?,
-            dead: outbound::list(conn, Some("dead"), 100)?,
-            held: outbound::list(conn, Some("held"), 100)?,
-            queued: outbound::list(conn, Some("queued"), 100)?,
+            incidents: incidents::load(db, false)?,
+            events: status::recent_events(db, 100)?,
+            dead: outbound::list(db, Some(OutboundState::Dead), 100)?,
+            held: outbound::list(db, Some(OutboundState::Held), 100)?,
+            queued: outbound::list(db, Some(OutboundState::Queued), 100)?,
             spool_counts,
-            outbound_counts: outbound::counts(conn)?,
+            outbound_counts: outbound::counts(db)?,
             held_unmatched,
         })
     }

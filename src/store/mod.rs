@@ -2,6 +2,7 @@
 //! with group commit), incidents, and the outbound queue. Every durable fact lives here.
 
 pub mod actions;
+pub mod db;
 pub mod incidents;
 pub mod outbound;
 pub mod pg;
@@ -12,23 +13,27 @@ pub mod status;
 pub mod tally;
 
 use rusqlite::Connection;
-use std::path::Path;
-use std::time::Duration;
 
+pub use db::{Db, Dialect, Location, Row, Tx, Value};
 pub use spool::{Envelope, SpoolHandle, SpoolRow, SpoolState};
 
+/// What failed in the store. Each variant names one cause: callers answer 451 or retry
+/// on any of them, and the operator reads which.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("store: postgres: {}", pg_detail(.0))]
     Postgres(postgres::Error),
-    /// The database server is out of reach: the caller answers 451 or retries later.
+    /// The database cannot be reached now (connection lost): answer 451, try again.
     #[error("store: the database is unavailable: {0}")]
     Unavailable(String),
     /// A statement inside the transaction failed, so the whole transaction was undone.
     #[error("store: the transaction was rolled back after a failed statement")]
     TxAborted,
+    /// A transaction used against its rules (a bug, reported rather than guessed around).
+    #[error("store: transaction misuse: {0}")]
+    TxMisuse(&'static str),
     #[error("store: bad database URL {url}: {reason}")]
     BadUrl { url: String, reason: String },
     #[error("store: cannot create directory {path}: {source}")]
@@ -40,8 +45,54 @@ pub enum StoreError {
     TooNew { found: i64, known: i64 },
     #[error("store: the spool writer has stopped")]
     WriterGone,
-    #[error("store: {0}")]
-    Corrupt(String),
+    #[error("store: cannot start the {thread} thread: {source}")]
+    ThreadSpawn {
+        thread: &'static str,
+        source: std::io::Error,
+    },
+    /// The spool writer's transaction for a group of messages failed; none was stored.
+    #[error("store: the spool commit failed: {0}")]
+    GroupCommit(String),
+    #[error("store: the {0} connection's lock is poisoned (a thread panicked holding it)")]
+    LockPoisoned(&'static str),
+    /// A message's draft file could not be written or read back.
+    #[error("store: the message's draft file {path}: {source}")]
+    Draft {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("store: copying the message from {from} into the spool: {source}")]
+    SpoolCopy {
+        from: String,
+        source: std::io::Error,
+    },
+    #[error("store: the draft file {path} holds {found} bytes, {expected} were received")]
+    DraftShort {
+        path: String,
+        expected: usize,
+        found: usize,
+    },
+    /// A stored value that is not one this alertgate knows (e.g. a state).
+    #[error("store: {table}.{column} holds `{value}`, which is not a known value")]
+    BadValue {
+        table: &'static str,
+        column: &'static str,
+        value: String,
+    },
+    #[error("store: column {index} holds {found} where {expected} was expected")]
+    Column {
+        index: usize,
+        expected: &'static str,
+        found: &'static str,
+    },
+    #[error("store: `{statement} …` returned no row")]
+    NoRow { statement: String },
+    /// JSON kept in a column (incident snapshots, envelopes) does not encode or decode.
+    #[error("store: {what}: {source}")]
+    Json {
+        what: &'static str,
+        source: serde_json::Error,
+    },
     #[error("store: {path} is damaged (PRAGMA quick_check: {details}); restore it from a backup, or recover it with `sqlite3 {path} .recover`")]
     Damaged { path: String, details: String },
 }
@@ -148,26 +199,10 @@ pub enum Durability {
     Derived,
 }
 
-/// Open (creating when needed) the database with an up-to-date schema, fsyncing every
+/// Open (creating when needed) the store with an up-to-date schema, fsyncing every
 /// commit.
-pub fn open(path: &Path) -> Result<Connection, StoreError> {
-    open_with(path, Durability::Full)
-}
-
-pub fn open_with(path: &Path, durability: Durability) -> Result<Connection, StoreError> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
-            path: dir.display().to_string(),
-            source,
-        })?;
-    }
-    let conn = Connection::open(path)?;
-    configure(&conn)?;
-    migrate(&conn)?;
-    if durability == Durability::Derived {
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-    }
-    Ok(conn)
+pub fn open(location: &Location) -> Result<Db, StoreError> {
+    Db::open(location, Durability::Full)
 }
 
 /// The rows that could be read; each damaged one is logged.
@@ -182,36 +217,8 @@ pub fn readable<T>(rows: Vec<Result<T, DamagedRow>>) -> Vec<T> {
         .collect()
 }
 
-/// Refuses a damaged database at start (a damaged b-tree page would otherwise make
-/// every commit fail, and the server answer 451 forever).
-pub fn quick_check(conn: &Connection, path: &Path) -> Result<(), StoreError> {
-    let damaged = |details: String| StoreError::Damaged {
-        path: path.display().to_string(),
-        details,
-    };
-    let mut stmt = conn
-        .prepare("PRAGMA quick_check(20)")
-        .map_err(|e| damaged(e.to_string()))?;
-    let lines = stmt
-        .query_map([], |r| r.get::<_, String>(0))
-        .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| damaged(e.to_string()))?;
-    if lines.len() == 1 && lines[0] == "ok" {
-        return Ok(());
-    }
-    Err(damaged(lines.join("; ")))
-}
-
-fn configure(conn: &Connection) -> Result<(), StoreError> {
-    conn.busy_timeout(Duration::from_secs(30))?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    // FULL: a commit is on disk before we answer 250, even across power loss.
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
-    Ok(())
-}
-
-fn migrate(conn: &Connection) -> Result<(), StoreError> {
+/// SQLite's migrations: `user_version` counts those applied.
+fn migrate_sqlite(conn: &Connection) -> Result<(), StoreError> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version > SCHEMA_VERSION {
         return Err(StoreError::TooNew {
@@ -240,15 +247,19 @@ mod tests {
     #[test]
     fn migrations_run_once_and_reopen_cleanly() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sub/db.sqlite");
-        drop(open(&path).unwrap());
-        let conn = open(&path).unwrap();
-        let v: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
+        let location = Location::Sqlite(dir.path().join("sub/db.sqlite"));
+        drop(open(&location).unwrap());
+        let mut db = open(&location).unwrap();
+        let v = db
+            .query_one("PRAGMA user_version", &[])
+            .unwrap()
+            .int(0)
             .unwrap();
         assert_eq!(v, SCHEMA_VERSION);
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        let mode = db
+            .query_one("PRAGMA journal_mode", &[])
+            .unwrap()
+            .text(0)
             .unwrap();
         assert_eq!(mode, "wal");
     }
@@ -256,11 +267,40 @@ mod tests {
     #[test]
     fn newer_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db.sqlite");
-        let conn = open(&path).unwrap();
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+        let location = Location::Sqlite(dir.path().join("db.sqlite"));
+        let db = open(&location).unwrap();
+        db.sqlite()
+            .unwrap()
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
             .unwrap();
-        drop(conn);
-        assert!(matches!(open(&path), Err(StoreError::TooNew { .. })));
+        drop(db);
+        assert!(matches!(open(&location), Err(StoreError::TooNew { .. })));
+    }
+
+    /// The boundary this module keeps: nothing outside `src/store/` names rusqlite.
+    #[test]
+    fn no_rusqlite_outside_the_store() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut offenders = Vec::new();
+        let mut dirs = vec![root.clone()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path == root.join("store") {
+                    continue;
+                }
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "rs")
+                    && std::fs::read_to_string(&path).unwrap().contains("rusqlite")
+                {
+                    offenders.push(path.display().to_string());
+                }
+            }
+        }
+        assert!(
+            offenders.is_empty(),
+            "rusqlite outside src/store/: {offenders:?}"
+        );
     }
 }

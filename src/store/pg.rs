@@ -2,7 +2,7 @@
 //! backend-neutral primitives (`Value` parameters, `Row` results, transactions), its
 //! prepared-statement cache and reconnection, and the PostgreSQL schema (`PG_MIGRATIONS`).
 
-use super::StoreError;
+use super::{Durability, Row, StoreError, Value};
 use bytes::BytesMut;
 use postgres::error::SqlState;
 use postgres::types::{FromSql, IsNull, ToSql, Type};
@@ -10,121 +10,6 @@ use postgres::{Client, NoTls, Statement};
 use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::time::Duration;
-
-/// One SQL parameter or result column, as the store's code sees it on either backend.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Value {
-    Null,
-    Int(i64),
-    Text(String),
-    Blob(Vec<u8>),
-}
-
-impl From<i64> for Value {
-    fn from(v: i64) -> Value {
-        Value::Int(v)
-    }
-}
-
-impl From<bool> for Value {
-    fn from(v: bool) -> Value {
-        Value::Int(i64::from(v))
-    }
-}
-
-impl From<&str> for Value {
-    fn from(v: &str) -> Value {
-        Value::Text(v.to_string())
-    }
-}
-
-impl From<String> for Value {
-    fn from(v: String) -> Value {
-        Value::Text(v)
-    }
-}
-
-impl From<&[u8]> for Value {
-    fn from(v: &[u8]) -> Value {
-        Value::Blob(v.to_vec())
-    }
-}
-
-impl From<Vec<u8>> for Value {
-    fn from(v: Vec<u8>) -> Value {
-        Value::Blob(v)
-    }
-}
-
-impl<T: Into<Value>> From<Option<T>> for Value {
-    fn from(v: Option<T>) -> Value {
-        v.map_or(Value::Null, Into::into)
-    }
-}
-
-/// One result row: its columns in select order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Row {
-    values: Vec<Value>,
-}
-
-impl Row {
-    pub fn new(values: Vec<Value>) -> Row {
-        Row { values }
-    }
-
-    pub fn len(&self) -> usize {
-        self.values.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.values.is_empty()
-    }
-
-    pub fn value(&self, i: usize) -> Result<&Value, StoreError> {
-        self.values
-            .get(i)
-            .ok_or_else(|| column_error(i, "no such column"))
-    }
-
-    pub fn int(&self, i: usize) -> Result<i64, StoreError> {
-        self.opt_int(i)?
-            .ok_or_else(|| column_error(i, "NULL where an integer was expected"))
-    }
-
-    pub fn opt_int(&self, i: usize) -> Result<Option<i64>, StoreError> {
-        match self.value(i)? {
-            Value::Null => Ok(None),
-            Value::Int(v) => Ok(Some(*v)),
-            other => Err(column_error(i, &format!("{other:?} is not an integer"))),
-        }
-    }
-
-    pub fn text(&self, i: usize) -> Result<String, StoreError> {
-        self.opt_text(i)?
-            .ok_or_else(|| column_error(i, "NULL where text was expected"))
-    }
-
-    pub fn opt_text(&self, i: usize) -> Result<Option<String>, StoreError> {
-        match self.value(i)? {
-            Value::Null => Ok(None),
-            Value::Text(v) => Ok(Some(v.clone())),
-            other => Err(column_error(i, &format!("{other:?} is not text"))),
-        }
-    }
-
-    pub fn blob(&self, i: usize) -> Result<Vec<u8>, StoreError> {
-        match self.value(i)? {
-            Value::Blob(v) => Ok(v.clone()),
-            Value::Text(v) => Ok(v.clone().into_bytes()),
-            other => Err(column_error(i, &format!("{other:?} is not a blob"))),
-        }
-    }
-}
-
-fn column_error(i: usize, what: &str) -> StoreError {
-    StoreError::Corrupt(format!("result column {i}: {what}"))
-}
 
 /// Each migration moves the schema from version `index` to `index + 1`; the same numbers
 /// and meaning as SQLite's `MIGRATIONS`, in PostgreSQL's types (integers BIGINT, booleans
@@ -218,21 +103,11 @@ const MIGRATION_LOCK: i64 = 0x616c_6572_7467_6174;
 /// grow it without bound).
 const STATEMENT_CACHE_LIMIT: usize = 256;
 
-/// How the connection's commits reach the disk (`synchronous_commit`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PgDurability {
-    /// A commit returns once its WAL is flushed: the spool, whose commit is our `250`.
-    Full,
-    /// Commits are atomic; a crash of the server may undo the last ones (state derived
-    /// from the spool, which the pipeline can redo).
-    Derived,
-}
-
 /// One connection to PostgreSQL. A call that finds the server gone fails with
 /// `StoreError::Unavailable`; the next call outside a transaction connects again.
 pub struct PgConn {
     config: postgres::Config,
-    durability: PgDurability,
+    durability: Durability,
     /// Shown in errors and logs: the URL without its password.
     shown: String,
     client: Option<Client>,
@@ -261,7 +136,7 @@ impl std::fmt::Debug for PgConn {
 
 impl PgConn {
     /// Connect to `url` and bring the schema up to date.
-    pub fn open(url: &str, durability: PgDurability) -> Result<PgConn, StoreError> {
+    pub fn open(url: &str, durability: Durability) -> Result<PgConn, StoreError> {
         let mut config: postgres::Config = url.parse().map_err(|e| StoreError::BadUrl {
             url: redact_url(url),
             reason: format!("{e}"),
@@ -321,9 +196,7 @@ impl PgConn {
 
     pub fn begin(&mut self) -> Result<(), StoreError> {
         if self.tx != TxState::None {
-            return Err(StoreError::Corrupt(
-                "postgres: a transaction is already open on this connection".into(),
-            ));
+            return Err(StoreError::TxMisuse("BEGIN while a transaction is open"));
         }
         self.batch("BEGIN")?;
         self.tx = TxState::Open;
@@ -350,9 +223,7 @@ impl PgConn {
                     self.shown
                 )))
             }
-            TxState::None => Err(StoreError::Corrupt(
-                "postgres: COMMIT without a transaction".into(),
-            )),
+            TxState::None => Err(StoreError::TxMisuse("COMMIT without a transaction")),
         }
     }
 
@@ -406,8 +277,8 @@ impl PgConn {
         let mut client = off_runtime(|| config.connect(NoTls))
             .map_err(|e| StoreError::Unavailable(format!("{}: {}", self.shown, describe(&e))))?;
         let sync = match self.durability {
-            PgDurability::Full => "on",
-            PgDurability::Derived => "off",
+            Durability::Full => "on",
+            Durability::Derived => "off",
         };
         off_runtime(|| client.batch_execute(&format!("SET synchronous_commit = {sync}")))
             .map_err(|e| StoreError::Unavailable(format!("{}: {}", self.shown, describe(&e))))?;
@@ -613,9 +484,14 @@ impl ToSql for Value {
 fn convert_row(row: &postgres::Row) -> Result<Row, StoreError> {
     (0..row.len())
         .map(|i| {
-            row.try_get::<_, Cell>(i)
-                .map(|cell| cell.0)
-                .map_err(|e| column_error(i, &describe(&e)))
+            row.try_get::<_, Cell>(i).map(|cell| cell.0).map_err(|e| {
+                tracing::warn!(column = i, error = %describe(&e), "unreadable PostgreSQL column");
+                StoreError::Column {
+                    index: i,
+                    expected: "an integer, text or bytes",
+                    found: "a value of another type",
+                }
+            })
         })
         .collect::<Result<Vec<_>, _>>()
         .map(Row::new)
@@ -715,15 +591,15 @@ mod tests {
     #[test]
     fn migrations_apply_once_and_reopen_cleanly() {
         let url = fresh();
-        drop(PgConn::open(&url, PgDurability::Full).unwrap());
-        let mut conn = PgConn::open(&url, PgDurability::Full).unwrap();
+        drop(PgConn::open(&url, Durability::Full).unwrap());
+        let mut conn = PgConn::open(&url, Durability::Full).unwrap();
         assert_eq!(
             versions(&mut conn),
             (1..=PG_SCHEMA_VERSION).collect::<Vec<_>>()
         );
         let sync = conn.query("SHOW synchronous_commit", &[]).unwrap();
         assert_eq!(sync[0].text(0).unwrap(), "on");
-        let derived = PgConn::open(&url, PgDurability::Derived);
+        let derived = PgConn::open(&url, Durability::Derived);
         let sync = derived
             .unwrap()
             .query("SHOW synchronous_commit", &[])
@@ -740,7 +616,7 @@ mod tests {
                 .map(|_| {
                     s.spawn(|| {
                         barrier.wait();
-                        PgConn::open(&url, PgDurability::Full).map(drop)
+                        PgConn::open(&url, Durability::Full).map(drop)
                     })
                 })
                 .collect();
@@ -748,7 +624,7 @@ mod tests {
                 h.join().unwrap().unwrap();
             }
         });
-        let mut conn = PgConn::open(&url, PgDurability::Full).unwrap();
+        let mut conn = PgConn::open(&url, Durability::Full).unwrap();
         assert_eq!(
             versions(&mut conn),
             (1..=PG_SCHEMA_VERSION).collect::<Vec<_>>()
@@ -758,19 +634,19 @@ mod tests {
     #[test]
     fn newer_schema_is_refused() {
         let url = fresh();
-        let mut conn = PgConn::open(&url, PgDurability::Full).unwrap();
+        let mut conn = PgConn::open(&url, Durability::Full).unwrap();
         conn.execute(
             "INSERT INTO schema_version (version, applied_at) VALUES ($1, 0)",
             &[(PG_SCHEMA_VERSION + 1).into()],
         )
         .unwrap();
-        let err = PgConn::open(&url, PgDurability::Full).unwrap_err();
+        let err = PgConn::open(&url, Durability::Full).unwrap_err();
         assert!(matches!(err, StoreError::TooNew { found, .. } if found == PG_SCHEMA_VERSION + 1));
     }
 
     #[test]
     fn values_round_trip_with_nulls_blobs_and_sums() {
-        let mut conn = PgConn::open(&fresh(), PgDurability::Full).unwrap();
+        let mut conn = PgConn::open(&fresh(), Durability::Full).unwrap();
         let raw: Vec<u8> = (0..=255u8).collect();
         let id = conn
             .query(
@@ -791,7 +667,7 @@ mod tests {
             .unwrap()[0]
             .int(0)
             .unwrap();
-        let row = conn
+        let mut row = conn
             .query_opt(
                 "SELECT received_at, tls, auth_user, raw, state, note FROM spool WHERE id = $1",
                 &[id.into()],
@@ -801,7 +677,7 @@ mod tests {
         assert_eq!(row.int(0).unwrap(), 1_700_000_000_123);
         assert_eq!(row.int(1).unwrap(), 1);
         assert_eq!(row.opt_text(2).unwrap(), None);
-        assert_eq!(row.blob(3).unwrap(), raw);
+        assert_eq!(row.take_blob(3).unwrap(), raw);
         assert_eq!(row.text(4).unwrap(), "new");
         assert!(row.text(5).is_err(), "NULL read as text is an error");
         let sums = conn
@@ -827,7 +703,7 @@ mod tests {
 
     #[test]
     fn rollback_undoes_and_commit_keeps() {
-        let mut conn = PgConn::open(&fresh(), PgDurability::Full).unwrap();
+        let mut conn = PgConn::open(&fresh(), Durability::Full).unwrap();
         let put = |conn: &mut PgConn, k: &str| {
             conn.execute("INSERT INTO kv (key, value) VALUES ($1, 'v')", &[k.into()])
                 .unwrap()
@@ -856,7 +732,7 @@ mod tests {
 
     #[test]
     fn one_open_incident_per_alert_key() {
-        let mut conn = PgConn::open(&fresh(), PgDurability::Full).unwrap();
+        let mut conn = PgConn::open(&fresh(), Durability::Full).unwrap();
         let insert = |conn: &mut PgConn, id: i64, open: i64| {
             conn.execute(
                 "INSERT INTO incidents (id, tag, alert_key, open, data, updated_at)
@@ -881,7 +757,7 @@ mod tests {
         // Its own server: restarting the shared one would disturb the other tests.
         let server = harness::PgServer::start_new().unwrap();
         let url = server.url();
-        let mut conn = PgConn::open(&url, PgDurability::Full).unwrap();
+        let mut conn = PgConn::open(&url, Durability::Full).unwrap();
         let one = |conn: &mut PgConn| {
             conn.query("SELECT 1", &[])
                 .map(|rows| rows[0].int(0).unwrap())
@@ -917,7 +793,7 @@ mod tests {
 
     #[tokio::test]
     async fn calls_from_an_async_task_do_not_panic() {
-        let mut conn = PgConn::open(&fresh(), PgDurability::Full).unwrap();
+        let mut conn = PgConn::open(&fresh(), Durability::Full).unwrap();
         let rows = conn.query("SELECT $1::text", &["x".into()]).unwrap();
         assert_eq!(rows[0].text(0).unwrap(), "x");
         drop(conn);
@@ -934,7 +810,7 @@ mod tests {
             "postgres://gw@db/alertgate"
         );
         assert!(matches!(
-            PgConn::open("postgres://a:b@h:notaport/x", PgDurability::Full),
+            PgConn::open("postgres://a:b@h:notaport/x", Durability::Full),
             Err(StoreError::BadUrl { url, .. }) if !url.contains(":b@")
         ));
     }
