@@ -107,6 +107,9 @@ pub struct Pipeline {
     db: Db,
     settings: PipelineSettings,
     state: CorrelationState,
+    /// The store's correlation generation `state` was loaded at or last wrote; `None`
+    /// once unknown. Another gateway on the same database moves it on.
+    generation: Option<i64>,
 }
 
 /// What one processing step produced, for the spool row's note and the logs.
@@ -135,11 +138,14 @@ impl Pipeline {
         settings: PipelineSettings,
     ) -> Result<Pipeline, PipelineError> {
         let mut db = Db::open(location, crate::store::Durability::Derived)?;
+        // Generation first: a write in between makes the state newer, never older.
+        let generation = incidents::generation(&mut db)?;
         let state = incidents::load_state(&mut db)?;
         Ok(Pipeline {
             db,
             settings,
             state,
+            generation: Some(generation),
         })
     }
 
@@ -154,19 +160,24 @@ impl Pipeline {
 
     /// Process the oldest waiting messages; returns how many were processed.
     pub fn run_batch(&mut self, now: i64) -> Result<usize, PipelineError> {
-        let rows = spool::pending(&mut self.db, BATCH)?;
-        if rows.is_empty() {
+        // A cheap look first: an idle poll opens no write transaction.
+        if !spool::has_pending(&mut self.db)? {
             return Ok(0);
         }
-        let result = self.in_transaction(|p, tx| {
+        let mut processed = 0;
+        self.in_transaction(|p, tx| {
+            // Claimed inside the transaction: another gateway's pipeline skips them, and
+            // takes them over if this one dies before its commit.
+            let rows = spool::claim_pending(tx, BATCH)?;
             for row in &rows {
                 let step = p.process(tx, row, now)?;
                 spool::set_state(tx, row.id, step.state, Some(&step.note), now)?;
                 tracing::info!(spool_id = row.id, state = step.state.as_str(), outcome = %step.note, "processed");
             }
-            Ok(())
-        });
-        result.map(|()| rows.len())
+            processed = rows.len();
+            Ok(processed > 0)
+        })?;
+        Ok(processed)
     }
 
     /// Let time-driven decisions happen: storm digests, and news whose wait (for its
@@ -175,10 +186,11 @@ impl Pipeline {
         self.in_transaction(|p, tx| {
             let decision = correlate::tick(p.state, now, &p.settings.correlation);
             p.apply(tx, &decision, None, now)?;
-            for owner in outbound::held_due_keys(tx, now)? {
-                p.flush(tx, &owner, now)?;
+            let held = outbound::held_due_keys(tx, now)?;
+            for owner in &held {
+                p.flush(tx, owner, now)?;
             }
-            Ok(())
+            Ok(!decision.is_empty() || !held.is_empty())
         })
     }
 
@@ -192,36 +204,56 @@ impl Pipeline {
                 let note = p.learn_ticket(tx, info, now)?;
                 tracing::info!(tag = %info.tag, ticket = info.ticket_id, outcome = %note, "ticket learned from the API");
             }
-            Ok(())
+            Ok(true)
         })
     }
 
     /// Run `f` in one transaction; if it fails, the in-memory state is rebuilt from what
-    /// was committed, so memory never runs ahead of the store.
+    /// was committed, so memory never runs ahead of the store. The transaction first
+    /// takes the store's correlation lock (PostgreSQL: two gateways correlate one at a
+    /// time) and reloads the incidents when another gateway changed them since; `f`
+    /// says whether it changed anything, which moves the generation on.
     fn in_transaction(
         &mut self,
-        f: impl FnOnce(&mut PipelineCore<'_>, &mut Tx<'_>) -> Result<(), PipelineError>,
+        f: impl FnOnce(&mut PipelineCore<'_>, &mut Tx<'_>) -> Result<bool, PipelineError>,
     ) -> Result<(), PipelineError> {
         let outcome = (|| {
             let mut tx = self.db.transaction()?;
+            let generation = incidents::lock_correlation(&mut tx)?;
+            if self.generation != Some(generation) {
+                tracing::debug!(generation, "incidents changed elsewhere; reloading them");
+                self.state = incidents::load_state(&mut tx)?;
+            }
             let mut core = PipelineCore {
                 settings: &self.settings,
                 state: &mut self.state,
                 backlog: None,
             };
-            f(&mut core, &mut tx)?;
+            if !f(&mut core, &mut tx)? {
+                tx.commit()?;
+                return Ok(generation);
+            }
             incidents::set_kv(
                 &mut tx,
                 "next_incident_id",
                 &core.state.next_id().to_string(),
             )?;
-            tx.commit().map_err(PipelineError::from)
+            incidents::set_generation(&mut tx, generation + 1)?;
+            tx.commit()?;
+            Ok(generation + 1)
         })();
-        if let Err(e) = &outcome {
-            tracing::error!(error = %e, "pipeline transaction failed; reloading state from the store");
-            self.state = incidents::load_state(&mut self.db)?;
+        match outcome {
+            Ok(generation) => {
+                self.generation = Some(generation);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "pipeline transaction failed; reloading state from the store");
+                self.generation = None;
+                self.state = incidents::load_state(&mut self.db)?;
+                Err(e)
+            }
         }
-        outcome
     }
 }
 

@@ -83,6 +83,41 @@ pub fn load_state(db: &mut Db) -> Result<CorrelationState, StoreError> {
     Ok(CorrelationState::from_incidents(load(db, false)?, next_id))
 }
 
+/// The advisory lock of the correlation step ("alertcor" in ASCII).
+const CORRELATION_LOCK: i64 = 0x616c_6572_7463_6f72;
+
+/// Inside a pipeline transaction: waits until no other gateway correlates (PostgreSQL;
+/// SQLite's write transaction already excludes every other writer), then returns the
+/// incidents' generation, which each correlating commit moves on.
+pub fn lock_correlation(db: &mut Db) -> Result<i64, StoreError> {
+    if db.dialect() == Dialect::Postgres {
+        db.query_one(
+            "SELECT pg_advisory_xact_lock($1)",
+            &[CORRELATION_LOCK.into()],
+        )?;
+    }
+    generation(db)
+}
+
+/// How many correlating commits the store has seen (0 for a new one).
+pub fn generation(db: &mut Db) -> Result<i64, StoreError> {
+    let value = get_kv(db, "correlation_generation")?;
+    value
+        .map(|v| {
+            v.parse::<i64>().map_err(|_| StoreError::BadValue {
+                table: "kv",
+                column: "correlation_generation",
+                value: v,
+            })
+        })
+        .transpose()
+        .map(|g| g.unwrap_or(0))
+}
+
+pub fn set_generation(db: &mut Db, generation: i64) -> Result<(), StoreError> {
+    set_kv(db, "correlation_generation", &generation.to_string())
+}
+
 pub fn get_kv(db: &mut Db, key: &str) -> Result<Option<String>, StoreError> {
     db.query_opt("SELECT value FROM kv WHERE key = $1", &[key.into()])?
         .map(|r| r.text(0))

@@ -4,6 +4,7 @@
 pub mod actions;
 pub mod db;
 pub mod incidents;
+pub mod lease;
 pub mod outbound;
 pub mod pg;
 pub mod replies;
@@ -184,6 +185,13 @@ const MIGRATIONS: &[&str] = &[
     "CREATE INDEX glpi_actions_tag ON glpi_actions(tag, id);",
     // 6: which incident each alert mail's Message-IDs (own and cited) belong to.
     "CREATE TABLE message_incidents (message_id TEXT PRIMARY KEY, incident_tag TEXT NOT NULL);",
+    // 7: leases of outbound mails and GLPI actions (PostgreSQL, shared by two gateways,
+    // uses them; here they stay empty). PostgreSQL's 7 also has a unique index on open
+    // incidents' keys: only there can two writers race to open one.
+    "ALTER TABLE outbound ADD COLUMN lease_owner TEXT;
+     ALTER TABLE outbound ADD COLUMN lease_until INTEGER;
+     ALTER TABLE glpi_actions ADD COLUMN lease_owner TEXT;
+     ALTER TABLE glpi_actions ADD COLUMN lease_until INTEGER;",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -44,6 +44,7 @@ accepted_recipients = ["glpi@example.test", "@alerts.example.test"]
 
 [store]
 path = "{db}"
+{store_url}
 {store_extra}
 
 [rules]
@@ -58,10 +59,34 @@ hostname = "alertgate.test"
 {sections}
 "#,
         db = dir.join("alertgate.db").display(),
+        store_url = test_store_url_line(&store_extra),
         rules = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("rules")
             .display(),
     )
+}
+
+/// Which store the end-to-end tests run on: `ALERTGATE_TEST_STORE=postgres` puts every
+/// gateway on a fresh database of the process's private PostgreSQL; SQLite otherwise.
+pub fn test_store_is_postgres() -> bool {
+    match std::env::var("ALERTGATE_TEST_STORE").as_deref() {
+        Ok("postgres") | Ok("postgresql") => true,
+        Ok("sqlite") | Ok("") | Err(_) => false,
+        Ok(other) => panic!("ALERTGATE_TEST_STORE={other}: expected sqlite or postgres"),
+    }
+}
+
+/// The `[store] url = …` line of a fresh PostgreSQL database when the tests run on
+/// PostgreSQL (and the test does not choose its own url).
+fn test_store_url_line(store_extra: &str) -> String {
+    let chooses_own = store_extra
+        .lines()
+        .any(|l| l.trim_start().starts_with("url"));
+    if !test_store_is_postgres() || chooses_own {
+        return String::new();
+    }
+    let url = super::postgres::shared().create_database();
+    format!("url = \"{url}\"")
 }
 
 /// Takes the keys of a `[store]` block out of `sections`: (those keys, the rest).
