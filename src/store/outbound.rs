@@ -435,6 +435,15 @@ pub fn held_due_keys(db: &mut Db, now: i64) -> Result<Vec<String>, StoreError> {
     .collect()
 }
 
+/// Queued mails whose time has come: the delivery worker's backlog at `now`.
+pub fn count_due(db: &mut Db, now: i64) -> Result<i64, StoreError> {
+    db.query_one(
+        "SELECT COUNT(*) FROM outbound WHERE state = 'queued' AND next_attempt_at <= $1",
+        &[now.into()],
+    )?
+    .int(0)
+}
+
 /// Mails sent to GLPI at or after `since` (they may still wait in its mailbox).
 pub fn sent_since(db: &mut Db, since: i64) -> Result<u64, StoreError> {
     Ok(db
