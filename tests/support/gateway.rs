@@ -15,6 +15,8 @@ pub struct TestGateway {
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
     pub db: PathBuf,
+    /// The store the gateway runs on (the SQLite file `db`, or a PostgreSQL database).
+    pub location: Location,
     stop: watch::Sender<bool>,
     running: Option<alertgate::app::Running>,
 }
@@ -155,6 +157,7 @@ impl TestGateway {
         let loaded = LoadedConfig::from_str(&cfg_path, text)
             .unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
         let db = loaded.config.store.path.clone();
+        let location = loaded.config.store.location();
         let (stop, stop_rx) = watch::channel(false);
         let running = alertgate::app::start_with_clock(loaded, stop_rx, clock)
             .await
@@ -163,6 +166,7 @@ impl TestGateway {
             addr: running.addrs[0],
             dir,
             db,
+            location,
             stop,
             running: Some(running),
         }
@@ -288,7 +292,7 @@ impl TestGateway {
 
     /// A connection to the gateway's store, through the store's own functions.
     pub fn db(&self) -> Db {
-        alertgate::store::open(&Location::Sqlite(self.db.clone())).expect("open store")
+        alertgate::store::open(&self.location).expect("open store")
     }
 
     /// The SQLite file itself, for tests that damage it on purpose (fault injection):
