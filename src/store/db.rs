@@ -209,7 +209,7 @@ impl Row {
 /// One open connection to the store.
 pub enum Db {
     Sqlite(SqliteDb),
-    Postgres(PgConn),
+    Postgres(Box<PgConn>),
 }
 
 impl fmt::Debug for Db {
@@ -226,7 +226,7 @@ impl Db {
     pub fn open(location: &Location, durability: Durability) -> Result<Db, StoreError> {
         match location {
             Location::Sqlite(path) => Ok(Db::Sqlite(SqliteDb::open(path, durability)?)),
-            Location::Postgres(url) => Ok(Db::Postgres(PgConn::open(url, durability)?)),
+            Location::Postgres(url) => Ok(Db::Postgres(Box::new(PgConn::open(url, durability)?))),
         }
     }
 

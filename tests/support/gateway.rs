@@ -301,6 +301,22 @@ impl TestGateway {
         raw_sqlite(&self.db)
     }
 
+    /// Runs `sql` on the gateway's database behind the store's back, whichever backend
+    /// it is (fault injection: a table taken away, a value no alertgate writes).
+    pub fn inject_sql(&self, sql: &str) {
+        match &self.location {
+            Location::Sqlite(path) => raw_sqlite(path)
+                .execute_batch(sql)
+                .unwrap_or_else(|e| panic!("{sql}: {e}")),
+            Location::Postgres(url) => {
+                let database = url.rsplit('/').next().unwrap_or("postgres");
+                super::postgres::shared()
+                    .psql_in(database, sql)
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            }
+        }
+    }
+
     /// Number of messages in the spool.
     pub fn spooled(&self) -> i64 {
         let counts = spool::counts(&mut self.db()).expect("count");
