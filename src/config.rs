@@ -840,6 +840,7 @@ fn validate_sections(path: &Path, text: &str, config: &Config, problems: &mut Ve
     if let Err(e) = config.correlation.validate() {
         let key = match e {
             crate::correlate::PolicyError::ZeroRepeatInterval => "correlation.repeat_interval",
+            crate::correlate::PolicyError::IncidentCache(_) => "correlation.incident_cache",
             _ => "correlation.host_aliases",
         };
         push(key, e.to_string());

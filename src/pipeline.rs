@@ -12,8 +12,8 @@ use crate::correlate::{
 };
 use crate::rules::{ParseContext, ParseError, RuleSet};
 use crate::store::actions::{self, ActionKind};
+use crate::store::incidents::StoreIncidents;
 use crate::store::outbound::{self, NewOutbound, OutboundState};
-use crate::store::replies::StoreReplyIndex;
 use crate::store::spool::{self, SpoolRow, SpoolState};
 use crate::store::{incidents, Db, Location, StoreError, Tx};
 use std::cell::RefCell;
@@ -106,9 +106,10 @@ pub struct TicketInfo {
 pub struct Pipeline {
     db: Db,
     settings: PipelineSettings,
+    /// The engine's counters, storm window and cache of open incidents.
     state: CorrelationState,
-    /// The store's correlation generation `state` was loaded at or last wrote; `None`
-    /// once unknown. Another gateway on the same database moves it on.
+    /// The store's commit generation after this pipeline's last commit; `None` until
+    /// the state was read from the store (at start, after a failed step).
     generation: Option<i64>,
 }
 
@@ -137,15 +138,13 @@ impl Pipeline {
         location: &Location,
         settings: PipelineSettings,
     ) -> Result<Pipeline, PipelineError> {
-        let mut db = Db::open(location, crate::store::Durability::Derived)?;
-        // Generation first: a write in between makes the state newer, never older.
-        let generation = incidents::generation(&mut db)?;
-        let state = incidents::load_state(&mut db)?;
+        let db = Db::open(location, crate::store::Durability::Derived)?;
         Ok(Pipeline {
             db,
             settings,
-            state,
-            generation: Some(generation),
+            // Read from the store inside the first transaction.
+            state: CorrelationState::default(),
+            generation: None,
         })
     }
 
@@ -165,7 +164,7 @@ impl Pipeline {
             return Ok(0);
         }
         let mut processed = 0;
-        self.in_transaction(|p, tx| {
+        self.in_transaction(now, |p, tx| {
             // Claimed inside the transaction: another gateway's pipeline skips them, and
             // takes them over if this one dies before its commit.
             let rows = spool::claim_pending(tx, BATCH)?;
@@ -183,8 +182,13 @@ impl Pipeline {
     /// Let time-driven decisions happen: storm digests, and news whose wait (for its
     /// ticket id, or for GLPI's intake pace) is over.
     pub fn tick(&mut self, now: i64) -> Result<(), PipelineError> {
-        self.in_transaction(|p, tx| {
-            let decision = correlate::tick(p.state, now, &p.settings.correlation);
+        self.in_transaction(now, |p, tx| {
+            let decision = correlate::tick_with(
+                p.state,
+                &mut StoreIncidents::new(tx),
+                now,
+                &p.settings.correlation,
+            )?;
             p.apply(tx, &decision, None, now)?;
             let held = outbound::held_due_keys(tx, now)?;
             for owner in &held {
@@ -199,7 +203,7 @@ impl Pipeline {
         if infos.is_empty() {
             return Ok(());
         }
-        self.in_transaction(|p, tx| {
+        self.in_transaction(now, |p, tx| {
             for info in infos {
                 let note = p.learn_ticket(tx, info, now)?;
                 tracing::info!(tag = %info.tag, ticket = info.ticket_id, outcome = %note, "ticket learned from the API");
@@ -208,49 +212,56 @@ impl Pipeline {
         })
     }
 
-    /// Run `f` in one transaction; if it fails, the in-memory state is rebuilt from what
-    /// was committed, so memory never runs ahead of the store. The transaction first
-    /// takes the store's correlation lock (PostgreSQL: two gateways correlate one at a
-    /// time) and reloads the incidents when another gateway changed them since; `f`
-    /// says whether it changed anything, which moves the generation on.
+    /// Run `f` in one transaction. The engine's state is the store's as of this
+    /// pipeline's last commit: when another writer committed since (the generation
+    /// moved) or the last step failed, it is read again first, so memory never runs
+    /// ahead of, nor lags behind, the store.
     fn in_transaction(
         &mut self,
+        now: i64,
         f: impl FnOnce(&mut PipelineCore<'_>, &mut Tx<'_>) -> Result<bool, PipelineError>,
     ) -> Result<(), PipelineError> {
+        let mut tx = self.db.transaction()?;
         let outcome = (|| {
-            let mut tx = self.db.transaction()?;
-            let generation = incidents::lock_correlation(&mut tx)?;
+            // PostgreSQL: two gateways correlate one at a time (SQLite's write
+            // transaction already excludes every other writer).
+            incidents::lock_correlation(&mut tx)?;
+            let generation = incidents::generation(&mut tx)?;
             if self.generation != Some(generation) {
-                tracing::debug!(generation, "incidents changed elsewhere; reloading them");
-                self.state = incidents::load_state(&mut tx)?;
+                if self.generation.is_some() {
+                    tracing::info!(
+                        "incidents changed by another writer; the engine's cache is re-read"
+                    );
+                }
+                self.state = incidents::load_state(&mut tx, now)?;
             }
             let mut core = PipelineCore {
                 settings: &self.settings,
                 state: &mut self.state,
                 backlog: None,
             };
+            // A step that changed nothing leaves the generation: the other gateway's
+            // cache stays valid across this one's idle ticks.
             if !f(&mut core, &mut tx)? {
-                tx.commit()?;
                 return Ok(generation);
             }
-            incidents::set_kv(
-                &mut tx,
-                "next_incident_id",
-                &core.state.next_id().to_string(),
-            )?;
-            incidents::set_generation(&mut tx, generation + 1)?;
-            tx.commit()?;
-            Ok(generation + 1)
+            let next_id = core.state.next_id().to_string();
+            incidents::set_kv(&mut tx, "next_incident_id", &next_id)?;
+            Ok::<i64, PipelineError>(incidents::bump_generation(&mut tx)?)
         })();
+        let outcome = outcome.and_then(|generation| {
+            tx.commit()?;
+            Ok(generation)
+        });
         match outcome {
             Ok(generation) => {
                 self.generation = Some(generation);
                 Ok(())
             }
             Err(e) => {
-                tracing::error!(error = %e, "pipeline transaction failed; reloading state from the store");
+                tracing::error!(error = %e, "pipeline transaction failed; the engine's state is re-read from the store");
+                self.state.drop_cache();
                 self.generation = None;
-                self.state = incidents::load_state(&mut self.db)?;
                 Err(e)
             }
         }
@@ -314,7 +325,7 @@ impl PipelineCore<'_> {
                 }
             }
             let decision = correlate::reply::correlate_threaded(
-                &StoreReplyIndex::new(tx),
+                &mut StoreIncidents::new(tx),
                 self.state,
                 &mail_ids,
                 alert,
@@ -492,11 +503,7 @@ impl PipelineCore<'_> {
         if let Some(n) = self.backlog {
             return Ok(n);
         }
-        let waiting = self
-            .state
-            .open_incidents()
-            .filter(|i| i.announced && i.ticket_id.is_none())
-            .count() as u64;
+        let waiting = incidents::awaiting_ticket_count(tx)?;
         // Updates queue in the same mailbox: what left within the last run may still be there.
         let recent =
             outbound::sent_since(tx, now - self.settings.glpi.collector_interval_secs.max(1))?;
@@ -817,15 +824,17 @@ impl PipelineCore<'_> {
         info: &TicketInfo,
         now: i64,
     ) -> Result<String, PipelineError> {
-        let open = correlate::apply_ticket_info(
+        let open = correlate::apply_ticket_info_with(
             self.state,
+            &mut StoreIncidents::new(tx),
             &info.tag,
             info.ticket_id,
             info.glpi_message_id.clone(),
             info.status,
-        );
+        )?;
+        self.state.trim(self.settings.correlation.incident_cache);
         let incident = match open {
-            Some(_) => self.state.incident_by_tag(&info.tag).cloned(),
+            Some(incident) => Some(incident),
             // An ended incident may still have mails waiting for this ticket id.
             None => incidents::by_tag(tx, &info.tag)?.map(|mut inc| {
                 inc.record_ticket(info.ticket_id, info.glpi_message_id.clone(), info.status);

@@ -167,16 +167,12 @@ impl ApiWorker {
     /// After a restart: open incidents without a ticket id (announced ones: their first
     /// mail left), looked up again from the start.
     async fn pending_at_start(&self) -> HashMap<String, Lookup> {
-        let loaded = self.with_store(|db| incidents::load(db, false)).await;
         let now = self.clock.now();
-        let waiting: Vec<String> = loaded
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|i| {
-                i.ticket_id.is_none() && i.announced && now - i.first_seen < LOOKUP_GIVE_UP_SECS
-            })
-            .map(|i| i.tag)
-            .collect();
+        let since = now - LOOKUP_GIVE_UP_SECS;
+        let waiting = self
+            .with_store(move |db| incidents::awaiting_ticket_since(db, since))
+            .await
+            .unwrap_or_default();
         let backlog = waiting.len();
         waiting
             .into_iter()

@@ -136,7 +136,7 @@ impl Metrics {
         registry.register("open_incidents", "Open incidents", m.open_incidents.clone());
         registry.register(
             "incidents_without_ticket",
-            "Open incidents whose GLPI ticket id is not known yet",
+            "Open incidents whose first mail left and whose GLPI ticket id is not known yet",
             m.incidents_without_ticket.clone(),
         );
         registry.register(
@@ -245,10 +245,12 @@ impl Metrics {
         set_family(&self.spool_depth, spool::counts(db)?);
         set_family(&self.outbound_depth, outbound_counts);
         set_family(&self.glpi_actions, store::actions::counts(db)?);
-        let open = store::incidents::load(db, false)?;
-        self.open_incidents.set(open.len() as i64);
+        let open = store::incidents::open_count(db)?;
+        self.open_incidents
+            .set(i64::try_from(open).unwrap_or(i64::MAX));
+        let waiting = store::incidents::awaiting_ticket_count(db)?;
         self.incidents_without_ticket
-            .set(open.iter().filter(|i| i.ticket_id.is_none()).count() as i64);
+            .set(i64::try_from(waiting).unwrap_or(i64::MAX));
         self.held_mails.set(held);
         let unthreaded = store::incidents::get_kv(db, "unthreaded_after_timeout")?
             .and_then(|v| v.parse().ok())

@@ -230,16 +230,14 @@ async fn access(
     next.run(request).await
 }
 
-async fn with_conn<T: Send + 'static, E: std::fmt::Display + From<StoreError> + Send + 'static>(
+async fn with_conn<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
     state: &Shared,
     f: impl FnOnce(&mut store::Db) -> Result<T, E> + Send + 'static,
 ) -> Result<T, Response> {
     let state = state.clone();
     let joined = tokio::task::spawn_blocking(move || {
-        let mut db = state
-            .db
-            .lock()
-            .map_err(|_| E::from(StoreError::LockPoisoned("http")))?;
+        // A handler that panicked left no transaction open (Tx rolls back on drop).
+        let mut db = state.db.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut db)
     })
     .await;

@@ -137,6 +137,7 @@ pub struct Row {
 }
 
 impl Row {
+    /// A row as a backend read it.
     pub(in crate::store) fn new(values: Vec<Value>) -> Row {
         Row { values }
     }
@@ -192,6 +193,13 @@ impl Row {
         }
     }
 
+    pub fn blob(&self, index: usize) -> Result<Vec<u8>, StoreError> {
+        match self.value(index)? {
+            Value::Blob(v) => Ok(v.clone()),
+            other => Err(Row::mismatch(index, "a blob", other)),
+        }
+    }
+
     /// The bytes of a blob column, moved out of the row (mails can be megabytes).
     pub fn take_blob(&mut self, index: usize) -> Result<Vec<u8>, StoreError> {
         match self.values.get_mut(index) {
@@ -206,7 +214,8 @@ impl Row {
     }
 }
 
-/// One open connection to the store.
+/// One open connection to the store. A backend provides `execute`, `query`, `batch`
+/// (BEGIN/COMMIT/ROLLBACK) and `quick_check`; `Db` dispatches to it.
 pub enum Db {
     Sqlite(SqliteDb),
     Postgres(Box<PgConn>),
@@ -453,7 +462,7 @@ impl SqliteDb {
             for i in 0..columns {
                 values.push(value_of(r.get_ref(i)?));
             }
-            out.push(Row { values });
+            out.push(Row::new(values));
         }
         Ok(out)
     }

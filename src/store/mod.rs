@@ -1,5 +1,6 @@
-//! The embedded SQLite store: schema and migrations, the inbound spool (one writer thread
-//! with group commit), incidents, and the outbound queue. Every durable fact lives here.
+//! The store: everything persistent, behind one boundary (`db::Db`, SQLite today): schema
+//! and migrations, the inbound spool (one writer thread with group commit), incidents,
+//! the outbound queue and GLPI actions. No SQL and no `rusqlite` outside this module.
 
 pub mod actions;
 pub mod db;
@@ -185,8 +186,35 @@ const MIGRATIONS: &[&str] = &[
     "CREATE INDEX glpi_actions_tag ON glpi_actions(tag, id);",
     // 6: which incident each alert mail's Message-IDs (own and cited) belong to.
     "CREATE TABLE message_incidents (message_id TEXT PRIMARY KEY, incident_tag TEXT NOT NULL);",
-    // 7: leases of outbound mails and GLPI actions (PostgreSQL, shared by two gateways,
-    // uses them; here they stay empty). PostgreSQL's 7 also has a unique index on open
+    // 7: the correlation engine keeps only a cache of open incidents and reads the others
+    // by index: by alert key, by tag (unique already), the storm's pending members and
+    // digests, the ones still waiting for a ticket id, and the storm window's openings.
+    // `generation` counts the pipeline's commits, so a cache knows when someone else wrote.
+    // The old index on `open` alone goes: it would win over the key's on a small table.
+    "ALTER TABLE incidents ADD COLUMN first_seen INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE incidents ADD COLUMN announced INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE incidents ADD COLUMN ticket_id INTEGER;
+     ALTER TABLE incidents ADD COLUMN pending_digest INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE incidents ADD COLUMN is_digest INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE incidents ADD COLUMN digest_member INTEGER NOT NULL DEFAULT 0;
+     UPDATE incidents SET
+        first_seen = COALESCE(json_extract(data, '$.first_seen'), 0),
+        announced = COALESCE(json_extract(data, '$.announced'), 0),
+        ticket_id = json_extract(data, '$.ticket_id'),
+        pending_digest = COALESCE(json_extract(data, '$.in_pending_digest'), 0),
+        is_digest = COALESCE(json_extract(data, '$.is_digest'), 0),
+        digest_member = json_extract(data, '$.digest_tag') IS NOT NULL;
+     DROP INDEX incidents_open;
+     CREATE INDEX incidents_open_key ON incidents(alert_key, id) WHERE open = 1;
+     CREATE INDEX incidents_pending_digest ON incidents(id) WHERE open = 1 AND pending_digest = 1;
+     CREATE INDEX incidents_open_digest ON incidents(id) WHERE open = 1 AND is_digest = 1;
+     CREATE INDEX incidents_awaiting_ticket ON incidents(id)
+        WHERE open = 1 AND announced = 1 AND ticket_id IS NULL;
+     CREATE INDEX incidents_first_seen ON incidents(first_seen);
+     CREATE TABLE pipeline_generation (id INTEGER PRIMARY KEY CHECK (id = 1), generation INTEGER NOT NULL);
+     INSERT INTO pipeline_generation (id, generation) VALUES (1, 0);",
+    // 8: leases of outbound mails and GLPI actions (PostgreSQL, shared by two gateways,
+    // uses them; here they stay empty). PostgreSQL's 8 also has a unique index on open
     // incidents' keys: only there can two writers race to open one.
     "ALTER TABLE outbound ADD COLUMN lease_owner TEXT;
      ALTER TABLE outbound ADD COLUMN lease_until INTEGER;

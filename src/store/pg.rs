@@ -85,7 +85,31 @@ pub const PG_MIGRATIONS: &[&str] = &[
     "CREATE INDEX glpi_actions_tag ON glpi_actions(tag, id);",
     // 6: which incident each alert mail's Message-IDs (own and cited) belong to.
     "CREATE TABLE message_incidents (message_id TEXT PRIMARY KEY, incident_tag TEXT NOT NULL);",
-    // 7: two gateways on one database: an alert key has at most one open incident, and
+    // 7: the correlation engine keeps only a cache of open incidents and reads the others
+    // by index (as SQLite's 7); `pipeline_generation` counts the pipeline's commits.
+    "ALTER TABLE incidents ADD COLUMN first_seen BIGINT NOT NULL DEFAULT 0;
+     ALTER TABLE incidents ADD COLUMN announced BIGINT NOT NULL DEFAULT 0;
+     ALTER TABLE incidents ADD COLUMN ticket_id BIGINT;
+     ALTER TABLE incidents ADD COLUMN pending_digest BIGINT NOT NULL DEFAULT 0;
+     ALTER TABLE incidents ADD COLUMN is_digest BIGINT NOT NULL DEFAULT 0;
+     ALTER TABLE incidents ADD COLUMN digest_member BIGINT NOT NULL DEFAULT 0;
+     UPDATE incidents SET
+        first_seen = COALESCE((data::jsonb->>'first_seen')::bigint, 0),
+        announced = CASE WHEN (data::jsonb->>'announced')::boolean THEN 1 ELSE 0 END,
+        ticket_id = (data::jsonb->>'ticket_id')::bigint,
+        pending_digest = CASE WHEN (data::jsonb->>'in_pending_digest')::boolean THEN 1 ELSE 0 END,
+        is_digest = CASE WHEN (data::jsonb->>'is_digest')::boolean THEN 1 ELSE 0 END,
+        digest_member = CASE WHEN data::jsonb->>'digest_tag' IS NOT NULL THEN 1 ELSE 0 END;
+     DROP INDEX incidents_open;
+     CREATE INDEX incidents_open_key ON incidents(alert_key, id) WHERE open = 1;
+     CREATE INDEX incidents_pending_digest ON incidents(id) WHERE open = 1 AND pending_digest = 1;
+     CREATE INDEX incidents_open_digest ON incidents(id) WHERE open = 1 AND is_digest = 1;
+     CREATE INDEX incidents_awaiting_ticket ON incidents(id)
+        WHERE open = 1 AND announced = 1 AND ticket_id IS NULL;
+     CREATE INDEX incidents_first_seen ON incidents(first_seen);
+     CREATE TABLE pipeline_generation (id BIGINT PRIMARY KEY CHECK (id = 1), generation BIGINT NOT NULL);
+     INSERT INTO pipeline_generation (id, generation) VALUES (1, 0);",
+    // 8: two gateways on one database: an alert key has at most one open incident, and
     // each outbound mail and GLPI action is leased by the gateway delivering it.
     "CREATE UNIQUE INDEX incidents_one_open ON incidents(alert_key) WHERE open = 1;
      ALTER TABLE outbound ADD COLUMN lease_owner TEXT;
@@ -586,6 +610,11 @@ mod tests {
             .iter()
             .map(|r| r.int(0).unwrap())
             .collect()
+    }
+
+    #[test]
+    fn both_backends_know_the_same_schema_versions() {
+        assert_eq!(PG_SCHEMA_VERSION, crate::store::SCHEMA_VERSION);
     }
 
     #[test]

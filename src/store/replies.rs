@@ -25,29 +25,37 @@ impl ReplyIndex for StoreReplyIndex<'_> {
     type Error = StoreError;
 
     fn incident_for(&self, message_ids: &[String]) -> Result<Option<String>, StoreError> {
-        let mut db = self.db.borrow_mut();
-        for id in message_ids {
-            if let Some(row) = db.query_opt(
-                "SELECT incident_tag FROM message_incidents WHERE message_id = $1",
-                &[id.into()],
-            )? {
-                return Ok(Some(row.text(0)?));
-            }
-        }
-        Ok(None)
+        incident_for(&mut self.db.borrow_mut(), message_ids)
     }
 
     fn remember(&self, message_ids: &[String], tag: &str) -> Result<(), StoreError> {
-        let mut db = self.db.borrow_mut();
-        for id in message_ids {
-            db.execute(
-                "INSERT INTO message_incidents (message_id, incident_tag) VALUES ($1, $2)
-                 ON CONFLICT (message_id) DO NOTHING",
-                &[id.into(), tag.into()],
-            )?;
-        }
-        Ok(())
+        remember(&mut self.db.borrow_mut(), message_ids, tag)
     }
+}
+
+/// The tag of the incident the first known id of `message_ids` belongs to.
+pub fn incident_for(db: &mut Db, message_ids: &[String]) -> Result<Option<String>, StoreError> {
+    for id in message_ids {
+        if let Some(row) = db.query_opt(
+            "SELECT incident_tag FROM message_incidents WHERE message_id = $1",
+            &[id.into()],
+        )? {
+            return Ok(Some(row.text(0)?));
+        }
+    }
+    Ok(None)
+}
+
+/// Record that these ids belong to the incident `tag` (ids already known keep theirs).
+pub fn remember(db: &mut Db, message_ids: &[String], tag: &str) -> Result<(), StoreError> {
+    for id in message_ids {
+        db.execute(
+            "INSERT INTO message_incidents (message_id, incident_tag) VALUES ($1, $2)
+             ON CONFLICT (message_id) DO NOTHING",
+            &[id.into(), tag.into()],
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -95,9 +95,8 @@ pub async fn run(
         }
         let db = std::sync::Arc::clone(&db);
         let done = tokio::task::spawn_blocking(move || {
-            let mut db = db
-                .lock()
-                .map_err(|_| StoreError::LockPoisoned("retention"))?;
+            // A pruning that panicked left no transaction open: go on with the connection.
+            let mut db = db.lock().unwrap_or_else(|p| p.into_inner());
             prune(&mut db, super::unix_now(), &retention, BATCH_PAUSE)
         })
         .await;
