@@ -257,7 +257,13 @@ pub async fn start_with_clock(
         Transport::from_config(&loaded.relay).map_err(|e| anyhow::anyhow!("relay: {e}"))?;
     let (opened_tx, opened_rx) = mpsc::unbounded_channel();
     let (found_tx, found_rx) = mpsc::unbounded_channel();
-    let mut queue = StoreQueue::open(&store)?;
+    let lease = crate::store::lease::Lease::new(loaded.config.store.lease_secs);
+    tracing::info!(
+        owner = lease.owner(),
+        secs = lease.secs(),
+        "lease owner of this gateway"
+    );
+    let mut queue = StoreQueue::open(&store)?.with_lease(lease.clone());
     let (api, glpi_rights) = match glpi_api {
         Some((api, rights)) => (Some(api), Some(rights)),
         None => (None, None),
@@ -279,6 +285,7 @@ pub async fn start_with_clock(
                 )
                 .with_solving(may_solve)
                 .with_tickets(loaded.config.glpi_api.clone())
+                .with_lease(lease.clone())
                 .with_clock(clock.clone()),
             )
         }

@@ -240,6 +240,9 @@ pub struct StoreConfig {
     pub keep_sent_days: u64,
     /// Seconds between two background prunings.
     pub prune_interval_secs: u64,
+    /// Gateways sharing a PostgreSQL store: how long one holds an outbound mail or a GLPI
+    /// action it took (renewed while it works); a dead gateway's work returns after it.
+    pub lease_secs: u64,
 }
 
 impl StoreConfig {
@@ -266,6 +269,7 @@ impl Default for StoreConfig {
             keep_processed_days: 7,
             keep_sent_days: 7,
             prune_interval_secs: 600,
+            lease_secs: crate::store::lease::DEFAULT_LEASE_SECS,
         }
     }
 }
@@ -750,6 +754,7 @@ fn validate(
         "store.prune_interval_secs",
         config.store.prune_interval_secs,
     );
+    check_positive("store.lease_secs", config.store.lease_secs);
     if let Some(url) = &config.store.url {
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             problems.push(ConfigProblem {

@@ -159,19 +159,24 @@ impl Pipeline {
 
     /// Process the oldest waiting messages; returns how many were processed.
     pub fn run_batch(&mut self, now: i64) -> Result<usize, PipelineError> {
-        let rows = spool::pending(&mut self.db, BATCH)?;
-        if rows.is_empty() {
+        // A cheap look first: an idle poll opens no write transaction.
+        if !spool::has_pending(&mut self.db)? {
             return Ok(0);
         }
-        let result = self.in_transaction(now, |p, tx| {
+        let mut processed = 0;
+        self.in_transaction(now, |p, tx| {
+            // Claimed inside the transaction: another gateway's pipeline skips them, and
+            // takes them over if this one dies before its commit.
+            let rows = spool::claim_pending(tx, BATCH)?;
             for row in &rows {
                 let step = p.process(tx, row, now)?;
                 spool::set_state(tx, row.id, step.state, Some(&step.note), now)?;
                 tracing::info!(spool_id = row.id, state = step.state.as_str(), outcome = %step.note, "processed");
             }
-            Ok(())
-        });
-        result.map(|()| rows.len())
+            processed = rows.len();
+            Ok(processed > 0)
+        })?;
+        Ok(processed)
     }
 
     /// Let time-driven decisions happen: storm digests, and news whose wait (for its
@@ -185,10 +190,11 @@ impl Pipeline {
                 &p.settings.correlation,
             )?;
             p.apply(tx, &decision, None, now)?;
-            for owner in outbound::held_due_keys(tx, now)? {
-                p.flush(tx, &owner, now)?;
+            let held = outbound::held_due_keys(tx, now)?;
+            for owner in &held {
+                p.flush(tx, owner, now)?;
             }
-            Ok(())
+            Ok(!decision.is_empty() || !held.is_empty())
         })
     }
 
@@ -202,7 +208,7 @@ impl Pipeline {
                 let note = p.learn_ticket(tx, info, now)?;
                 tracing::info!(tag = %info.tag, ticket = info.ticket_id, outcome = %note, "ticket learned from the API");
             }
-            Ok(())
+            Ok(true)
         })
     }
 
@@ -213,10 +219,13 @@ impl Pipeline {
     fn in_transaction(
         &mut self,
         now: i64,
-        f: impl FnOnce(&mut PipelineCore<'_>, &mut Tx<'_>) -> Result<(), PipelineError>,
+        f: impl FnOnce(&mut PipelineCore<'_>, &mut Tx<'_>) -> Result<bool, PipelineError>,
     ) -> Result<(), PipelineError> {
         let mut tx = self.db.transaction()?;
         let outcome = (|| {
+            // PostgreSQL: two gateways correlate one at a time (SQLite's write
+            // transaction already excludes every other writer).
+            incidents::lock_correlation(&mut tx)?;
             let generation = incidents::generation(&mut tx)?;
             if self.generation != Some(generation) {
                 if self.generation.is_some() {
@@ -231,7 +240,11 @@ impl Pipeline {
                 state: &mut self.state,
                 backlog: None,
             };
-            f(&mut core, &mut tx)?;
+            // A step that changed nothing leaves the generation: the other gateway's
+            // cache stays valid across this one's idle ticks.
+            if !f(&mut core, &mut tx)? {
+                return Ok(generation);
+            }
             let next_id = core.state.next_id().to_string();
             incidents::set_kv(&mut tx, "next_incident_id", &next_id)?;
             Ok::<i64, PipelineError>(incidents::bump_generation(&mut tx)?)

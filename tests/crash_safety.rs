@@ -141,10 +141,14 @@ async fn every_acknowledged_mail_survives_sigkill() {
     // Restart on the same store: it must come up and serve.
     let mut child = start_binary(&cfg);
     wait_listening(addr).await;
-    let mut db = alertgate::store::open(&alertgate::store::Location::Sqlite(
-        dir.path().join("alertgate.db"),
-    ))
-    .unwrap();
+    // The store the config names (SQLite, or PostgreSQL in the PostgreSQL test run).
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let location = alertgate::config::LoadedConfig::from_str(&cfg, &text)
+        .expect("valid config")
+        .config
+        .store
+        .location();
+    let mut db = alertgate::store::open(&location).unwrap();
     let stored: HashSet<String> = alertgate::store::spool::list(&mut db, None, 1_000_000)
         .unwrap()
         .into_iter()

@@ -185,9 +185,7 @@ async fn idle_client_times_out_with_421() {
 async fn a_failing_store_answers_451_and_the_server_keeps_serving() {
     let gw = TestGateway::start("").await;
     // Take the spool table away under the running server.
-    gw.raw_sqlite()
-        .execute_batch("ALTER TABLE spool RENAME TO spool_away")
-        .unwrap();
+    gw.inject_sql("ALTER TABLE spool RENAME TO spool_away");
     let mut c = greeted(&gw).await;
     let r = c
         .send_mail(
@@ -199,9 +197,7 @@ async fn a_failing_store_answers_451_and_the_server_keeps_serving() {
     assert_reply(&r, 451, "4.3.0");
     assert_reply(&c.cmd("NOOP").await, 250, "2.0.0");
     // Once the store is back, the same session and new ones are served.
-    gw.raw_sqlite()
-        .execute_batch("ALTER TABLE spool_away RENAME TO spool")
-        .unwrap();
+    gw.inject_sql("ALTER TABLE spool_away RENAME TO spool");
     let r = c
         .send_mail(
             "a@example.test",

@@ -22,7 +22,9 @@ fn loaded(dir: &std::path::Path) -> LoadedConfig {
 #[tokio::test]
 async fn damaged_store_refuses_to_start_with_a_clear_error() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = loaded(dir.path());
+    let mut cfg = loaded(dir.path());
+    // A damaged SQLite file is this test's subject, on either run of the suite.
+    cfg.config.store.url = None;
     let db = cfg.config.store.path.clone();
     {
         drop(
@@ -73,18 +75,19 @@ async fn queue_list_shows_the_rest_around_a_damaged_row() {
     }
     gw.wait_processed().await;
     gw.shutdown_keep().await;
-    let conn = gw.raw_sqlite();
-    conn.execute(
-        "UPDATE spool SET received_at = 'garbage' WHERE id = (SELECT MIN(id) + 1 FROM spool)",
-        [],
-    )
-    .expect("damage spool row");
-    conn.execute(
-        "UPDATE outbound SET attempts = 'x' WHERE id = (SELECT MIN(id) + 1 FROM outbound)",
-        [],
-    )
-    .expect("damage outbound row");
-    drop(conn);
+    // SQLite stores any type in any column; PostgreSQL's columns are typed, so there a
+    // damaged row is one holding a value no alertgate writes.
+    if support::gateway::test_store_is_postgres() {
+        gw.inject_sql(
+            "UPDATE spool SET state = 'garbage' WHERE id = (SELECT MIN(id) + 1 FROM spool);
+             UPDATE outbound SET state = 'x' WHERE id = (SELECT MIN(id) + 1 FROM outbound);",
+        );
+    } else {
+        gw.inject_sql(
+            "UPDATE spool SET received_at = 'garbage' WHERE id = (SELECT MIN(id) + 1 FROM spool);
+             UPDATE outbound SET attempts = 'x' WHERE id = (SELECT MIN(id) + 1 FROM outbound);",
+        );
+    }
     let (ok, out) = gw.queue_cli(&["list"]);
     assert!(ok, "{out}");
     assert_eq!(out.matches("DAMAGED").count(), 2, "{out}");

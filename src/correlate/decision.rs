@@ -197,6 +197,14 @@ impl Decision {
         })
     }
 
+    /// Nothing to record and nothing to send.
+    pub fn is_empty(&self) -> bool {
+        self.actions.is_empty()
+            && self.changed.is_empty()
+            && self.ended.is_empty()
+            && self.digested.is_empty()
+    }
+
     /// The digests of this step, in order.
     pub fn digests(&self) -> impl Iterator<Item = &DigestMail> {
         self.actions.iter().filter_map(|a| match a {

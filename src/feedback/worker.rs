@@ -6,6 +6,7 @@ use super::api::{lookup_backoff, ApiError, GlpiApi};
 use crate::clock::Clock;
 use crate::pipeline::TicketInfo;
 use crate::store::actions::{self, ActionKind, ActionState};
+use crate::store::lease::Lease;
 use crate::store::{incidents, Db, Location, StoreError};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -45,6 +46,8 @@ pub struct ApiWorker {
     can_solve: bool,
     /// `[glpi_api]`, for the entity, category and requester of the tickets it creates.
     tickets: Option<super::GlpiApiConfig>,
+    /// This gateway's lease on the actions it carries out (a shared PostgreSQL store).
+    lease: Lease,
 }
 
 impl ApiWorker {
@@ -67,6 +70,7 @@ impl ApiWorker {
             clock: Clock::system(),
             can_solve: true,
             tickets: None,
+            lease: Lease::default(),
         })
     }
 
@@ -116,6 +120,12 @@ impl ApiWorker {
     /// Whether the API user may solve tickets (from the rights check at start).
     pub fn with_solving(mut self, can_solve: bool) -> ApiWorker {
         self.can_solve = can_solve;
+        self
+    }
+
+    /// Leases taken on the actions this gateway carries out (`[store] lease_secs`).
+    pub fn with_lease(mut self, lease: Lease) -> ApiWorker {
+        self.lease = lease;
         self
     }
 
@@ -216,11 +226,23 @@ impl ApiWorker {
     /// solution never overtakes a follow-up that GLPI did not take yet.
     /// Returns how many actions succeeded (0: nothing more to do now).
     async fn run_actions(&self, now: i64) -> usize {
-        let Some(due) = self.with_store(move |db| actions::due(db, now, 16)).await else {
+        let lease = self.lease.clone();
+        let Some(due) = self
+            .with_store(move |db| actions::due_leased(db, now, 16, &lease))
+            .await
+        else {
             return 0;
         };
         let mut done = 0;
         for action in due {
+            // The earlier actions' API calls took time: is this one still ours?
+            let (id, lease, at) = (action.id, self.lease.clone(), self.clock.now());
+            let ours = self
+                .with_store(move |db| actions::renew_lease(db, id, at, &lease))
+                .await;
+            if ours != Some(true) {
+                continue;
+            }
             let kind = if action.action == ActionKind::Solve && !self.can_solve {
                 ActionKind::Followup
             } else {

@@ -2,7 +2,8 @@
 //! solving it on recovery), kept in the store so a GLPI outage or a restart delays them
 //! but never loses them.
 
-use super::db::{Db, Row};
+use super::db::{Db, Dialect, Row};
+use super::lease::Lease;
 use super::StoreError;
 
 /// What an action does to its ticket.
@@ -128,6 +129,45 @@ pub fn add(
 /// The head of each ticket's queue that is due: one per incident, so a solution never
 /// overtakes a follow-up still waiting for GLPI.
 pub fn due(db: &mut Db, now: i64, limit: usize) -> Result<Vec<GlpiAction>, StoreError> {
+    due_leased(db, now, limit, &Lease::default())
+}
+
+/// As `due`, for gateways sharing the store: on PostgreSQL the actions returned are
+/// leased to `lease` (free, expired or already its own), so one gateway carries out
+/// each, and a ticket's next action waits for its head wherever that is.
+pub fn due_leased(
+    db: &mut Db,
+    now: i64,
+    limit: usize,
+    lease: &Lease,
+) -> Result<Vec<GlpiAction>, StoreError> {
+    if db.dialect() == Dialect::Postgres {
+        let mut claimed = db
+            .query(
+                "WITH heads AS (
+                     SELECT a.id AS head_id FROM glpi_actions AS a
+                     WHERE a.state = 'pending' AND a.next_attempt_at <= $1
+                       AND (a.lease_until IS NULL OR a.lease_until <= $1 OR a.lease_owner = $2)
+                       AND NOT EXISTS (SELECT 1 FROM glpi_actions AS p
+                                       WHERE p.tag = a.tag AND p.id < a.id AND p.state = 'pending')
+                     ORDER BY a.id LIMIT $3
+                     FOR UPDATE OF a SKIP LOCKED)
+                 UPDATE glpi_actions SET lease_owner = $2, lease_until = $4
+                 FROM heads WHERE glpi_actions.id = heads.head_id
+                 RETURNING id, tag, ticket_id, action, content, attempts",
+                &[
+                    now.into(),
+                    lease.owner().into(),
+                    (limit as i64).into(),
+                    lease.until(now).into(),
+                ],
+            )?
+            .iter()
+            .map(GlpiAction::from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        claimed.sort_by_key(|a| a.id);
+        return Ok(claimed);
+    }
     db.query(
         "SELECT id, tag, ticket_id, action, content, attempts FROM glpi_actions AS a
          WHERE state = 'pending' AND next_attempt_at <= $1
@@ -141,6 +181,20 @@ pub fn due(db: &mut Db, now: i64, limit: usize) -> Result<Vec<GlpiAction>, Store
     .collect()
 }
 
+/// Just before carrying out a leased action: renews the lease, or says it is no longer
+/// this gateway's (it ran out and another gateway took the action over, or finished it).
+pub fn renew_lease(db: &mut Db, id: i64, now: i64, lease: &Lease) -> Result<bool, StoreError> {
+    if db.dialect() == Dialect::Sqlite {
+        return Ok(true);
+    }
+    let renewed = db.execute(
+        "UPDATE glpi_actions SET lease_until = $1
+         WHERE id = $2 AND state = 'pending' AND lease_owner = $3",
+        &[lease.until(now).into(), id.into(), lease.owner().into()],
+    )?;
+    Ok(renewed == 1)
+}
+
 /// Record an attempt's outcome: `state` (pending again to retry at `next_attempt_at`).
 pub fn finish(
     db: &mut Db,
@@ -150,7 +204,7 @@ pub fn finish(
     error: Option<&str>,
 ) -> Result<(), StoreError> {
     db.execute(
-        "UPDATE glpi_actions SET state = $1, attempts = attempts + 1, next_attempt_at = $2, last_error = $3 WHERE id = $4",
+        "UPDATE glpi_actions SET state = $1, attempts = attempts + 1, next_attempt_at = $2, last_error = $3, lease_owner = NULL, lease_until = NULL WHERE id = $4",
         &[state.as_str().into(), next_attempt_at.into(), error.into(), id.into()],
     )?;
     Ok(())
@@ -159,7 +213,7 @@ pub fn finish(
 /// Carry out a pending action as another kind (a refused solution becomes a follow-up).
 pub fn convert(db: &mut Db, id: i64, action: ActionKind, now: i64) -> Result<(), StoreError> {
     db.execute(
-        "UPDATE glpi_actions SET action = $1, attempts = attempts + 1, next_attempt_at = $2 WHERE id = $3",
+        "UPDATE glpi_actions SET action = $1, attempts = attempts + 1, next_attempt_at = $2, lease_owner = NULL, lease_until = NULL WHERE id = $3",
         &[action.as_str().into(), now.into(), id.into()],
     )?;
     Ok(())

@@ -293,6 +293,22 @@ impl ReplyIndex for StoreIncidents<'_> {
     }
 }
 
+/// The advisory lock of the correlation step ("alertcor" in ASCII).
+const CORRELATION_LOCK: i64 = 0x616c_6572_7463_6f72;
+
+/// Inside a pipeline transaction: waits until no other gateway correlates (PostgreSQL;
+/// SQLite's write transaction already excludes every other writer). Released by the
+/// commit or rollback, or when the holder's connection dies.
+pub fn lock_correlation(db: &mut Db) -> Result<(), StoreError> {
+    if db.dialect() == Dialect::Postgres {
+        db.query_one(
+            "SELECT pg_advisory_xact_lock($1)",
+            &[CORRELATION_LOCK.into()],
+        )?;
+    }
+    Ok(())
+}
+
 pub fn get_kv(db: &mut Db, key: &str) -> Result<Option<String>, StoreError> {
     db.query_opt("SELECT value FROM kv WHERE key = $1", &[key.into()])?
         .map(|r| r.text(0))
@@ -567,6 +583,8 @@ mod tests {
              ALTER TABLE incidents DROP COLUMN first_seen; ALTER TABLE incidents DROP COLUMN announced;
              ALTER TABLE incidents DROP COLUMN ticket_id; ALTER TABLE incidents DROP COLUMN pending_digest;
              ALTER TABLE incidents DROP COLUMN is_digest; ALTER TABLE incidents DROP COLUMN digest_member;
+             ALTER TABLE outbound DROP COLUMN lease_owner; ALTER TABLE outbound DROP COLUMN lease_until;
+             ALTER TABLE glpi_actions DROP COLUMN lease_owner; ALTER TABLE glpi_actions DROP COLUMN lease_until;
              PRAGMA user_version = 6;",
         )
         .unwrap();

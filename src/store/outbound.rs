@@ -2,6 +2,7 @@
 //! retry times and dead letters; also the queue the delivery worker reads through a trait.
 
 use super::db::{Db, Dialect, Location, Row};
+use super::lease::Lease;
 use super::StoreError;
 use crate::deliver::{OutboundItem, OutboundQueue, QueueError};
 
@@ -154,6 +155,22 @@ fn rows(found: Vec<Row>, with_raw: bool) -> Result<Vec<OutboundRow>, StoreError>
 /// The head of each incident's queue that is due now, oldest first: one per order key,
 /// so an incident's mails go out in the order they were composed.
 pub fn due(db: &mut Db, now: i64, limit: usize) -> Result<Vec<OutboundRow>, StoreError> {
+    due_leased(db, now, limit, &Lease::default())
+}
+
+/// As `due`, for gateways sharing the queue: on PostgreSQL the rows returned are leased
+/// to `lease` (taken when free, expired or already its own, renewed then), so only one
+/// gateway sends each; an incident's next mail waits until its head is sent by
+/// whichever gateway holds it. SQLite has one gateway: no lease is written.
+pub fn due_leased(
+    db: &mut Db,
+    now: i64,
+    limit: usize,
+    lease: &Lease,
+) -> Result<Vec<OutboundRow>, StoreError> {
+    if db.dialect() == Dialect::Postgres {
+        return due_claimed(db, now, limit, lease);
+    }
     // Walks the pending rows in id order (partial index) and stops at `limit`; each
     // candidate is checked against older pending mail of its incident (order_key index).
     // A GROUP BY over the whole queue on every call made delivery O(queue length).
@@ -171,9 +188,46 @@ pub fn due(db: &mut Db, now: i64, limit: usize) -> Result<Vec<OutboundRow>, Stor
     rows(db.query(&sql, &[now.into(), (limit as i64).into()])?, true)
 }
 
+fn due_claimed(
+    db: &mut Db,
+    now: i64,
+    limit: usize,
+    lease: &Lease,
+) -> Result<Vec<OutboundRow>, StoreError> {
+    // SKIP LOCKED: a row another gateway is leasing this instant is neither waited for
+    // nor taken; the NOT EXISTS keeps that incident's later mails back meanwhile.
+    let sql = format!(
+        "WITH heads AS (
+             SELECT o.id AS head_id FROM outbound AS o
+             WHERE o.state = 'queued' AND o.next_attempt_at <= $1
+               AND (o.lease_until IS NULL OR o.lease_until <= $1 OR o.lease_owner = $2)
+               AND NOT EXISTS (SELECT 1 FROM outbound AS p
+                               WHERE p.order_key = o.order_key AND p.id < o.id AND p.state IN ('queued', 'held'))
+             ORDER BY o.id LIMIT $3
+             FOR UPDATE OF o SKIP LOCKED)
+         UPDATE outbound SET lease_owner = $2, lease_until = $4
+         FROM heads WHERE outbound.id = heads.head_id
+         RETURNING {COLUMNS}, raw"
+    );
+    let mut claimed = rows(
+        db.query(
+            &sql,
+            &[
+                now.into(),
+                lease.owner().into(),
+                (limit as i64).into(),
+                lease.until(now).into(),
+            ],
+        )?,
+        true,
+    )?;
+    claimed.sort_by_key(|r| r.id);
+    Ok(claimed)
+}
+
 pub fn mark_sent(db: &mut Db, id: i64, now: i64) -> Result<(), StoreError> {
     db.execute(
-        "UPDATE outbound SET state = 'sent', sent_at = $1, attempts = attempts + 1, last_error = NULL WHERE id = $2",
+        "UPDATE outbound SET state = 'sent', sent_at = $1, attempts = attempts + 1, last_error = NULL, lease_owner = NULL, lease_until = NULL WHERE id = $2",
         &[now.into(), id.into()],
     )?;
     Ok(())
@@ -186,7 +240,7 @@ pub fn mark_retry(
     error: &str,
 ) -> Result<(), StoreError> {
     db.execute(
-        "UPDATE outbound SET attempts = attempts + 1, next_attempt_at = $1, last_error = $2 WHERE id = $3",
+        "UPDATE outbound SET attempts = attempts + 1, next_attempt_at = $1, last_error = $2, lease_owner = NULL, lease_until = NULL WHERE id = $3",
         &[next_attempt_at.into(), error.into(), id.into()],
     )?;
     Ok(())
@@ -194,7 +248,7 @@ pub fn mark_retry(
 
 pub fn mark_dead(db: &mut Db, id: i64, error: &str) -> Result<(), StoreError> {
     db.execute(
-        "UPDATE outbound SET state = 'dead', attempts = attempts + 1, last_error = $1 WHERE id = $2",
+        "UPDATE outbound SET state = 'dead', attempts = attempts + 1, last_error = $1, lease_owner = NULL, lease_until = NULL WHERE id = $2",
         &[error.into(), id.into()],
     )?;
     Ok(())
@@ -435,6 +489,8 @@ pub struct StoreQueue {
     synced_through: std::sync::atomic::AtomicI64,
     /// Told the tag of each incident whose first mail was delivered (ticket lookup).
     opened: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    /// This gateway's lease on the mails it sends (a shared PostgreSQL queue).
+    lease: Lease,
 }
 
 impl StoreQueue {
@@ -444,7 +500,14 @@ impl StoreQueue {
             wal: location.sqlite_path().map(wal_path),
             synced_through: std::sync::atomic::AtomicI64::new(0),
             opened: None,
+            lease: Lease::default(),
         })
+    }
+
+    /// Leases taken on the mails this gateway sends (`[store] lease_secs`).
+    pub fn with_lease(mut self, lease: Lease) -> StoreQueue {
+        self.lease = lease;
+        self
     }
 
     pub fn notify_opened(mut self, tx: tokio::sync::mpsc::UnboundedSender<String>) -> StoreQueue {
@@ -493,7 +556,7 @@ impl OutboundQueue for StoreQueue {
         use std::sync::atomic::Ordering;
         let synced = self.synced_through.load(Ordering::Relaxed);
         let (rows, newest) = self.with(|db| {
-            let rows = due(db, now, limit)?;
+            let rows = due_leased(db, now, limit, &self.lease)?;
             // One sync covers every row committed so far: a pipeline batch, not a mail.
             let newest = match rows.iter().any(|r| r.id > synced) {
                 true => Some(newest_id(db)?),

@@ -586,6 +586,31 @@ pub fn pending(db: &mut Db, limit: usize) -> Result<Vec<SpoolRow>, StoreError> {
         "SELECT id, size FROM spool WHERE state = 'new' ORDER BY id LIMIT $1",
         &[(limit as i64).into()],
     )?;
+    load_pending(db, sizes)
+}
+
+/// As `pending`, inside the pipeline's transaction, claiming the rows: PostgreSQL locks
+/// them until the commit (`FOR UPDATE SKIP LOCKED`: another gateway takes the next ones,
+/// and these again if this one dies before its commit).
+pub fn claim_pending(db: &mut Db, limit: usize) -> Result<Vec<SpoolRow>, StoreError> {
+    let sql = match db.dialect() {
+        Dialect::Sqlite => "SELECT id, size FROM spool WHERE state = 'new' ORDER BY id LIMIT $1",
+        Dialect::Postgres => {
+            "SELECT id, size FROM spool WHERE state = 'new' ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"
+        }
+    };
+    let sizes = db.query(sql, &[(limit as i64).into()])?;
+    load_pending(db, sizes)
+}
+
+/// Whether any message waits for the pipeline.
+pub fn has_pending(db: &mut Db) -> Result<bool, StoreError> {
+    Ok(db
+        .query_opt("SELECT 1 FROM spool WHERE state = 'new' LIMIT 1", &[])?
+        .is_some())
+}
+
+fn load_pending(db: &mut Db, sizes: Vec<Row>) -> Result<Vec<SpoolRow>, StoreError> {
     let mut total = 0usize;
     let mut rows = Vec::new();
     for r in sizes {

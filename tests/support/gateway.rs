@@ -15,6 +15,8 @@ pub struct TestGateway {
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
     pub db: PathBuf,
+    /// The store the gateway runs on (the SQLite file `db`, or a PostgreSQL database).
+    pub location: Location,
     stop: watch::Sender<bool>,
     running: Option<alertgate::app::Running>,
 }
@@ -48,6 +50,7 @@ accepted_recipients = ["glpi@example.test", "@alerts.example.test"]
 
 [store]
 path = "{db}"
+{store_url}
 {store_extra}
 
 [rules]
@@ -62,10 +65,34 @@ hostname = "alertgate.test"
 {sections}
 "#,
         db = dir.join("alertgate.db").display(),
+        store_url = test_store_url_line(&store_extra),
         rules = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("rules")
             .display(),
     )
+}
+
+/// Which store the end-to-end tests run on: `ALERTGATE_TEST_STORE=postgres` puts every
+/// gateway on a fresh database of the process's private PostgreSQL; SQLite otherwise.
+pub fn test_store_is_postgres() -> bool {
+    match std::env::var("ALERTGATE_TEST_STORE").as_deref() {
+        Ok("postgres") | Ok("postgresql") => true,
+        Ok("sqlite") | Ok("") | Err(_) => false,
+        Ok(other) => panic!("ALERTGATE_TEST_STORE={other}: expected sqlite or postgres"),
+    }
+}
+
+/// The `[store] url = …` line of a fresh PostgreSQL database when the tests run on
+/// PostgreSQL (and the test does not choose its own url).
+fn test_store_url_line(store_extra: &str) -> String {
+    let chooses_own = store_extra
+        .lines()
+        .any(|l| l.trim_start().starts_with("url"));
+    if !test_store_is_postgres() || chooses_own {
+        return String::new();
+    }
+    let url = super::postgres::shared().create_database();
+    format!("url = \"{url}\"")
 }
 
 /// Takes the keys of a `[store]` block out of `sections`: (those keys, the rest).
@@ -130,6 +157,7 @@ impl TestGateway {
         let loaded = LoadedConfig::from_str(&cfg_path, text)
             .unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
         let db = loaded.config.store.path.clone();
+        let location = loaded.config.store.location();
         let (stop, stop_rx) = watch::channel(false);
         let running = alertgate::app::start_with_clock(loaded, stop_rx, clock)
             .await
@@ -138,6 +166,7 @@ impl TestGateway {
             addr: running.addrs[0],
             dir,
             db,
+            location,
             stop,
             running: Some(running),
         }
@@ -263,13 +292,29 @@ impl TestGateway {
 
     /// A connection to the gateway's store, through the store's own functions.
     pub fn db(&self) -> Db {
-        alertgate::store::open(&Location::Sqlite(self.db.clone())).expect("open store")
+        alertgate::store::open(&self.location).expect("open store")
     }
 
     /// The SQLite file itself, for tests that damage it on purpose (fault injection):
     /// everything else reads through [`Self::db`].
     pub fn raw_sqlite(&self) -> rusqlite::Connection {
         raw_sqlite(&self.db)
+    }
+
+    /// Runs `sql` on the gateway's database behind the store's back, whichever backend
+    /// it is (fault injection: a table taken away, a value no alertgate writes).
+    pub fn inject_sql(&self, sql: &str) {
+        match &self.location {
+            Location::Sqlite(path) => raw_sqlite(path)
+                .execute_batch(sql)
+                .unwrap_or_else(|e| panic!("{sql}: {e}")),
+            Location::Postgres(url) => {
+                let database = url.rsplit('/').next().unwrap_or("postgres");
+                super::postgres::shared()
+                    .psql_in(database, sql)
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            }
+        }
     }
 
     /// Number of messages in the spool.

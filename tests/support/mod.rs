@@ -7,4 +7,5 @@ pub mod gateway;
 pub mod glpi;
 pub mod mailbox;
 pub mod ops;
+pub mod postgres;
 pub mod relay;

@@ -298,15 +298,29 @@ pub async fn run_queue(inner: &Arc<Inner>, per_run: usize) {
     }
 }
 
+/// Tries of one notification: GLPI keeps a notification that failed (a 4xx, the server
+/// away) in its queue and tries it again at the next runs.
+const SEND_TRIES: usize = 5;
+const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+
 async fn send(inner: Arc<Inner>, notice: Notice) {
     let (addr, rcpt) = &notice.target;
-    let result = smtp_send(
-        *addr,
-        &inner.config.notification_from,
-        &[rcpt.as_str()],
-        &notice.raw,
-    )
-    .await;
+    let mut result = Err(String::new());
+    for attempt in 0..SEND_TRIES {
+        if attempt > 0 {
+            tokio::time::sleep(RETRY_AFTER).await;
+        }
+        result = smtp_send(
+            *addr,
+            &inner.config.notification_from,
+            &[rcpt.as_str()],
+            &notice.raw,
+        )
+        .await;
+        if result.is_ok() {
+            break;
+        }
+    }
     inner.state().notifications.push(SentNotification {
         ticket_id: notice.ticket_id,
         event: notice.event.to_owned(),

@@ -1,0 +1,846 @@
+//! The PostgreSQL side of the store: one connection (`PgConn`) speaking the store's
+//! backend-neutral primitives (`Value` parameters, `Row` results, transactions), its
+//! prepared-statement cache and reconnection, and the PostgreSQL schema (`PG_MIGRATIONS`).
+
+use super::{Durability, Row, StoreError, Value};
+use bytes::BytesMut;
+use postgres::error::SqlState;
+use postgres::types::{FromSql, IsNull, ToSql, Type};
+use postgres::{Client, NoTls, Statement};
+use std::collections::HashMap;
+use std::error::Error as StdError;
+use std::time::Duration;
+
+/// Each migration moves the schema from version `index` to `index + 1`; the same numbers
+/// and meaning as SQLite's `MIGRATIONS`, in PostgreSQL's types (integers BIGINT, booleans
+/// BIGINT 0/1 as on SQLite, blobs BYTEA).
+pub const PG_MIGRATIONS: &[&str] = &[
+    // 1: spool, incidents, outbound queue, key/value state.
+    "CREATE TABLE spool (
+        id BIGSERIAL PRIMARY KEY,
+        received_at BIGINT NOT NULL,
+        peer TEXT NOT NULL,
+        helo TEXT NOT NULL,
+        mail_from TEXT NOT NULL,
+        rcpt_to TEXT NOT NULL,
+        tls BIGINT NOT NULL,
+        auth_user TEXT,
+        message_id TEXT,
+        size BIGINT NOT NULL,
+        raw BYTEA NOT NULL,
+        state TEXT NOT NULL DEFAULT 'new',
+        note TEXT,
+        processed_at BIGINT
+     );
+     CREATE INDEX spool_state ON spool(state, id);
+     CREATE INDEX spool_message_id ON spool(message_id);
+     CREATE TABLE incidents (
+        id BIGINT PRIMARY KEY,
+        tag TEXT NOT NULL UNIQUE,
+        alert_key TEXT NOT NULL,
+        open BIGINT NOT NULL,
+        data TEXT NOT NULL,
+        updated_at BIGINT NOT NULL
+     );
+     CREATE INDEX incidents_open ON incidents(open);
+     CREATE TABLE outbound (
+        id BIGSERIAL PRIMARY KEY,
+        order_key TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        envelope_from TEXT NOT NULL,
+        envelope_to TEXT NOT NULL,
+        raw BYTEA NOT NULL,
+        state TEXT NOT NULL DEFAULT 'queued',
+        attempts BIGINT NOT NULL DEFAULT 0,
+        queued_at BIGINT NOT NULL,
+        next_attempt_at BIGINT NOT NULL,
+        last_error TEXT,
+        sent_at BIGINT,
+        spool_id BIGINT
+     );
+     CREATE INDEX outbound_state ON outbound(state, next_attempt_at);
+     CREATE INDEX outbound_order ON outbound(order_key, id);
+     CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+    // 2: which host each alert mail was about, for follow-ups that only cite it.
+    "CREATE TABLE message_hosts (message_id TEXT PRIMARY KEY, host TEXT NOT NULL);
+     ALTER TABLE outbound ADD COLUMN event TEXT;",
+    // 3: actions on GLPI tickets through its API (solve on recovery).
+    "CREATE TABLE glpi_actions (
+        id BIGSERIAL PRIMARY KEY,
+        tag TEXT NOT NULL,
+        ticket_id BIGINT NOT NULL,
+        action TEXT NOT NULL,
+        content TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending',
+        attempts BIGINT NOT NULL DEFAULT 0,
+        next_attempt_at BIGINT NOT NULL,
+        last_error TEXT,
+        created_at BIGINT NOT NULL
+     );
+     CREATE INDEX glpi_actions_state ON glpi_actions(state, next_attempt_at);",
+    // 4: the delivery worker's scan: pending mail in id order.
+    "CREATE INDEX outbound_pending ON outbound(id) WHERE state IN ('queued', 'held');",
+    // 5: GLPI actions run in order per incident (the head of each tag's queue).
+    "CREATE INDEX glpi_actions_tag ON glpi_actions(tag, id);",
+    // 6: which incident each alert mail's Message-IDs (own and cited) belong to.
+    "CREATE TABLE message_incidents (message_id TEXT PRIMARY KEY, incident_tag TEXT NOT NULL);",
+    // 7: the correlation engine keeps only a cache of open incidents and reads the others
+    // by index (as SQLite's 7); `pipeline_generation` counts the pipeline's commits.
+    "ALTER TABLE incidents ADD COLUMN first_seen BIGINT NOT NULL DEFAULT 0;
+     ALTER TABLE incidents ADD COLUMN announced BIGINT NOT NULL DEFAULT 0;
+     ALTER TABLE incidents ADD COLUMN ticket_id BIGINT;
+     ALTER TABLE incidents ADD COLUMN pending_digest BIGINT NOT NULL DEFAULT 0;
+     ALTER TABLE incidents ADD COLUMN is_digest BIGINT NOT NULL DEFAULT 0;
+     ALTER TABLE incidents ADD COLUMN digest_member BIGINT NOT NULL DEFAULT 0;
+     UPDATE incidents SET
+        first_seen = COALESCE((data::jsonb->>'first_seen')::bigint, 0),
+        announced = CASE WHEN (data::jsonb->>'announced')::boolean THEN 1 ELSE 0 END,
+        ticket_id = (data::jsonb->>'ticket_id')::bigint,
+        pending_digest = CASE WHEN (data::jsonb->>'in_pending_digest')::boolean THEN 1 ELSE 0 END,
+        is_digest = CASE WHEN (data::jsonb->>'is_digest')::boolean THEN 1 ELSE 0 END,
+        digest_member = CASE WHEN data::jsonb->>'digest_tag' IS NOT NULL THEN 1 ELSE 0 END;
+     DROP INDEX incidents_open;
+     CREATE INDEX incidents_open_key ON incidents(alert_key, id) WHERE open = 1;
+     CREATE INDEX incidents_pending_digest ON incidents(id) WHERE open = 1 AND pending_digest = 1;
+     CREATE INDEX incidents_open_digest ON incidents(id) WHERE open = 1 AND is_digest = 1;
+     CREATE INDEX incidents_awaiting_ticket ON incidents(id)
+        WHERE open = 1 AND announced = 1 AND ticket_id IS NULL;
+     CREATE INDEX incidents_first_seen ON incidents(first_seen);
+     CREATE TABLE pipeline_generation (id BIGINT PRIMARY KEY CHECK (id = 1), generation BIGINT NOT NULL);
+     INSERT INTO pipeline_generation (id, generation) VALUES (1, 0);",
+    // 8: two gateways on one database: an alert key has at most one open incident, and
+    // each outbound mail and GLPI action is leased by the gateway delivering it.
+    "CREATE UNIQUE INDEX incidents_one_open ON incidents(alert_key) WHERE open = 1;
+     ALTER TABLE outbound ADD COLUMN lease_owner TEXT;
+     ALTER TABLE outbound ADD COLUMN lease_until BIGINT;
+     ALTER TABLE glpi_actions ADD COLUMN lease_owner TEXT;
+     ALTER TABLE glpi_actions ADD COLUMN lease_until BIGINT;",
+];
+
+pub const PG_SCHEMA_VERSION: i64 = PG_MIGRATIONS.len() as i64;
+
+/// The advisory lock two gateways take while migrating ("alertgat" in ASCII).
+const MIGRATION_LOCK: i64 = 0x616c_6572_7467_6174;
+
+/// More distinct statements than this and the cache starts over (dynamic SQL must not
+/// grow it without bound).
+const STATEMENT_CACHE_LIMIT: usize = 256;
+
+/// One connection to PostgreSQL. A call that finds the server gone fails with
+/// `StoreError::Unavailable`; the next call outside a transaction connects again.
+pub struct PgConn {
+    config: postgres::Config,
+    durability: Durability,
+    /// Shown in errors and logs: the URL without its password.
+    shown: String,
+    client: Option<Client>,
+    statements: HashMap<String, Statement>,
+    tx: TxState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TxState {
+    None,
+    Open,
+    /// A statement failed: PostgreSQL ignores the rest, and COMMIT would only roll back.
+    Failed,
+    /// The connection died inside a transaction: every call fails until it is ended.
+    Lost,
+}
+
+impl std::fmt::Debug for PgConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgConn")
+            .field("url", &self.shown)
+            .field("connected", &self.client.is_some())
+            .finish()
+    }
+}
+
+impl PgConn {
+    /// Connect to `url` and bring the schema up to date.
+    pub fn open(url: &str, durability: Durability) -> Result<PgConn, StoreError> {
+        let mut config: postgres::Config = url.parse().map_err(|e| StoreError::BadUrl {
+            url: redact_url(url),
+            reason: format!("{e}"),
+        })?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(5));
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("alertgate");
+        }
+        // A server that vanished without closing (power cut, network) is noticed.
+        config.keepalives(true);
+        config.keepalives_idle(Duration::from_secs(30));
+        let mut conn = PgConn {
+            config,
+            durability,
+            shown: redact_url(url),
+            client: None,
+            statements: HashMap::new(),
+            tx: TxState::None,
+        };
+        conn.connect()?;
+        conn.migrate()?;
+        Ok(conn)
+    }
+
+    /// The URL without its password.
+    pub fn shown_url(&self) -> &str {
+        &self.shown
+    }
+
+    pub fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
+        let stmt = self.statement(sql)?;
+        let args = as_sql_params(params);
+        let result = off_runtime(|| self.client_mut()?.execute(&stmt, &args).map_err(Some));
+        self.finish(result)
+    }
+
+    pub fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
+        let stmt = self.statement(sql)?;
+        let args = as_sql_params(params);
+        let result = off_runtime(|| self.client_mut()?.query(&stmt, &args).map_err(Some));
+        let rows = self.finish(result)?;
+        rows.iter().map(convert_row).collect()
+    }
+
+    pub fn query_opt(&mut self, sql: &str, params: &[Value]) -> Result<Option<Row>, StoreError> {
+        Ok(self.query(sql, params)?.into_iter().next())
+    }
+
+    /// Several statements without parameters (DDL, session settings), in one round trip.
+    pub fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
+        self.ensure_connected()?;
+        let result = off_runtime(|| self.client_mut()?.batch_execute(sql).map_err(Some));
+        self.finish(result)
+    }
+
+    pub fn begin(&mut self) -> Result<(), StoreError> {
+        if self.tx != TxState::None {
+            return Err(StoreError::TxMisuse("BEGIN while a transaction is open"));
+        }
+        self.batch("BEGIN")?;
+        self.tx = TxState::Open;
+        Ok(())
+    }
+
+    pub fn commit(&mut self) -> Result<(), StoreError> {
+        match self.tx {
+            TxState::Open => {
+                let done = self.batch("COMMIT");
+                // A failed COMMIT has ended the transaction too (or lost the connection).
+                self.tx = TxState::None;
+                done
+            }
+            TxState::Failed => {
+                self.tx = TxState::Open;
+                self.rollback()?;
+                Err(StoreError::TxAborted)
+            }
+            TxState::Lost => {
+                self.tx = TxState::None;
+                Err(StoreError::Unavailable(format!(
+                    "{}: the connection was lost inside the transaction",
+                    self.shown
+                )))
+            }
+            TxState::None => Err(StoreError::TxMisuse("COMMIT without a transaction")),
+        }
+    }
+
+    /// Ends the transaction without its changes; on a lost connection there is nothing
+    /// left to undo.
+    pub fn rollback(&mut self) -> Result<(), StoreError> {
+        let state = std::mem::replace(&mut self.tx, TxState::None);
+        if !matches!(state, TxState::Open | TxState::Failed) || self.client.is_none() {
+            return Ok(());
+        }
+        let result = off_runtime(|| self.client_mut()?.batch_execute("ROLLBACK").map_err(Some));
+        self.finish(result)
+    }
+
+    pub fn in_transaction(&self) -> bool {
+        self.tx != TxState::None
+    }
+
+    /// Whether a connection is open now (a lost one is replaced on the next call).
+    pub fn is_connected(&self) -> bool {
+        self.client.as_ref().is_some_and(|c| !c.is_closed())
+    }
+
+    fn client_mut(&mut self) -> Result<&mut Client, Option<postgres::Error>> {
+        self.client.as_mut().ok_or(None)
+    }
+
+    fn ensure_connected(&mut self) -> Result<(), StoreError> {
+        match self.tx {
+            TxState::Lost => {
+                return Err(StoreError::Unavailable(format!(
+                    "{}: the connection was lost inside the transaction",
+                    self.shown
+                )))
+            }
+            // Reconnecting inside a transaction would run the rest outside it.
+            TxState::Open | TxState::Failed if self.client.is_none() => {
+                self.tx = TxState::Lost;
+                return self.ensure_connected();
+            }
+            _ => {}
+        }
+        if self.client.is_none() {
+            self.connect()?;
+        }
+        Ok(())
+    }
+
+    fn connect(&mut self) -> Result<(), StoreError> {
+        let config = self.config.clone();
+        let mut client = off_runtime(|| config.connect(NoTls))
+            .map_err(|e| StoreError::Unavailable(format!("{}: {}", self.shown, describe(&e))))?;
+        let sync = match self.durability {
+            Durability::Full => "on",
+            Durability::Derived => "off",
+        };
+        off_runtime(|| client.batch_execute(&format!("SET synchronous_commit = {sync}")))
+            .map_err(|e| StoreError::Unavailable(format!("{}: {}", self.shown, describe(&e))))?;
+        self.statements.clear();
+        self.client = Some(client);
+        Ok(())
+    }
+
+    fn statement(&mut self, sql: &str) -> Result<Statement, StoreError> {
+        self.ensure_connected()?;
+        if let Some(stmt) = self.statements.get(sql) {
+            return Ok(stmt.clone());
+        }
+        let result = off_runtime(|| self.client_mut()?.prepare(sql).map_err(Some));
+        let stmt = self.finish(result)?;
+        if self.statements.len() >= STATEMENT_CACHE_LIMIT {
+            self.statements.clear();
+        }
+        self.statements.insert(sql.to_string(), stmt.clone());
+        Ok(stmt)
+    }
+
+    /// Turns a call's error into the store's, forgetting a connection that is gone.
+    fn finish<T>(&mut self, result: Result<T, Option<postgres::Error>>) -> Result<T, StoreError> {
+        let err = match result {
+            Ok(v) => return Ok(v),
+            Err(None) => {
+                return Err(StoreError::Unavailable(format!(
+                    "{}: not connected",
+                    self.shown
+                )))
+            }
+            Err(Some(e)) => e,
+        };
+        let closed = self.client.as_ref().is_none_or(|c| c.is_closed());
+        if closed || connection_lost(&err) {
+            self.client = None;
+            self.statements.clear();
+            if self.tx != TxState::None {
+                self.tx = TxState::Lost;
+            }
+            return Err(StoreError::Unavailable(format!(
+                "{}: {}",
+                self.shown,
+                describe(&err)
+            )));
+        }
+        if self.tx == TxState::Open {
+            self.tx = TxState::Failed;
+        }
+        Err(StoreError::Postgres(err))
+    }
+
+    /// Apply the missing migrations in one transaction under an advisory lock, so two
+    /// gateways starting together neither race nor apply one twice.
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        self.begin()?;
+        let applied = self.migrate_locked();
+        match applied {
+            Ok(()) => self.commit(),
+            Err(e) => {
+                let _ = self.rollback();
+                Err(e)
+            }
+        }
+    }
+
+    fn migrate_locked(&mut self) -> Result<(), StoreError> {
+        self.query("SELECT pg_advisory_xact_lock($1)", &[MIGRATION_LOCK.into()])?;
+        self.batch(
+            "CREATE TABLE IF NOT EXISTS schema_version (
+                version BIGINT PRIMARY KEY,
+                applied_at BIGINT NOT NULL
+             )",
+        )?;
+        let version = self
+            .query_opt("SELECT COALESCE(MAX(version), 0) FROM schema_version", &[])?
+            .map(|row| row.int(0))
+            .transpose()?
+            .unwrap_or(0);
+        if version > PG_SCHEMA_VERSION {
+            return Err(StoreError::TooNew {
+                found: version,
+                known: PG_SCHEMA_VERSION,
+            });
+        }
+        for (i, sql) in PG_MIGRATIONS.iter().enumerate().skip(version as usize) {
+            self.batch(sql)?;
+            self.execute(
+                "INSERT INTO schema_version (version, applied_at) VALUES ($1, $2)",
+                &[(i as i64 + 1).into(), super::unix_now().into()],
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PgConn {
+    fn drop(&mut self) {
+        // postgres::Client's drop sends Terminate through its own runtime.
+        if let Some(client) = self.client.take() {
+            off_runtime(move || drop(client));
+        }
+    }
+}
+
+/// The blocking client drives its connection with a runtime of its own, which cannot
+/// start inside another runtime's thread: a call made from an async task runs on a
+/// short-lived thread of its own (blocking that task, as any store call does).
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return f();
+    }
+    std::thread::scope(|scope| match scope.spawn(f).join() {
+        Ok(v) => v,
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
+}
+
+/// Whether `err` means the server is out of reach (rather than a bad statement).
+fn connection_lost(err: &postgres::Error) -> bool {
+    if err.is_closed() {
+        return true;
+    }
+    if let Some(code) = err.code() {
+        return code.code().starts_with("08")
+            || *code == SqlState::ADMIN_SHUTDOWN
+            || *code == SqlState::CRASH_SHUTDOWN
+            || *code == SqlState::CANNOT_CONNECT_NOW;
+    }
+    let mut source = err.source();
+    while let Some(e) = source {
+        if e.is::<std::io::Error>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// An error with its cause (postgres::Error's Display alone often says only "db error").
+fn describe(err: &postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => match err.source() {
+            Some(source) => format!("{err}: {source}"),
+            None => err.to_string(),
+        },
+    }
+}
+
+/// `url` with any password replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, tail) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+fn as_sql_params(params: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
+    params.iter().map(|p| p as &(dyn ToSql + Sync)).collect()
+}
+
+/// Integers go to whatever integer (or boolean) type the server inferred for the
+/// parameter, text to any text type, blobs to BYTEA.
+impl ToSql for Value {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
+        match self {
+            Value::Null => Ok(IsNull::Yes),
+            Value::Int(v) => match *ty {
+                Type::INT8 => v.to_sql(ty, out),
+                Type::INT4 => i32::try_from(*v)?.to_sql(ty, out),
+                Type::INT2 => i16::try_from(*v)?.to_sql(ty, out),
+                Type::BOOL => (*v != 0).to_sql(ty, out),
+                _ => Err(format!("an integer for a parameter of type {ty}").into()),
+            },
+            Value::Text(s) => s.as_str().to_sql_checked(ty, out),
+            Value::Blob(b) => b.as_slice().to_sql_checked(ty, out),
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    postgres::types::to_sql_checked!();
+}
+
+fn convert_row(row: &postgres::Row) -> Result<Row, StoreError> {
+    (0..row.len())
+        .map(|i| {
+            row.try_get::<_, Cell>(i).map(|cell| cell.0).map_err(|e| {
+                tracing::warn!(column = i, error = %describe(&e), "unreadable PostgreSQL column");
+                StoreError::Column {
+                    index: i,
+                    expected: "an integer, text or bytes",
+                    found: "a value of another type",
+                }
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Row::new)
+}
+
+/// A result column of the types the schema and its queries produce, as a `Value`.
+struct Cell(Value);
+
+impl<'a> FromSql<'a> for Cell {
+    fn from_sql(ty: &Type, raw: &'a [u8]) -> Result<Cell, Box<dyn StdError + Sync + Send>> {
+        let value = match *ty {
+            Type::INT8 => Value::Int(i64::from_sql(ty, raw)?),
+            Type::INT4 => Value::Int(i32::from_sql(ty, raw)?.into()),
+            Type::INT2 => Value::Int(i16::from_sql(ty, raw)?.into()),
+            Type::OID => Value::Int(u32::from_sql(ty, raw)?.into()),
+            Type::BOOL => Value::Int(bool::from_sql(ty, raw)?.into()),
+            // SUM() of BIGINT is NUMERIC.
+            Type::NUMERIC => Value::Int(numeric_to_i64(raw)?),
+            Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::JSON => {
+                Value::Text(<&str>::from_sql(ty, raw)?.to_string())
+            }
+            Type::BYTEA => Value::Blob(raw.to_vec()),
+            // e.g. pg_advisory_xact_lock().
+            Type::VOID => Value::Null,
+            _ => return Err(format!("unsupported result type {ty}").into()),
+        };
+        Ok(Cell(value))
+    }
+
+    fn from_sql_null(_: &Type) -> Result<Cell, Box<dyn StdError + Sync + Send>> {
+        Ok(Cell(Value::Null))
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+}
+
+/// An integral NUMERIC in binary form: digit count, weight, sign, scale, then base-10000
+/// digits, the first one weighted 10000^weight.
+fn numeric_to_i64(raw: &[u8]) -> Result<i64, Box<dyn StdError + Sync + Send>> {
+    let word = |i: usize| -> Result<i16, Box<dyn StdError + Sync + Send>> {
+        raw.get(2 * i..2 * i + 2)
+            .map(|b| i16::from_be_bytes([b[0], b[1]]))
+            .ok_or_else(|| "truncated NUMERIC".into())
+    };
+    let ndigits = usize::try_from(word(0)?)?;
+    let weight = i64::from(word(1)?);
+    let sign = word(2)? as u16;
+    if sign == 0xC000 {
+        return Err("NUMERIC NaN is not an integer".into());
+    }
+    let mut value: i64 = 0;
+    for k in 0..ndigits {
+        let digit = i64::from(word(4 + k)?);
+        let power = weight - k as i64;
+        if power < 0 {
+            if digit != 0 {
+                return Err("NUMERIC with a fraction is not an integer".into());
+            }
+            continue;
+        }
+        let scale = 10_000i64
+            .checked_pow(u32::try_from(power)?)
+            .ok_or("NUMERIC out of range")?;
+        value = digit
+            .checked_mul(scale)
+            .and_then(|d| value.checked_add(d))
+            .ok_or("NUMERIC out of range")?;
+    }
+    Ok(if sign == 0x4000 { -value } else { value })
+}
+
+/// The tests' private PostgreSQL, shared with the end-to-end tests.
+#[cfg(test)]
+#[path = "../../tests/support/postgres.rs"]
+mod harness;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use super::harness;
+
+    fn fresh() -> String {
+        harness::shared().create_database()
+    }
+
+    fn versions(conn: &mut PgConn) -> Vec<i64> {
+        conn.query("SELECT version FROM schema_version ORDER BY version", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.int(0).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn both_backends_know_the_same_schema_versions() {
+        assert_eq!(PG_SCHEMA_VERSION, crate::store::SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn migrations_apply_once_and_reopen_cleanly() {
+        let url = fresh();
+        drop(PgConn::open(&url, Durability::Full).unwrap());
+        let mut conn = PgConn::open(&url, Durability::Full).unwrap();
+        assert_eq!(
+            versions(&mut conn),
+            (1..=PG_SCHEMA_VERSION).collect::<Vec<_>>()
+        );
+        let sync = conn.query("SHOW synchronous_commit", &[]).unwrap();
+        assert_eq!(sync[0].text(0).unwrap(), "on");
+        let derived = PgConn::open(&url, Durability::Derived);
+        let sync = derived
+            .unwrap()
+            .query("SHOW synchronous_commit", &[])
+            .unwrap();
+        assert_eq!(sync[0].text(0).unwrap(), "off");
+    }
+
+    #[test]
+    fn two_connections_migrating_at_once_apply_each_version_once() {
+        let url = fresh();
+        let barrier = std::sync::Barrier::new(4);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        barrier.wait();
+                        PgConn::open(&url, Durability::Full).map(drop)
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().unwrap().unwrap();
+            }
+        });
+        let mut conn = PgConn::open(&url, Durability::Full).unwrap();
+        assert_eq!(
+            versions(&mut conn),
+            (1..=PG_SCHEMA_VERSION).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let url = fresh();
+        let mut conn = PgConn::open(&url, Durability::Full).unwrap();
+        conn.execute(
+            "INSERT INTO schema_version (version, applied_at) VALUES ($1, 0)",
+            &[(PG_SCHEMA_VERSION + 1).into()],
+        )
+        .unwrap();
+        let err = PgConn::open(&url, Durability::Full).unwrap_err();
+        assert!(matches!(err, StoreError::TooNew { found, .. } if found == PG_SCHEMA_VERSION + 1));
+    }
+
+    #[test]
+    fn values_round_trip_with_nulls_blobs_and_sums() {
+        let mut conn = PgConn::open(&fresh(), Durability::Full).unwrap();
+        let raw: Vec<u8> = (0..=255u8).collect();
+        let id = conn
+            .query(
+                "INSERT INTO spool (received_at, peer, helo, mail_from, rcpt_to, tls, auth_user, size, raw)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+                &[
+                    Value::Int(1_700_000_000_123),
+                    "127.0.0.1:5000".into(),
+                    "mon".into(),
+                    "a@b".into(),
+                    "[\"glpi@x\"]".into(),
+                    true.into(),
+                    Value::from(None::<String>),
+                    Value::Int(raw.len() as i64),
+                    raw.as_slice().into(),
+                ],
+            )
+            .unwrap()[0]
+            .int(0)
+            .unwrap();
+        let mut row = conn
+            .query_opt(
+                "SELECT received_at, tls, auth_user, raw, state, note FROM spool WHERE id = $1",
+                &[id.into()],
+            )
+            .unwrap()
+            .expect("the row");
+        assert_eq!(row.int(0).unwrap(), 1_700_000_000_123);
+        assert_eq!(row.int(1).unwrap(), 1);
+        assert_eq!(row.opt_text(2).unwrap(), None);
+        assert_eq!(row.take_blob(3).unwrap(), raw);
+        assert_eq!(row.text(4).unwrap(), "new");
+        assert!(row.text(5).is_err(), "NULL read as text is an error");
+        let sums = conn
+            .query(
+                "SELECT SUM(size), COUNT(*), SUM(size) * -1000000000000, MAX(id) FROM spool",
+                &[],
+            )
+            .unwrap();
+        assert_eq!(sums[0].int(0).unwrap(), 256);
+        assert_eq!(sums[0].int(1).unwrap(), 1);
+        assert_eq!(sums[0].int(2).unwrap(), -256_000_000_000_000);
+        assert_eq!(sums[0].int(3).unwrap(), id);
+        // A parameter the server types as INTEGER (int4) takes an i64 that fits.
+        let plus = conn.query("SELECT $1 + 1", &[Value::Int(41)]).unwrap();
+        assert_eq!(plus[0].int(0).unwrap(), 42);
+        let too_big = conn.query("SELECT $1 + 1", &[Value::Int(i64::MAX)]);
+        assert!(
+            matches!(too_big, Err(StoreError::Postgres(_))),
+            "{too_big:?}"
+        );
+        assert!(conn.is_connected(), "a bad parameter keeps the connection");
+    }
+
+    #[test]
+    fn rollback_undoes_and_commit_keeps() {
+        let mut conn = PgConn::open(&fresh(), Durability::Full).unwrap();
+        let put = |conn: &mut PgConn, k: &str| {
+            conn.execute("INSERT INTO kv (key, value) VALUES ($1, 'v')", &[k.into()])
+                .unwrap()
+        };
+        conn.begin().unwrap();
+        put(&mut conn, "undone");
+        conn.rollback().unwrap();
+        conn.begin().unwrap();
+        put(&mut conn, "kept");
+        conn.commit().unwrap();
+        // A statement error aborts the transaction; the commit reports it.
+        conn.begin().unwrap();
+        put(&mut conn, "aborted");
+        let dup = conn.execute("INSERT INTO kv (key, value) VALUES ('kept', 'x')", &[]);
+        assert!(matches!(dup, Err(StoreError::Postgres(_))));
+        assert!(matches!(conn.commit(), Err(StoreError::TxAborted)));
+        assert!(!conn.in_transaction());
+        let keys: Vec<String> = conn
+            .query("SELECT key FROM kv ORDER BY key", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.text(0).unwrap())
+            .collect();
+        assert_eq!(keys, vec!["kept".to_string()]);
+    }
+
+    #[test]
+    fn one_open_incident_per_alert_key() {
+        let mut conn = PgConn::open(&fresh(), Durability::Full).unwrap();
+        let insert = |conn: &mut PgConn, id: i64, open: i64| {
+            conn.execute(
+                "INSERT INTO incidents (id, tag, alert_key, open, data, updated_at)
+                 VALUES ($1, $2, 'centreon/web1/http', $3, '{}', 0)",
+                &[id.into(), format!("ALERT-{id}").into(), open.into()],
+            )
+        };
+        insert(&mut conn, 1, 0).unwrap();
+        insert(&mut conn, 2, 1).unwrap();
+        let second_open = insert(&mut conn, 3, 1);
+        match second_open {
+            Err(StoreError::Postgres(e)) => {
+                assert_eq!(e.code(), Some(&SqlState::UNIQUE_VIOLATION))
+            }
+            other => panic!("a second open incident was accepted: {other:?}"),
+        }
+        insert(&mut conn, 4, 0).unwrap();
+    }
+
+    #[test]
+    fn the_failing_call_reports_unavailable_and_the_next_reconnects() {
+        // Its own server: restarting the shared one would disturb the other tests.
+        let server = harness::PgServer::start_new().unwrap();
+        let url = server.url();
+        let mut conn = PgConn::open(&url, Durability::Full).unwrap();
+        let one = |conn: &mut PgConn| {
+            conn.query("SELECT 1", &[])
+                .map(|rows| rows[0].int(0).unwrap())
+        };
+        assert_eq!(one(&mut conn).unwrap(), 1);
+
+        server.stop();
+        assert!(matches!(one(&mut conn), Err(StoreError::Unavailable(_))));
+        // Still down: connecting fails the same way, quickly.
+        let started = std::time::Instant::now();
+        assert!(matches!(one(&mut conn), Err(StoreError::Unavailable(_))));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        server.start().unwrap();
+        assert_eq!(one(&mut conn).unwrap(), 1);
+
+        // Lost inside a transaction: the rest of it fails, nothing of it stays, and the
+        // connection comes back once the transaction has ended.
+        conn.begin().unwrap();
+        conn.execute("INSERT INTO kv (key, value) VALUES ('lost', 'v')", &[])
+            .unwrap();
+        server.stop();
+        server.start().unwrap();
+        let insert = conn.execute("INSERT INTO kv (key, value) VALUES ('after', 'v')", &[]);
+        assert!(
+            matches!(insert, Err(StoreError::Unavailable(_))),
+            "{insert:?}"
+        );
+        assert!(matches!(one(&mut conn), Err(StoreError::Unavailable(_))));
+        assert!(matches!(conn.commit(), Err(StoreError::Unavailable(_))));
+        let left = conn.query("SELECT COUNT(*) FROM kv", &[]).unwrap();
+        assert_eq!(left[0].int(0).unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn calls_from_an_async_task_do_not_panic() {
+        let mut conn = PgConn::open(&fresh(), Durability::Full).unwrap();
+        let rows = conn.query("SELECT $1::text", &["x".into()]).unwrap();
+        assert_eq!(rows[0].text(0).unwrap(), "x");
+        drop(conn);
+    }
+
+    #[test]
+    fn urls_are_shown_without_password() {
+        assert_eq!(
+            redact_url("postgres://gw:s3cret@db.example:5432/alertgate"),
+            "postgres://gw:***@db.example:5432/alertgate"
+        );
+        assert_eq!(
+            redact_url("postgres://gw@db/alertgate"),
+            "postgres://gw@db/alertgate"
+        );
+        assert!(matches!(
+            PgConn::open("postgres://a:b@h:notaport/x", Durability::Full),
+            Err(StoreError::BadUrl { url, .. }) if !url.contains(":b@")
+        ));
+    }
+}
