@@ -8,9 +8,9 @@ use crate::config::{RecipientPattern, UnmatchedPolicy};
 use crate::correlate::reply::MailIds;
 use crate::correlate::{
     self, Action, CorrelationPolicy, CorrelationState, Decision, Incident, IncidentMail,
-    TicketStatus,
 };
 use crate::rules::{ParseContext, ParseError, RuleSet};
+use crate::store::gate::WriteGate;
 use crate::store::outbound::{self, NewOutbound, OutboundState};
 use crate::store::replies::StoreReplyIndex;
 use crate::store::spool::{self, SpoolRow, SpoolState};
@@ -21,6 +21,11 @@ use std::sync::Arc;
 
 /// Messages processed per transaction: one fsync for many steps.
 const BATCH: usize = 64;
+
+/// How long a transaction of ours may keep a waiting spool writer (the sessions' `250`)
+/// out. Shorter turns cost more: each commit rewrites the same index pages to the WAL,
+/// which the writer's next fsync then has to flush.
+const TURN: std::time::Duration = std::time::Duration::from_millis(4);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -78,37 +83,15 @@ impl Default for GlpiFlow {
     }
 }
 
-/// How long an incident's news waits for its ticket id when no timeout is set: the
-/// collector runs the mails still unanswered ahead of it take, and its own
-/// ([`crate::config::FeedbackConfig::lookup_timeout_secs_for_backlog`]).
-pub fn derived_ticket_wait(
-    collector_interval_secs: i64,
-    collector_batch: i64,
-    backlog: u64,
-) -> i64 {
-    let pace = crate::config::FeedbackConfig {
-        ticket_lookup_timeout_secs: None,
-        collector_interval_secs: collector_interval_secs.max(1) as u64,
-        collector_batch: collector_batch.max(1) as u64,
-        ..crate::config::FeedbackConfig::default()
-    };
-    i64::try_from(pace.lookup_timeout_secs_for_backlog(backlog.saturating_add(1)))
-        .unwrap_or(i64::MAX)
-}
-
-/// A ticket id learned for one of our incidents (from a notification or the API).
-#[derive(Debug, Clone, PartialEq)]
-pub struct TicketInfo {
-    pub tag: String,
-    pub ticket_id: u64,
-    pub glpi_message_id: Option<String>,
-    pub status: Option<TicketStatus>,
-}
+pub use crate::ticket::{derived_ticket_wait, TicketInfo};
 
 pub struct Pipeline {
     conn: Connection,
     settings: PipelineSettings,
     state: CorrelationState,
+    /// Shared with the spool writer: its group commit (the sessions' `250`) never waits
+    /// for more than one message of ours.
+    gate: Option<Arc<WriteGate>>,
 }
 
 /// What one processing step produced, for the spool row's note and the logs.
@@ -138,7 +121,14 @@ impl Pipeline {
             conn,
             settings,
             state,
+            gate: None,
         })
+    }
+
+    /// Take turns with the spool writer through `gate` (see [`WriteGate`]).
+    pub fn with_write_gate(mut self, gate: Arc<WriteGate>) -> Pipeline {
+        self.gate = Some(gate);
+        self
     }
 
     /// A reloaded configuration (rules, compose, correlation) for the mails from now on.
@@ -153,18 +143,25 @@ impl Pipeline {
     /// Process the oldest waiting messages; returns how many were processed.
     pub fn run_batch(&mut self, now: i64) -> Result<usize, PipelineError> {
         let rows = spool::pending(&self.conn, BATCH)?;
-        if rows.is_empty() {
-            return Ok(0);
+        let gate = self.gate.clone();
+        let mut done = 0;
+        while done < rows.len() {
+            // One transaction for the batch, cut short when the spool writer waits.
+            let turn = std::time::Instant::now();
+            self.in_transaction(|p, conn| {
+                for row in &rows[done..] {
+                    let step = p.process(conn, row, now)?;
+                    spool::set_state(conn, row.id, step.state, Some(&step.note), now)?;
+                    tracing::info!(spool_id = row.id, state = step.state.as_str(), outcome = %step.note, "processed");
+                    done += 1;
+                    if turn.elapsed() >= TURN && gate.as_ref().is_some_and(|g| g.contended()) {
+                        break;
+                    }
+                }
+                Ok(())
+            })?;
         }
-        let result = self.in_transaction(|p, conn| {
-            for row in &rows {
-                let step = p.process(conn, row, now)?;
-                spool::set_state(conn, row.id, step.state, Some(&step.note), now)?;
-                tracing::info!(spool_id = row.id, state = step.state.as_str(), outcome = %step.note, "processed");
-            }
-            Ok(())
-        });
-        result.map(|()| rows.len())
+        Ok(rows.len())
     }
 
     /// Let time-driven decisions happen: storm digests, and news whose wait (for its
@@ -200,6 +197,8 @@ impl Pipeline {
         &mut self,
         f: impl FnOnce(&mut PipelineCore<'_>, &Connection) -> Result<(), PipelineError>,
     ) -> Result<(), PipelineError> {
+        let gate = self.gate.clone();
+        let _gate = gate.as_ref().map(|g| g.enter());
         // IMMEDIATE: take the write lock up front. A deferred transaction that reads first
         // fails with SQLITE_BUSY when the spool writer commits in between.
         let tx = self
@@ -247,9 +246,14 @@ impl PipelineCore<'_> {
         if self.is_feedback(row) {
             return self.feedback(conn, raw, now);
         }
+        // Decoded once here; the rules and correlation read this one copy.
+        let mail = match crate::rules::decode(raw) {
+            Ok(mail) => mail,
+            Err(e) => return self.unmatched(conn, row, raw, &ParseError::from(e), now),
+        };
         let ctx = StoreContext { conn };
-        match self.settings.rules.parse(raw, &ctx) {
-            Ok(alerts) => self.process_alerts(conn, row, raw, &alerts, now),
+        match self.settings.rules.parse_decoded(&mail, &ctx) {
+            Ok(alerts) => self.process_alerts(conn, row, raw, mail.cited, &alerts, now),
             Err(e) => self.unmatched(conn, row, raw, &e, now),
         }
     }
@@ -259,13 +263,14 @@ impl PipelineCore<'_> {
         conn: &Connection,
         row: &SpoolRow,
         raw: &[u8],
+        cited: Vec<String>,
         alerts: &[Alert],
         now: i64,
     ) -> Result<StepResult, PipelineError> {
         let mut notes = Vec::new();
         let mail_ids = MailIds {
             own: row.message_id.clone(),
-            cited: crate::rules::cited_message_ids(raw),
+            cited,
         };
         for alert in alerts {
             if let Some(mid) = &row.message_id {
@@ -1256,7 +1261,7 @@ mod tests {
         );
         let mut digest = events[2].incident.clone();
         assert!(digest.is_digest);
-        digest.record_ticket(42, None, Some(TicketStatus::Open));
+        digest.record_ticket(42, None, Some(crate::correlate::TicketStatus::Open));
         let cfg = ComposeConfig::new("alertgate@example.test", "glpi@example.test");
         let mail = compose_news(&cfg, &digest, &events, None, t0 + 100).expect("composes");
         assert!(

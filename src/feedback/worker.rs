@@ -4,8 +4,8 @@
 
 use super::api::{lookup_backoff, ApiError, GlpiApi};
 use crate::clock::Clock;
-use crate::pipeline::TicketInfo;
 use crate::store::{actions, incidents, StoreError};
+use crate::ticket::TicketInfo;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -82,7 +82,7 @@ impl ApiWorker {
         let wait = if self.lookup_timeout_secs > 0 {
             self.lookup_timeout_secs
         } else {
-            crate::pipeline::derived_ticket_wait(
+            crate::ticket::derived_ticket_wait(
                 self.collector_interval_secs,
                 self.collector_batch,
                 backlog as u64,

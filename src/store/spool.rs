@@ -2,6 +2,7 @@
 //! whatever the sessions have handed it in one transaction (group commit), and only then
 //! does each session learn its spool id and answer 250.
 
+use super::gate::WriteGate;
 use super::{open, StoreError};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
@@ -95,6 +96,20 @@ impl SpoolBytes {
             SpoolBytes::File { head, draft } => head.len() + draft.len,
         }
     }
+
+    /// The whole message when it is in memory (a draft that never spilled to its file).
+    fn whole(&self) -> Option<std::borrow::Cow<'_, [u8]>> {
+        match self {
+            SpoolBytes::Memory(raw) => Some(std::borrow::Cow::Borrowed(raw)),
+            SpoolBytes::File { head, draft } if draft.file.is_none() && !draft.spilled => {
+                let mut whole = Vec::with_capacity(head.len() + draft.head.len());
+                whole.extend_from_slice(head);
+                whole.extend_from_slice(&draft.head);
+                Some(std::borrow::Cow::Owned(whole))
+            }
+            SpoolBytes::File { .. } => None,
+        }
+    }
 }
 
 struct SpoolJob {
@@ -110,6 +125,8 @@ pub struct SpoolHandle {
     jobs: mpsc::Sender<SpoolJob>,
     /// Woken after each commit, so the pipeline need not poll.
     pub committed: Arc<Notify>,
+    /// Taken by the writer around each group commit; the pipeline takes it too.
+    pub gate: Arc<WriteGate>,
     /// Where DATA is streamed before it is committed.
     incoming: Arc<std::path::PathBuf>,
     /// Bytes in drafts not yet committed, across every session.
@@ -117,17 +134,21 @@ pub struct SpoolHandle {
     next_draft: Arc<std::sync::atomic::AtomicU64>,
 }
 
-/// Bytes kept in memory from the start of a streamed message, for its Message-ID.
+/// Bytes of a message kept in memory: a smaller one (most alert mails) never touches a
+/// file before its commit; a bigger one keeps its start here (its header block).
 const HEAD_KEPT: usize = 64 * 1024;
 /// Size of one copy step from a draft file into the database.
 const COPY_CHUNK: usize = 64 * 1024;
 
-/// A message being received: its bytes go to a file in the store's `incoming/`
-/// directory; only its first `HEAD_KEPT` bytes stay in memory. Dropping a draft that was
-/// not stored deletes its file.
+/// A message being received: up to `HEAD_KEPT` bytes in memory; beyond that its bytes
+/// go to a file in the store's `incoming/` directory (memory does not grow with size ×
+/// sessions), and only its start stays in memory. Dropping a draft that was not stored
+/// deletes its file.
 pub struct Draft {
     path: std::path::PathBuf,
     file: Option<tokio::io::BufWriter<tokio::fs::File>>,
+    /// The file holds the whole message (`head` is only its start).
+    spilled: bool,
     head: Vec<u8>,
     len: usize,
     inflight: Arc<std::sync::atomic::AtomicUsize>,
@@ -137,13 +158,22 @@ impl Draft {
     /// Appends received bytes.
     pub async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         use tokio::io::AsyncWriteExt;
+        if !self.spilled && self.len + bytes.len() > HEAD_KEPT {
+            let file = tokio::fs::File::create(&self.path).await?;
+            let mut file = tokio::io::BufWriter::with_capacity(COPY_CHUNK, file);
+            file.write_all(&self.head).await?;
+            self.file = Some(file);
+            self.spilled = true;
+        }
         let keep = HEAD_KEPT.saturating_sub(self.head.len()).min(bytes.len());
         self.head.extend_from_slice(&bytes[..keep]);
-        let file = self
-            .file
-            .as_mut()
-            .ok_or_else(|| std::io::Error::other("draft already finished"))?;
-        file.write_all(bytes).await?;
+        if self.spilled {
+            let file = self
+                .file
+                .as_mut()
+                .ok_or_else(|| std::io::Error::other("draft already finished"))?;
+            file.write_all(bytes).await?;
+        }
         self.len += bytes.len();
         self.inflight
             .fetch_add(bytes.len(), std::sync::atomic::Ordering::SeqCst);
@@ -156,6 +186,11 @@ impl Draft {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// The message's first bytes (all of it when small): where its header block is.
+    pub fn head(&self) -> &[u8] {
+        &self.head
     }
 
     async fn finish(&mut self) -> std::io::Result<()> {
@@ -171,7 +206,9 @@ impl Drop for Draft {
     fn drop(&mut self) {
         self.inflight
             .fetch_sub(self.len, std::sync::atomic::Ordering::SeqCst);
-        let _ = std::fs::remove_file(&self.path);
+        if self.spilled {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -204,13 +241,16 @@ impl SpoolHandle {
         let (tx, rx) = mpsc::channel(group_commit_max.max(1) * 4);
         let committed = Arc::new(Notify::new());
         let notify = committed.clone();
+        let gate = Arc::new(WriteGate::new());
+        let writer_gate = Arc::clone(&gate);
         std::thread::Builder::new()
             .name("spool-writer".into())
-            .spawn(move || writer_loop(conn, rx, group_commit_max.max(1), notify))
+            .spawn(move || writer_loop(conn, rx, group_commit_max.max(1), notify, writer_gate))
             .map_err(|e| StoreError::Corrupt(format!("cannot start spool writer: {e}")))?;
         Ok(SpoolHandle {
             jobs: tx,
             committed,
+            gate,
             incoming: Arc::new(incoming),
             inflight: Arc::default(),
             next_draft: Arc::default(),
@@ -222,7 +262,7 @@ impl SpoolHandle {
         self.inflight.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// A new draft for a message about to be received.
+    /// A new draft for a message about to be received (its file is made only if needed).
     pub async fn draft(&self) -> std::io::Result<Draft> {
         let n = self
             .next_draft
@@ -230,20 +270,24 @@ impl SpoolHandle {
         let path = self
             .incoming
             .join(format!("{}-{n}.eml", std::process::id()));
-        let file = tokio::fs::File::create(&path).await?;
         Ok(Draft {
             path,
-            file: Some(tokio::io::BufWriter::with_capacity(COPY_CHUNK, file)),
+            file: None,
+            spilled: false,
             head: Vec::new(),
             len: 0,
             inflight: Arc::clone(&self.inflight),
         })
     }
 
-    /// Store a message durably; returns its spool id once committed.
-    pub async fn store(&self, envelope: Envelope, raw: Vec<u8>) -> Result<i64, StoreError> {
-        // Parsed here, in the caller's task: the single writer thread only writes.
-        let message_id = crate::rules::message_id(&raw);
+    /// Store a message durably; returns its spool id once committed. `message_id` is
+    /// the caller's reading of the mail (the store does not parse mail).
+    pub async fn store(
+        &self,
+        envelope: Envelope,
+        raw: Vec<u8>,
+        message_id: Option<String>,
+    ) -> Result<i64, StoreError> {
         self.submit(envelope, SpoolBytes::Memory(raw), message_id)
             .await
     }
@@ -254,14 +298,12 @@ impl SpoolHandle {
         envelope: Envelope,
         head: Vec<u8>,
         mut draft: Draft,
+        message_id: Option<String>,
     ) -> Result<i64, StoreError> {
         draft
             .finish()
             .await
             .map_err(|e| StoreError::Corrupt(format!("cannot write the message: {e}")))?;
-        let mut start = head.clone();
-        start.extend_from_slice(&draft.head);
-        let message_id = crate::rules::message_id(&start);
         self.submit(
             envelope,
             SpoolBytes::File {
@@ -312,7 +354,12 @@ fn incoming_dir(db: &Path) -> std::path::PathBuf {
 
 /// Spool one message directly on `conn` (no writer thread, no fsync promise): for
 /// `replay`, which feeds a temporary store.
-pub fn insert(conn: &Connection, envelope: &Envelope, raw: &[u8]) -> Result<i64, StoreError> {
+pub fn insert(
+    conn: &Connection,
+    envelope: &Envelope,
+    raw: &[u8],
+    message_id: Option<&str>,
+) -> Result<i64, StoreError> {
     let rcpt = serde_json::to_string(&envelope.rcpt_to).unwrap_or_else(|_| "[]".into());
     conn.prepare_cached(
         "INSERT INTO spool (received_at, peer, helo, mail_from, rcpt_to, tls, auth_user, message_id, size, raw)
@@ -326,7 +373,7 @@ pub fn insert(conn: &Connection, envelope: &Envelope, raw: &[u8]) -> Result<i64,
         rcpt,
         envelope.tls,
         envelope.auth_user,
-        crate::rules::message_id(raw),
+        message_id,
         raw.len() as i64,
         raw,
     ])?;
@@ -338,6 +385,7 @@ fn writer_loop(
     mut rx: mpsc::Receiver<SpoolJob>,
     max: usize,
     committed: Arc<Notify>,
+    gate: Arc<WriteGate>,
 ) {
     let mut batch = Vec::with_capacity(max);
     while let Some(first) = rx.blocking_recv() {
@@ -349,7 +397,10 @@ fn writer_loop(
             }
         }
         let started = std::time::Instant::now();
-        let inserted = insert_batch(&mut conn, &batch);
+        let inserted = {
+            let _gate = gate.enter();
+            insert_batch(&mut conn, &batch)
+        };
         crate::http::metrics::metrics().store_commit(started.elapsed());
         match inserted {
             Ok(ids) => {
@@ -372,15 +423,25 @@ fn insert_batch(conn: &mut Connection, batch: &[SpoolJob]) -> Result<Vec<i64>, S
     let tx = conn.transaction()?;
     let mut ids = Vec::with_capacity(batch.len());
     {
-        let mut stmt = tx.prepare_cached(
+        let mut streamed = tx.prepare_cached(
             "INSERT INTO spool (received_at, peer, helo, mail_from, rcpt_to, tls, auth_user, message_id, size, raw)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, zeroblob(?10))",
         )?;
         for job in batch {
             let e = &job.envelope;
             let rcpt = serde_json::to_string(&e.rcpt_to).unwrap_or_else(|_| "[]".into());
+            if let Some(whole) = job.bytes.whole() {
+                ids.push(insert_whole(
+                    &tx,
+                    e,
+                    &rcpt,
+                    job.message_id.as_deref(),
+                    &whole,
+                )?);
+                continue;
+            }
             let size = job.bytes.len();
-            stmt.execute(params![
+            streamed.execute(params![
                 e.received_at,
                 e.peer,
                 e.helo,
@@ -399,6 +460,33 @@ fn insert_batch(conn: &mut Connection, batch: &[SpoolJob]) -> Result<Vec<i64>, S
     }
     tx.commit()?;
     Ok(ids)
+}
+
+/// One in-memory message, bytes bound with the row (no blob handle).
+fn insert_whole(
+    conn: &Connection,
+    e: &Envelope,
+    rcpt: &str,
+    message_id: Option<&str>,
+    raw: &[u8],
+) -> Result<i64, StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO spool (received_at, peer, helo, mail_from, rcpt_to, tls, auth_user, message_id, size, raw)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        e.received_at,
+        e.peer,
+        e.helo,
+        e.mail_from,
+        rcpt,
+        e.tls,
+        e.auth_user,
+        message_id,
+        raw.len() as i64,
+        raw,
+    ])?;
+    Ok(conn.last_insert_rowid())
 }
 
 /// Fills the row's `raw` (a zeroblob of the right size) in chunks: a streamed message
@@ -573,7 +661,8 @@ mod tests {
             tasks.push(tokio::spawn(async move {
                 let raw =
                     format!("Message-ID: <m{i}@test>\r\nSubject: s\r\n\r\nbody\r\n").into_bytes();
-                spool.store(envelope(), raw).await.unwrap()
+                let mid = Some(format!("m{i}@test"));
+                spool.store(envelope(), raw, mid).await.unwrap()
             }));
         }
         let mut ids = Vec::new();
