@@ -11,7 +11,7 @@ use crate::http::HttpServer;
 use crate::pipeline::{Pipeline, PipelineSettings, TicketInfo};
 use crate::rules::RuleSet;
 use crate::smtp::{Server, ServerReloader};
-use crate::store::outbound::SqliteQueue;
+use crate::store::outbound::StoreQueue;
 use crate::store::SpoolHandle;
 use anyhow::Context;
 use std::net::SocketAddr;
@@ -149,6 +149,9 @@ fn needs_restart(old: &LoadedConfig, new: &LoadedConfig) -> Vec<&'static str> {
     if old.config.server.max_connections != new.config.server.max_connections {
         changed.push("server.max_connections");
     }
+    if old.config.store.url != new.config.store.url {
+        changed.push("store.url");
+    }
     if old.config.store.path != new.config.store.path {
         changed.push("store.path");
     }
@@ -227,7 +230,7 @@ pub async fn start_with_clock(
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");
     }
-    let store_path = loaded.config.store.path.clone();
+    let store = loaded.config.store.location();
     let glpi_api = match &loaded.config.glpi_api {
         Some(api_config) => {
             let api = GlpiApi::new(api_config).map_err(|e| anyhow::anyhow!("glpi_api: {e}"))?;
@@ -238,13 +241,17 @@ pub async fn start_with_clock(
         None => None,
     };
     let may_solve = glpi_api.as_ref().is_some_and(|(_, r)| r.may_solve());
-    let spool = SpoolHandle::start(&store_path, loaded.config.store.group_commit_max)
-        .with_context(|| format!("opening the store {}", store_path.display()))?;
+    let spool = SpoolHandle::start(
+        &store,
+        &loaded.config.store.incoming_dir(),
+        loaded.config.store.group_commit_max,
+    )
+    .with_context(|| format!("opening the store {store}"))?;
     let rules = RuleSet::load(&loaded.config.rules.dirs)
         .map_err(|e| anyhow::anyhow!("loading rules:\n{e}"))?;
     tracing::info!(rules = rules.len(), "rules loaded");
     let settings = pipeline_settings(&loaded, rules, may_solve);
-    let pipeline = Pipeline::open(&store_path, settings)
+    let pipeline = Pipeline::open(&store, settings)
         .context("starting the pipeline")?
         .with_write_gate(spool.gate.clone());
     let outbound_wake = Arc::new(Notify::new());
@@ -252,7 +259,7 @@ pub async fn start_with_clock(
         Transport::from_config(&loaded.relay).map_err(|e| anyhow::anyhow!("relay: {e}"))?;
     let (opened_tx, opened_rx) = mpsc::unbounded_channel();
     let (found_tx, found_rx) = mpsc::unbounded_channel();
-    let mut queue = SqliteQueue::open(&store_path)?;
+    let mut queue = StoreQueue::open(&store)?;
     let (api, glpi_rights) = match glpi_api {
         Some((api, rights)) => (Some(api), Some(rights)),
         None => (None, None),
@@ -263,7 +270,7 @@ pub async fn start_with_clock(
             Some(
                 ApiWorker::new(
                     api,
-                    store_path.clone(),
+                    &store,
                     explicit_ticket_timeout(&loaded),
                     opened_rx,
                     found_tx,
@@ -299,7 +306,7 @@ pub async fn start_with_clock(
         Some(settings) => Some(
             HttpServer::bind(
                 settings.clone(),
-                &store_path,
+                &store,
                 loaded.config.glpi.as_ref().map(|g| g.url.clone()),
                 loaded.config.glpi_api.is_some(),
             )
@@ -315,7 +322,7 @@ pub async fn start_with_clock(
         pipeline: settings_tx,
         may_solve,
     };
-    tracing::info!(store = %store_path.display(), "alertgate started");
+    tracing::info!(store = %store, "alertgate started");
     let pipeline = tokio::spawn(run_pipeline(
         pipeline,
         clock,
@@ -328,15 +335,15 @@ pub async fn start_with_clock(
     let http = http.map(|h| tokio::spawn(h.serve(stop.clone())));
     let api = api_worker.map(|w| tokio::spawn(w.run(stop.clone())));
     let delivery = tokio::spawn(delivery.run(stop.clone()));
-    let store = &loaded.config.store;
+    let kept = &loaded.config.store;
     let retention = tokio::spawn(crate::store::retention::run(
-        store_path.clone(),
+        store.clone(),
         crate::store::retention::Retention {
-            keep_processed_days: store.keep_processed_days,
-            keep_sent_days: store.keep_sent_days,
+            keep_processed_days: kept.keep_processed_days,
+            keep_sent_days: kept.keep_sent_days,
             batch: 500,
         },
-        std::time::Duration::from_secs(store.prune_interval_secs),
+        std::time::Duration::from_secs(kept.prune_interval_secs),
         stop.clone(),
     ));
     let server = tokio::spawn(server.serve(stop));

@@ -225,8 +225,12 @@ impl Default for AuthConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct StoreConfig {
-    /// SQLite database file; its directory is created when missing.
+    /// SQLite database file; its directory is created when missing. With `url` set, the
+    /// directory still holds this gateway's drafts (`<path>.incoming`) and pid file.
     pub path: PathBuf,
+    /// A PostgreSQL store shared by gateways (`postgres://user:password@host/db`); when
+    /// set it is the store, instead of the SQLite file.
+    pub url: Option<String>,
     /// Most messages committed together by the spool writer.
     pub group_commit_max: usize,
     /// Days a processed (or dropped, or feedback) spooled message is kept; incidents'
@@ -238,10 +242,26 @@ pub struct StoreConfig {
     pub prune_interval_secs: u64,
 }
 
+impl StoreConfig {
+    /// Where the store is: the PostgreSQL `url` when set, else the SQLite `path`.
+    pub fn location(&self) -> crate::store::Location {
+        match &self.url {
+            Some(url) => crate::store::Location::Postgres(url.clone()),
+            None => crate::store::Location::Sqlite(self.path.clone()),
+        }
+    }
+
+    /// Where sessions stream DATA before it is committed.
+    pub fn incoming_dir(&self) -> PathBuf {
+        crate::store::spool::incoming_dir(&self.path)
+    }
+}
+
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             path: PathBuf::from("./var/alertgate.db"),
+            url: None,
             group_commit_max: 512,
             keep_processed_days: 7,
             keep_sent_days: 7,
@@ -730,6 +750,16 @@ fn validate(
         "store.prune_interval_secs",
         config.store.prune_interval_secs,
     );
+    if let Some(url) = &config.store.url {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            problems.push(ConfigProblem {
+                file: path.to_path_buf(),
+                line: find_key_line(text, "store.url"),
+                key: "store.url".into(),
+                message: "must start with postgres:// or postgresql:// (e.g. \"postgres://alertgate:secret@db.example.org/alertgate\")".into(),
+            });
+        }
+    }
     if server.max_line_length < 512 {
         problems.push(ConfigProblem {
             file: path.to_path_buf(),
@@ -805,6 +835,7 @@ fn validate_sections(path: &Path, text: &str, config: &Config, problems: &mut Ve
     if let Err(e) = config.correlation.validate() {
         let key = match e {
             crate::correlate::PolicyError::ZeroRepeatInterval => "correlation.repeat_interval",
+            crate::correlate::PolicyError::IncidentCache(_) => "correlation.incident_cache",
             _ => "correlation.host_aliases",
         };
         push(key, e.to_string());
@@ -954,6 +985,28 @@ mod tests {
             msg.contains("test.toml:3: `server.allowed_networks`: `10.0.0.0/33` is not a network"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn store_url_must_be_a_postgres_url() {
+        let base = "[server]\naccepted_recipients = [\"glpi@example.test\"]\n[store]\n";
+        let c = load(&format!("{base}url = \"postgres://ag:pw@db.example/ag\"\n")).expect("valid");
+        assert_eq!(
+            c.config.store.location(),
+            crate::store::Location::Postgres("postgres://ag:pw@db.example/ag".into())
+        );
+        let err = load(&format!("{base}url = \"mysql://db.example/ag\"\n"))
+            .expect_err("not postgres")
+            .to_string();
+        assert!(
+            err.contains("test.toml:4: `store.url`: must start with postgres://"),
+            "{err}"
+        );
+        let plain = load(base).expect("valid");
+        assert!(matches!(
+            plain.config.store.location(),
+            crate::store::Location::Sqlite(_)
+        ));
     }
 
     #[test]

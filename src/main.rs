@@ -294,32 +294,33 @@ fn rule_dirs(rules: Vec<PathBuf>) -> Vec<PathBuf> {
 
 fn queue(config: &Path, action: QueueAction) -> anyhow::Result<bool> {
     let loaded = load(config)?;
-    let conn = store::open(&loaded.config.store.path)?;
+    let mut db = store::open(&loaded.config.store.location())?;
+    let conn = &mut db;
     match action {
         QueueAction::List {
             state,
             limit,
             json: true,
-        } => queue_list_json(&conn, state.as_deref(), limit),
-        QueueAction::List { state, limit, .. } => queue_list(&conn, state.as_deref(), limit),
+        } => queue_list_json(conn, state.as_deref(), limit),
+        QueueAction::List { state, limit, .. } => queue_list(conn, state.as_deref(), limit),
         QueueAction::Show { id } => match parse_queue_id(&id)? {
-            QueueId::Spool(id) => show_spool(&conn, id),
-            QueueId::Outbound(id) => show_outbound(&conn, id),
+            QueueId::Spool(id) => show_spool(conn, id),
+            QueueId::Outbound(id) => show_outbound(conn, id),
         },
         QueueAction::Retry { target } => {
             let id = match target.as_str() {
                 "dead" => None,
                 t => Some(outbound_id(t)?),
             };
-            let n = outbound::retry(&conn, id, store::unix_now())?;
+            let n = outbound::retry(conn, id, store::unix_now())?;
             println!("{n} mail(s) queued again");
             Ok(n > 0 || id.is_none())
         }
         QueueAction::Purge { target } => {
             let n = match target.as_str() {
-                "dead" => outbound::purge(&conn, None, Some(outbound::OutboundState::Dead))?,
-                "sent" => outbound::purge(&conn, None, Some(outbound::OutboundState::Sent))?,
-                t => outbound::purge(&conn, Some(outbound_id(t)?), None)?,
+                "dead" => outbound::purge(conn, None, Some(outbound::OutboundState::Dead))?,
+                "sent" => outbound::purge(conn, None, Some(outbound::OutboundState::Sent))?,
+                t => outbound::purge(conn, Some(outbound_id(t)?), None)?,
             };
             println!("{n} mail(s) deleted");
             Ok(true)
@@ -354,8 +355,8 @@ fn inject(
 fn incidents(config: &Path, open: bool, json: bool) -> anyhow::Result<bool> {
     use alertgate::cli::incidents::{render_json, render_text};
     let loaded = load(config)?;
-    let conn = store::open(&loaded.config.store.path)?;
-    let list = store::incidents::load(&conn, !open)?;
+    let mut db = store::open(&loaded.config.store.location())?;
+    let list = store::incidents::load(&mut db, !open)?;
     if json {
         print!("{}", render_json(&list));
     } else {
@@ -387,12 +388,12 @@ fn passwd() -> anyhow::Result<bool> {
 }
 
 fn queue_list_json(
-    conn: &rusqlite::Connection,
+    conn: &mut store::Db,
     state: Option<&str>,
     limit: usize,
 ) -> anyhow::Result<bool> {
     let spool_state = state.and_then(spool::SpoolState::parse);
-    let outbound_state = state.filter(|s| ["queued", "held", "sent", "dead"].contains(s));
+    let outbound_state = state.and_then(outbound::OutboundState::parse);
     if state.is_some() && spool_state.is_none() && outbound_state.is_none() {
         anyhow::bail!("unknown state `{}`", state.unwrap_or_default());
     }
@@ -407,7 +408,7 @@ fn queue_list_json(
                 }
             };
             let line = serde_json::json!({
-                "queue": "spool", "id": row.id, "state": row.state,
+                "queue": "spool", "id": row.id, "state": row.state.as_str(),
                 "received_at": row.envelope.received_at, "size": row.size,
                 "sender": row.envelope.mail_from, "recipients": row.envelope.rcpt_to,
                 "message_id": row.message_id, "note": row.note,
@@ -426,7 +427,7 @@ fn queue_list_json(
                 }
             };
             let line = serde_json::json!({
-                "queue": "outbound", "id": format!("o{}", row.id), "state": row.state,
+                "queue": "outbound", "id": format!("o{}", row.id), "state": row.state.as_str(),
                 "incident": row.order_key, "attempts": row.attempts,
                 "queued_at": row.queued_at, "next_attempt_at": row.next_attempt_at,
                 "sender": row.envelope_from, "recipients": row.envelope_to,
@@ -464,16 +465,12 @@ fn outbound_id(s: &str) -> anyhow::Result<i64> {
         })
 }
 
-fn queue_list(
-    conn: &rusqlite::Connection,
-    state: Option<&str>,
-    limit: usize,
-) -> anyhow::Result<bool> {
+fn queue_list(conn: &mut store::Db, state: Option<&str>, limit: usize) -> anyhow::Result<bool> {
     let spool_state = match state {
         None => None,
         Some(s) => match spool::SpoolState::parse(s) {
             Some(st) => Some(st),
-            None if ["queued", "sent", "dead"].contains(&s) => None,
+            None if outbound::OutboundState::parse(s).is_some() => None,
             None => anyhow::bail!("unknown state `{s}` (expected new, processed, held, dropped, feedback, failed, queued, sent, dead)"),
         },
     };
@@ -527,7 +524,10 @@ fn queue_list(
             "{:>8}  {:<8}  {:>8}  {:<19}  {:<16}  subject / last error",
             "id", "state", "attempts", "next attempt", "incident"
         );
-        for row in outbound::list_checked(conn, state.filter(|_| outbound_only), limit)? {
+        let outbound_state = state
+            .filter(|_| outbound_only)
+            .and_then(outbound::OutboundState::parse);
+        for row in outbound::list_checked(conn, outbound_state, limit)? {
             let row = match row {
                 Ok(row) => row,
                 Err(damaged) => {
@@ -539,7 +539,7 @@ fn queue_list(
                     continue;
                 }
             };
-            let next = if row.state == "queued" {
+            let next = if row.state == outbound::OutboundState::Queued {
                 format_time(row.next_attempt_at)
             } else {
                 "-".into()
@@ -561,7 +561,7 @@ fn queue_list(
     Ok(true)
 }
 
-fn show_spool(conn: &rusqlite::Connection, id: i64) -> anyhow::Result<bool> {
+fn show_spool(conn: &mut store::Db, id: i64) -> anyhow::Result<bool> {
     let Some(row) = spool::get(conn, id)? else {
         eprintln!("alertgate: no spooled message with id {id}");
         return Ok(false);
@@ -601,7 +601,7 @@ fn show_spool(conn: &rusqlite::Connection, id: i64) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-fn show_outbound(conn: &rusqlite::Connection, id: i64) -> anyhow::Result<bool> {
+fn show_outbound(conn: &mut store::Db, id: i64) -> anyhow::Result<bool> {
     let Some(row) = outbound::get(conn, id)? else {
         eprintln!("alertgate: no outbound mail with id o{id}");
         return Ok(false);

@@ -10,13 +10,13 @@ use crate::correlate::{
     self, Action, CorrelationPolicy, CorrelationState, Decision, Incident, IncidentMail,
 };
 use crate::rules::{ParseContext, ParseError, RuleSet};
+use crate::store::actions::{self, ActionKind};
 use crate::store::gate::WriteGate;
+use crate::store::incidents::StoreIncidents;
 use crate::store::outbound::{self, NewOutbound, OutboundState};
-use crate::store::replies::StoreReplyIndex;
 use crate::store::spool::{self, SpoolRow, SpoolState};
-use crate::store::{actions, incidents, StoreError};
-use rusqlite::Connection;
-use std::path::Path;
+use crate::store::{incidents, Db, Location, StoreError, Tx};
+use std::cell::RefCell;
 use std::sync::Arc;
 
 /// Messages processed per transaction: one fsync for many steps.
@@ -31,8 +31,6 @@ const TURN: std::time::Duration = std::time::Duration::from_millis(4);
 pub enum PipelineError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("store: {0}")]
-    Sqlite(#[from] rusqlite::Error),
 }
 
 /// What the pipeline needs besides the store.
@@ -86,11 +84,15 @@ impl Default for GlpiFlow {
 pub use crate::ticket::{derived_ticket_wait, TicketInfo};
 
 pub struct Pipeline {
-    conn: Connection,
+    db: Db,
     settings: PipelineSettings,
+    /// The engine's counters, storm window and cache of open incidents.
     state: CorrelationState,
-    /// Shared with the spool writer: its group commit (the sessions' `250`) never waits
-    /// for more than one message of ours.
+    /// The store's commit generation after this pipeline's last commit; `None` until
+    /// the state was read from the store (at start, after a failed step).
+    generation: Option<i64>,
+    /// Shared with the spool writer, whose group commit (the sessions' `250`) then
+    /// waits for one turn of ours at most.
     gate: Option<Arc<WriteGate>>,
 }
 
@@ -102,25 +104,30 @@ struct StepResult {
 
 /// Rules may ask which host an earlier mail (cited by In-Reply-To) was about.
 struct StoreContext<'a> {
-    conn: &'a Connection,
+    // Asked through `&self` (the rules' trait); the connection needs `&mut`.
+    db: RefCell<&'a mut Db>,
 }
 
 impl ParseContext for StoreContext<'_> {
     fn host_for_message_id(&self, message_id: &str) -> Option<String> {
-        incidents::host_for_message(self.conn, message_id)
+        incidents::host_for_message(&mut self.db.borrow_mut(), message_id)
             .ok()
             .flatten()
     }
 }
 
 impl Pipeline {
-    pub fn open(path: &Path, settings: PipelineSettings) -> Result<Pipeline, PipelineError> {
-        let conn = crate::store::open_with(path, crate::store::Durability::Derived)?;
-        let state = incidents::load_state(&conn)?;
+    pub fn open(
+        location: &Location,
+        settings: PipelineSettings,
+    ) -> Result<Pipeline, PipelineError> {
+        let db = Db::open(location, crate::store::Durability::Derived)?;
         Ok(Pipeline {
-            conn,
+            db,
             settings,
-            state,
+            // Read from the store inside the first transaction.
+            state: CorrelationState::default(),
+            generation: None,
             gate: None,
         })
     }
@@ -142,16 +149,16 @@ impl Pipeline {
 
     /// Process the oldest waiting messages; returns how many were processed.
     pub fn run_batch(&mut self, now: i64) -> Result<usize, PipelineError> {
-        let rows = spool::pending(&self.conn, BATCH)?;
+        let rows = spool::pending(&mut self.db, BATCH)?;
         let gate = self.gate.clone();
         let mut done = 0;
         while done < rows.len() {
             // One transaction for the batch, cut short when the spool writer waits.
             let turn = std::time::Instant::now();
-            self.in_transaction(|p, conn| {
+            self.in_transaction(now, |p, tx| {
                 for row in &rows[done..] {
-                    let step = p.process(conn, row, now)?;
-                    spool::set_state(conn, row.id, step.state, Some(&step.note), now)?;
+                    let step = p.process(tx, row, now)?;
+                    spool::set_state(tx, row.id, step.state, Some(&step.note), now)?;
                     tracing::info!(spool_id = row.id, state = step.state.as_str(), outcome = %step.note, "processed");
                     done += 1;
                     if turn.elapsed() >= TURN && gate.as_ref().is_some_and(|g| g.contended()) {
@@ -167,11 +174,16 @@ impl Pipeline {
     /// Let time-driven decisions happen: storm digests, and news whose wait (for its
     /// ticket id, or for GLPI's intake pace) is over.
     pub fn tick(&mut self, now: i64) -> Result<(), PipelineError> {
-        self.in_transaction(|p, conn| {
-            let decision = correlate::tick(p.state, now, &p.settings.correlation);
-            p.apply(conn, &decision, None, now)?;
-            for owner in outbound::held_due_keys(conn, now)? {
-                p.flush(conn, &owner, now)?;
+        self.in_transaction(now, |p, tx| {
+            let decision = correlate::tick_with(
+                p.state,
+                &mut StoreIncidents::new(tx),
+                now,
+                &p.settings.correlation,
+            )?;
+            p.apply(tx, &decision, None, now)?;
+            for owner in outbound::held_due_keys(tx, now)? {
+                p.flush(tx, &owner, now)?;
             }
             Ok(())
         })
@@ -182,42 +194,63 @@ impl Pipeline {
         if infos.is_empty() {
             return Ok(());
         }
-        self.in_transaction(|p, conn| {
+        self.in_transaction(now, |p, tx| {
             for info in infos {
-                let note = p.learn_ticket(conn, info, now)?;
+                let note = p.learn_ticket(tx, info, now)?;
                 tracing::info!(tag = %info.tag, ticket = info.ticket_id, outcome = %note, "ticket learned from the API");
             }
             Ok(())
         })
     }
 
-    /// Run `f` in one transaction; if it fails, the in-memory state is rebuilt from what
-    /// was committed, so memory never runs ahead of the store.
+    /// Run `f` in one transaction. The engine's state is the store's as of this
+    /// pipeline's last commit: when another writer committed since (the generation
+    /// moved) or the last step failed, it is read again first, so memory never runs
+    /// ahead of, nor lags behind, the store.
     fn in_transaction(
         &mut self,
-        f: impl FnOnce(&mut PipelineCore<'_>, &Connection) -> Result<(), PipelineError>,
+        now: i64,
+        f: impl FnOnce(&mut PipelineCore<'_>, &mut Tx<'_>) -> Result<(), PipelineError>,
     ) -> Result<(), PipelineError> {
         let gate = self.gate.clone();
         let _gate = gate.as_ref().map(|g| g.enter());
-        // IMMEDIATE: take the write lock up front. A deferred transaction that reads first
-        // fails with SQLITE_BUSY when the spool writer commits in between.
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let mut core = PipelineCore {
-            settings: &self.settings,
-            state: &mut self.state,
-            backlog: None,
-        };
-        let outcome = f(&mut core, &tx).and_then(|()| {
-            incidents::set_kv(&tx, "next_incident_id", &core.state.next_id().to_string())?;
-            tx.commit().map_err(PipelineError::from)
+        let mut tx = self.db.transaction()?;
+        let outcome = (|| {
+            let generation = incidents::generation(&mut tx)?;
+            if self.generation != Some(generation) {
+                if self.generation.is_some() {
+                    tracing::info!(
+                        "incidents changed by another writer; the engine's cache is re-read"
+                    );
+                }
+                self.state = incidents::load_state(&mut tx, now)?;
+            }
+            let mut core = PipelineCore {
+                settings: &self.settings,
+                state: &mut self.state,
+                backlog: None,
+            };
+            f(&mut core, &mut tx)?;
+            let next_id = core.state.next_id().to_string();
+            incidents::set_kv(&mut tx, "next_incident_id", &next_id)?;
+            Ok::<i64, PipelineError>(incidents::bump_generation(&mut tx)?)
+        })();
+        let outcome = outcome.and_then(|generation| {
+            tx.commit()?;
+            Ok(generation)
         });
-        if let Err(e) = &outcome {
-            tracing::error!(error = %e, "pipeline transaction failed; reloading state from the store");
-            self.state = incidents::load_state(&self.conn)?;
+        match outcome {
+            Ok(generation) => {
+                self.generation = Some(generation);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "pipeline transaction failed; the engine's state is re-read from the store");
+                self.state.drop_cache();
+                self.generation = None;
+                Err(e)
+            }
         }
-        outcome
     }
 }
 
@@ -232,35 +265,40 @@ struct PipelineCore<'a> {
 impl PipelineCore<'_> {
     fn process(
         &mut self,
-        conn: &Connection,
+        tx: &mut Tx<'_>,
         row: &SpoolRow,
         now: i64,
     ) -> Result<StepResult, PipelineError> {
         let raw = row.raw.as_deref().unwrap_or_default();
-        if let Some(original) = duplicate_of(conn, row)? {
+        if let Some(original) = duplicate_of(tx, row)? {
             return Ok(StepResult {
                 state: SpoolState::Processed,
                 note: format!("duplicate of spool id {original}, ignored"),
             });
         }
         if self.is_feedback(row) {
-            return self.feedback(conn, raw, now);
+            return self.feedback(tx, raw, now);
         }
         // Decoded once here; the rules and correlation read this one copy.
         let mail = match crate::rules::decode(raw) {
             Ok(mail) => mail,
-            Err(e) => return self.unmatched(conn, row, raw, &ParseError::from(e), now),
+            Err(e) => return self.unmatched(tx, row, raw, &ParseError::from(e), now),
         };
-        let ctx = StoreContext { conn };
-        match self.settings.rules.parse_decoded(&mail, &ctx) {
-            Ok(alerts) => self.process_alerts(conn, row, raw, mail.cited, &alerts, now),
-            Err(e) => self.unmatched(conn, row, raw, &e, now),
+        let parsed = self.settings.rules.parse_decoded(
+            &mail,
+            &StoreContext {
+                db: RefCell::new(&mut **tx),
+            },
+        );
+        match parsed {
+            Ok(alerts) => self.process_alerts(tx, row, raw, mail.cited, &alerts, now),
+            Err(e) => self.unmatched(tx, row, raw, &e, now),
         }
     }
 
     fn process_alerts(
         &mut self,
-        conn: &Connection,
+        tx: &mut Tx<'_>,
         row: &SpoolRow,
         raw: &[u8],
         cited: Vec<String>,
@@ -275,18 +313,18 @@ impl PipelineCore<'_> {
         for alert in alerts {
             if let Some(mid) = &row.message_id {
                 if !alert.host.is_empty() {
-                    incidents::remember_message_host(conn, mid, &alert.host)?;
+                    incidents::remember_message_host(tx, mid, &alert.host)?;
                 }
             }
             let decision = correlate::reply::correlate_threaded(
-                &StoreReplyIndex { conn },
+                &mut StoreIncidents::new(tx),
                 self.state,
                 &mail_ids,
                 alert,
                 now,
                 &self.settings.correlation,
             )?;
-            notes.push(self.apply(conn, &decision, Some((row.id, raw)), now)?);
+            notes.push(self.apply(tx, &decision, Some((row.id, raw)), now)?);
         }
         Ok(StepResult {
             state: SpoolState::Processed,
@@ -297,50 +335,50 @@ impl PipelineCore<'_> {
     /// Persist what correlation changed and enqueue its mails; returns a summary.
     fn apply(
         &mut self,
-        conn: &Connection,
+        tx: &mut Tx<'_>,
         decision: &Decision,
         origin: Option<(i64, &[u8])>,
         now: i64,
     ) -> Result<String, PipelineError> {
         for incident in &decision.changed {
-            incidents::save(conn, incident, now)?;
+            incidents::save(tx, incident, now)?;
         }
         for id in &decision.ended {
-            incidents::mark_ended(conn, *id, now)?;
+            incidents::mark_ended(tx, *id, now)?;
         }
         for id in &decision.digested {
-            incidents::mark_digested(conn, *id, now)?;
+            incidents::mark_digested(tx, *id, now)?;
         }
         let mut summary = Vec::new();
         for action in &decision.actions {
-            summary.push(self.act(conn, action, origin, now)?);
+            summary.push(self.act(tx, action, origin, now)?);
         }
         Ok(summary.join(", "))
     }
 
     fn act(
         &mut self,
-        conn: &Connection,
+        tx: &mut Tx<'_>,
         action: &Action,
         origin: Option<(i64, &[u8])>,
         now: i64,
     ) -> Result<String, PipelineError> {
         match action {
-            Action::Mail(mail) => self.mail_action(conn, mail, origin, now),
+            Action::Mail(mail) => self.mail_action(tx, mail, origin, now),
             Action::Digest(digest) => {
                 let alerts: Vec<Alert> = digest.entries.iter().map(|e| e.alert.clone()).collect();
                 let tag = &digest.tag;
                 match compose::compose_digest(&self.settings.compose, tag, &alerts, now) {
                     Ok(composed) if self.settings.glpi.create_via_api => {
                         let input = self.ticket_input(&composed, alerts.iter().map(|a| a.state));
-                        actions::add(conn, tag, 0, actions::CREATE, &input, now)?;
+                        actions::add(tx, tag, 0, ActionKind::Create, &input, now)?;
                         Ok(format!(
                             "digest {tag} of {} alerts: ticket to be created through the API",
                             digest.count
                         ))
                     }
                     Ok(composed) => {
-                        enqueue(conn, &composed, tag, Queueing::now(), None, None, now)?;
+                        enqueue(tx, &composed, tag, Queueing::now(), None, None, now)?;
                         Ok(format!("digest {tag} of {} alerts", digest.count))
                     }
                     Err(e) => {
@@ -363,7 +401,7 @@ impl PipelineCore<'_> {
     /// can be, merged ([`Self::flush`]).
     fn mail_action(
         &mut self,
-        conn: &Connection,
+        tx: &mut Tx<'_>,
         mail: &IncidentMail,
         origin: Option<(i64, &[u8])>,
         now: i64,
@@ -382,12 +420,12 @@ impl PipelineCore<'_> {
             };
             if self.settings.glpi.create_via_api {
                 let input = self.ticket_input(&composed, std::iter::once(mail.alert.state));
-                actions::add(conn, tag, 0, actions::CREATE, &input, now)?;
+                actions::add(tx, tag, 0, ActionKind::Create, &input, now)?;
                 return Ok(format!("open {tag}: ticket to be created through the API"));
             }
             let event = serde_json::to_string(mail).ok();
             enqueue(
-                conn,
+                tx,
                 &composed,
                 tag,
                 Queueing::now(),
@@ -398,7 +436,7 @@ impl PipelineCore<'_> {
             return Ok(format!("open {tag} ({})", composed.message_id));
         }
         let owner = mail.owner_tag().to_owned();
-        let owner_incident = self.owner_incident(conn, &owner)?;
+        let owner_incident = self.owner_incident(tx, &owner)?;
         let composed = match owner_incident.as_ref() {
             Some(o) => compose_news(
                 &self.settings.compose,
@@ -422,7 +460,7 @@ impl PipelineCore<'_> {
             not_before: now,
         };
         enqueue(
-            conn,
+            tx,
             &composed,
             &owner,
             queueing,
@@ -430,7 +468,7 @@ impl PipelineCore<'_> {
             event.as_deref(),
             now,
         )?;
-        let outcome = self.flush(conn, &owner, now)?;
+        let outcome = self.flush(tx, &owner, now)?;
         let via = if owner != *tag {
             format!(" for digest {owner}")
         } else {
@@ -442,31 +480,25 @@ impl PipelineCore<'_> {
     /// The open or ended incident whose ticket `tag` names.
     fn owner_incident(
         &self,
-        conn: &Connection,
+        tx: &mut Tx<'_>,
         tag: &str,
     ) -> Result<Option<Incident>, PipelineError> {
         match self.state.incident_by_tag(tag) {
             Some(i) => Ok(Some(i.clone())),
-            None => Ok(incidents::by_tag(conn, tag)?),
+            None => Ok(incidents::by_tag(tx, tag)?),
         }
     }
 
     /// Incidents whose first mail GLPI has not answered yet: each stands for mail in
     /// the collector's mailbox ahead of a newer incident's.
-    fn backlog(&mut self, conn: &Connection, now: i64) -> Result<u64, PipelineError> {
+    fn backlog(&mut self, tx: &mut Tx<'_>, now: i64) -> Result<u64, PipelineError> {
         if let Some(n) = self.backlog {
             return Ok(n);
         }
-        let waiting = self
-            .state
-            .open_incidents()
-            .filter(|i| i.announced && i.ticket_id.is_none())
-            .count() as u64;
+        let waiting = incidents::awaiting_ticket_count(tx)?;
         // Updates queue in the same mailbox: what left within the last run may still be there.
-        let recent = outbound::sent_since(
-            conn,
-            now - self.settings.glpi.collector_interval_secs.max(1),
-        )?;
+        let recent =
+            outbound::sent_since(tx, now - self.settings.glpi.collector_interval_secs.max(1))?;
         let n = waiting + recent;
         self.backlog = Some(n);
         Ok(n)
@@ -475,7 +507,7 @@ impl PipelineCore<'_> {
     /// Until when an incident's news waits for its ticket id before it goes out unthreaded.
     fn ticket_deadline(
         &mut self,
-        conn: &Connection,
+        tx: &mut Tx<'_>,
         owner: &Incident,
         now: i64,
     ) -> Result<i64, PipelineError> {
@@ -490,7 +522,7 @@ impl PipelineCore<'_> {
         let wait = if self.settings.ticket_timeout_secs > 0 {
             self.settings.ticket_timeout_secs
         } else {
-            let backlog = self.backlog(conn, now)?;
+            let backlog = self.backlog(tx, now)?;
             let glpi = &self.settings.glpi;
             derived_ticket_wait(glpi.collector_interval_secs, glpi.collector_batch, backlog)
         };
@@ -504,11 +536,11 @@ impl PipelineCore<'_> {
     /// people solved or closed, unless the news is a worse state that reopens it.
     fn flush(
         &mut self,
-        conn: &Connection,
+        tx: &mut Tx<'_>,
         owner_tag: &str,
         now: i64,
     ) -> Result<String, PipelineError> {
-        let held = outbound::held_for(conn, owner_tag)?;
+        let held = outbound::held_for(tx, owner_tag)?;
         if held.is_empty() {
             return Ok("nothing held".into());
         }
@@ -520,9 +552,9 @@ impl PipelineCore<'_> {
                     .and_then(|e| serde_json::from_str(e).ok())
             })
             .collect();
-        let Some(owner) = self.owner_incident(conn, owner_tag)? else {
+        let Some(owner) = self.owner_incident(tx, owner_tag)? else {
             for h in &held {
-                outbound::requeue(conn, h.id, now)?;
+                outbound::requeue(tx, h.id, now)?;
             }
             return Ok(format!(
                 "{} held mail(s) of an unknown incident sent as they were",
@@ -533,7 +565,7 @@ impl PipelineCore<'_> {
             // Rows from before this version: sent as they were composed.
             for (h, e) in held.iter().zip(&events) {
                 if e.is_none() {
-                    outbound::requeue(conn, h.id, now)?;
+                    outbound::requeue(tx, h.id, now)?;
                 }
             }
         }
@@ -555,7 +587,7 @@ impl PipelineCore<'_> {
         });
         if owner.ticket_status.is_done() && !reopens {
             for h in &rows {
-                outbound::delete(conn, h.id)?;
+                outbound::delete(tx, h.id)?;
             }
             tracing::info!(tag = %owner_tag, status = ?owner.ticket_status, dropped = events.len(), "ticket solved or closed in GLPI: held news not sent");
             return Ok(format!(
@@ -567,12 +599,12 @@ impl PipelineCore<'_> {
         if let (Some(ticket), true) = (owner.ticket_id, self.settings.glpi.api_updates) {
             // A digest's ticket hears of hundreds of incidents: merged per interval too.
             if owner.is_digest {
-                let paced_until = actions::last_queued_at(conn, owner_tag, actions::FOLLOWUP)?
+                let paced_until = actions::last_queued_at(tx, owner_tag, ActionKind::Followup)?
                     .map_or(i64::MIN, |at| {
                         at.saturating_add(self.settings.glpi.min_mail_interval_secs)
                     });
                 if now < paced_until {
-                    outbound::hold_until(conn, owner_tag, paced_until)?;
+                    outbound::hold_until(tx, owner_tag, paced_until)?;
                     return Ok(format!(
                         "held ({} event(s)) until {paced_until} for the digest's pace",
                         events.len()
@@ -580,24 +612,24 @@ impl PipelineCore<'_> {
                 }
             }
             for h in &rows {
-                outbound::delete(conn, h.id)?;
+                outbound::delete(tx, h.id)?;
             }
-            return self.queue_api_news(conn, &owner, ticket, &events, now);
+            return self.queue_api_news(tx, &owner, ticket, &events, now);
         }
         let interval = self.settings.glpi.min_mail_interval_secs;
         let paced_until = match interval {
             0 => i64::MIN,
-            _ => outbound::last_release_at(conn, owner_tag)?
+            _ => outbound::last_release_at(tx, owner_tag)?
                 .map_or(i64::MIN, |at| at.saturating_add(interval)),
         };
         let unthreaded = owner.ticket_id.is_none();
         let wait_until = if unthreaded {
-            paced_until.max(self.ticket_deadline(conn, &owner, now)?)
+            paced_until.max(self.ticket_deadline(tx, &owner, now)?)
         } else {
             paced_until
         };
         if now < wait_until {
-            outbound::hold_until(conn, owner_tag, wait_until)?;
+            outbound::hold_until(tx, owner_tag, wait_until)?;
             let why = if unthreaded {
                 "the ticket id"
             } else {
@@ -613,7 +645,7 @@ impl PipelineCore<'_> {
             .and_then(|h| h.spool_id)
             .filter(|_| events.len() == 1)
         {
-            Some(id) => spool::get(conn, id)?.and_then(|r| r.raw),
+            Some(id) => spool::get(tx, id)?.and_then(|r| r.raw),
             None => None,
         };
         let composed = match compose_news(
@@ -627,22 +659,22 @@ impl PipelineCore<'_> {
             Err(e) => {
                 tracing::error!(tag = %owner_tag, error = %e, "cannot compose the merged mail; sending the held mails as they were");
                 for h in &rows {
-                    outbound::requeue(conn, h.id, now)?;
+                    outbound::requeue(tx, h.id, now)?;
                 }
                 return Ok(format!("compose failed: {e}"));
             }
         };
         let (first, rest) = rows.split_first().expect("events is not empty");
-        outbound::requeue_composed(conn, first.id, &composed.subject, &composed.bytes, now)?;
+        outbound::requeue_composed(tx, first.id, &composed.subject, &composed.bytes, now)?;
         for h in rest {
-            outbound::delete(conn, h.id)?;
+            outbound::delete(tx, h.id)?;
         }
         if unthreaded && self.settings.hold_until_ticket_known {
-            let total = incidents::get_kv(conn, "unthreaded_after_timeout")?
+            let total = incidents::get_kv(tx, "unthreaded_after_timeout")?
                 .and_then(|v| v.parse::<u64>().ok())
                 .unwrap_or(0)
                 + 1;
-            incidents::set_kv(conn, "unthreaded_after_timeout", &total.to_string())?;
+            incidents::set_kv(tx, "unthreaded_after_timeout", &total.to_string())?;
             tracing::warn!(tag = %owner_tag, unthreaded_total = total, "no GLPI ticket id in time: held news sent unthreaded");
         }
         Ok(format!(
@@ -656,7 +688,7 @@ impl PipelineCore<'_> {
     /// final recovery, which becomes the solution (queued after it, so never first).
     fn queue_api_news(
         &mut self,
-        conn: &Connection,
+        tx: &mut Tx<'_>,
         owner: &Incident,
         ticket: u64,
         events: &[IncidentMail],
@@ -681,14 +713,21 @@ impl PipelineCore<'_> {
                 )
             });
             let kind = if reopens {
-                actions::REOPEN
+                ActionKind::Reopen
             } else {
-                actions::FOLLOWUP
+                ActionKind::Followup
             };
-            actions::add(conn, tag, ticket, kind, &news_text(news), now)?;
+            actions::add(tx, tag, ticket, kind, &news_text(news), now)?;
         }
         if let Some(last) = solution {
-            actions::add(conn, tag, ticket, actions::SOLVE, &solution_text(last), now)?;
+            actions::add(
+                tx,
+                tag,
+                ticket,
+                ActionKind::Solve,
+                &solution_text(last),
+                now,
+            )?;
         }
         Ok(format!(
             "{} event(s) for ticket {ticket} through the API{}",
@@ -733,7 +772,7 @@ impl PipelineCore<'_> {
     /// never forwarded (GLPI would refuse its own mail anyway), only read and kept.
     fn feedback(
         &mut self,
-        conn: &Connection,
+        tx: &mut Tx<'_>,
         raw: &[u8],
         now: i64,
     ) -> Result<StepResult, PipelineError> {
@@ -760,7 +799,7 @@ impl PipelineCore<'_> {
                         glpi_message_id: n.glpi_message_id,
                         status: n.status,
                     };
-                    self.learn_ticket(conn, &info, now)?
+                    self.learn_ticket(tx, &info, now)?
                 }
             },
         };
@@ -773,21 +812,23 @@ impl PipelineCore<'_> {
     /// Record a ticket id (and status) on its incident and release the held mails.
     fn learn_ticket(
         &mut self,
-        conn: &Connection,
+        tx: &mut Tx<'_>,
         info: &TicketInfo,
         now: i64,
     ) -> Result<String, PipelineError> {
-        let open = correlate::apply_ticket_info(
+        let open = correlate::apply_ticket_info_with(
             self.state,
+            &mut StoreIncidents::new(tx),
             &info.tag,
             info.ticket_id,
             info.glpi_message_id.clone(),
             info.status,
-        );
+        )?;
+        self.state.trim(self.settings.correlation.incident_cache);
         let incident = match open {
-            Some(_) => self.state.incident_by_tag(&info.tag).cloned(),
+            Some(incident) => Some(incident),
             // An ended incident may still have mails waiting for this ticket id.
-            None => incidents::by_tag(conn, &info.tag)?.map(|mut inc| {
+            None => incidents::by_tag(tx, &info.tag)?.map(|mut inc| {
                 inc.record_ticket(info.ticket_id, info.glpi_message_id.clone(), info.status);
                 inc
             }),
@@ -799,9 +840,9 @@ impl PipelineCore<'_> {
                 info.ticket_id, info.tag
             ));
         };
-        incidents::save(conn, &incident, now)?;
-        actions::set_ticket(conn, &incident.tag, info.ticket_id)?;
-        let flushed = self.flush(conn, &incident.tag, now)?;
+        incidents::save(tx, &incident, now)?;
+        actions::set_ticket(tx, &incident.tag, info.ticket_id)?;
+        let flushed = self.flush(tx, &incident.tag, now)?;
         Ok(format!(
             "ticket {} ({:?}) recorded for {}; {flushed}",
             info.ticket_id, incident.ticket_status, incident.tag
@@ -810,7 +851,7 @@ impl PipelineCore<'_> {
 
     fn unmatched(
         &mut self,
-        conn: &Connection,
+        tx: &mut Tx<'_>,
         row: &SpoolRow,
         raw: &[u8],
         error: &ParseError,
@@ -837,7 +878,7 @@ impl PipelineCore<'_> {
                 match compose::compose_unmatched(&self.settings.compose, &tag, raw, now) {
                     Ok(composed) => {
                         enqueue(
-                            conn,
+                            tx,
                             &composed,
                             &tag,
                             Queueing::now(),
@@ -876,7 +917,7 @@ impl Queueing {
 }
 
 fn enqueue(
-    conn: &Connection,
+    tx: &mut Tx<'_>,
     mail: &ComposedMail,
     order_key: &str,
     queueing: Queueing,
@@ -885,7 +926,7 @@ fn enqueue(
     now: i64,
 ) -> Result<i64, StoreError> {
     let id = outbound::enqueue(
-        conn,
+        tx,
         &NewOutbound {
             order_key,
             message_id: &mail.message_id,
@@ -900,7 +941,7 @@ fn enqueue(
         now,
     )?;
     if let Some(event) = event {
-        outbound::set_event(conn, id, event)?;
+        outbound::set_event(tx, id, event)?;
     }
     Ok(id)
 }
@@ -1142,19 +1183,12 @@ fn describe(action: &Action) -> String {
 /// A client that resends after a lost reply gives the same Message-ID and the same
 /// content: that is a duplicate. Same Message-ID with other content is not (some tools
 /// reuse ids for repeats, and a repeat must still be counted).
-fn duplicate_of(conn: &Connection, row: &SpoolRow) -> Result<Option<i64>, StoreError> {
+fn duplicate_of(db: &mut Db, row: &SpoolRow) -> Result<Option<i64>, StoreError> {
     let Some(mid) = &row.message_id else {
         return Ok(None);
     };
     let raw = row.raw.as_deref().unwrap_or_default();
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, raw FROM spool WHERE message_id = ?1 AND id < ?2 ORDER BY id",
-    )?;
-    let earlier = stmt.query_map(rusqlite::params![mid, row.id], |r| {
-        Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
-    })?;
-    for found in earlier {
-        let (id, other) = found?;
+    for (id, other) in spool::earlier_with_message_id(db, mid, row.id)? {
         if after_our_received(&other) == after_our_received(raw) {
             return Ok(Some(id));
         }

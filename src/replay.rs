@@ -210,6 +210,8 @@ pub fn replay_config(
         loaded.config.rules.dirs = rule_dirs.to_vec();
     }
     loaded.config.store.path = store_path.to_path_buf();
+    // A replay never touches the configured store, PostgreSQL included.
+    loaded.config.store.url = None;
     Ok(loaded)
 }
 
@@ -242,7 +244,7 @@ pub fn run(
     let rules = RuleSet::load(&loaded.config.rules.dirs)
         .map_err(|e| anyhow::anyhow!("loading rules:\n{e}"))?;
     let mut report = classify(&rules, mails);
-    let path = &loaded.config.store.path;
+    let store = loaded.config.store.location();
     // No GLPI API is reached during a replay: what it could solve is taken from the config.
     let may_solve = loaded
         .config
@@ -250,8 +252,8 @@ pub fn run(
         .as_ref()
         .is_some_and(|a| a.solve_on_recovery);
     let settings = crate::app::pipeline_settings(loaded, rules, may_solve);
-    let mut pipeline = Pipeline::open(path, settings).context("opening the replay store")?;
-    let conn = store::open_with(path, store::Durability::Derived)?;
+    let mut pipeline = Pipeline::open(&store, settings).context("opening the replay store")?;
+    let mut db = store::Db::open(&store, store::Durability::Derived)?;
     let rcpt = loaded.compose.to.clone();
     for (i, mail) in mails.iter().enumerate() {
         let envelope = spool::Envelope {
@@ -264,7 +266,7 @@ pub fn run(
             received_at: mail.at,
         };
         let message_id = crate::smtp::header::message_id(&mail.raw);
-        spool::insert(&conn, &envelope, &mail.raw, message_id.as_deref())?;
+        spool::insert(&mut db, &envelope, &mail.raw, message_id.as_deref())?;
         while pipeline.run_batch(mail.at)? > 0 {}
         pipeline.tick(mail.at)?;
         progress(i as u64 + 1);
@@ -272,7 +274,7 @@ pub fn run(
     if let Some(last) = mails.last() {
         pipeline.tick(last.at + SETTLE_SECS)?;
     }
-    let counts = tally::tally(&conn)?;
+    let counts = tally::tally(&mut db)?;
     report.incidents = counts.incidents;
     report.tickets = counts.threads;
     report.glpi_mails = counts.outbound_mails;

@@ -56,12 +56,9 @@ async fn run_sequence(language: &str) -> (Vec<Ticket>, Vec<Vec<u8>>) {
     }
     glpi.wait_for_mails(3, Duration::from_secs(30)).await;
     let raws: Vec<Vec<u8>> = gw
-        .db()
-        .prepare("SELECT raw FROM outbound ORDER BY id")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(|r| r.unwrap())
+        .outbound_rows()
+        .into_iter()
+        .map(|r| r.raw.unwrap_or_default())
         .collect();
     let tickets = glpi.tickets();
     gw.shutdown().await;

@@ -141,12 +141,14 @@ async fn every_acknowledged_mail_survives_sigkill() {
     // Restart on the same store: it must come up and serve.
     let mut child = start_binary(&cfg);
     wait_listening(addr).await;
-    let conn = alertgate::store::open(&dir.path().join("alertgate.db")).unwrap();
-    let mut stmt = conn.prepare("SELECT message_id FROM spool").unwrap();
-    let stored: HashSet<String> = stmt
-        .query_map([], |r| r.get::<_, Option<String>>(0))
+    let mut db = alertgate::store::open(&alertgate::store::Location::Sqlite(
+        dir.path().join("alertgate.db"),
+    ))
+    .unwrap();
+    let stored: HashSet<String> = alertgate::store::spool::list(&mut db, None, 1_000_000)
         .unwrap()
-        .filter_map(|r| r.unwrap())
+        .into_iter()
+        .filter_map(|r| r.message_id)
         .collect();
     let missing: Vec<&String> = acked.iter().filter(|id| !stored.contains(*id)).collect();
     assert!(

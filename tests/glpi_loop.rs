@@ -112,17 +112,21 @@ async fn eventually(timeout: Duration, done: impl Fn() -> bool) -> bool {
     done()
 }
 
+/// (incident, sent at) of every mail sent, by incident then time.
+fn sent_times(gw: &TestGateway) -> Vec<(String, i64)> {
+    let mut rows: Vec<(String, i64)> = gw
+        .outbound_rows()
+        .into_iter()
+        .filter(|r| r.state == alertgate::store::outbound::OutboundState::Sent)
+        .map(|r| (r.order_key, r.sent_at.unwrap_or_default()))
+        .collect();
+    rows.sort();
+    rows
+}
+
 /// Per incident, the times its mails left for GLPI: none may be closer than the pace.
 fn assert_paced(gw: &TestGateway) {
-    let conn = gw.db();
-    let mut stmt = conn
-        .prepare("SELECT order_key, sent_at FROM outbound WHERE state = 'sent' ORDER BY order_key, sent_at")
-        .unwrap();
-    let rows: Vec<(String, i64)> = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .map(|r| r.unwrap())
-        .collect();
+    let rows = sent_times(gw);
     for pair in rows.windows(2) {
         if pair[0].0 == pair[1].0 {
             assert!(
@@ -253,12 +257,7 @@ async fn a_ticket_closed_by_a_technician_is_left_alone_and_the_next_problem_open
     let first = tickets[0].id;
     // Wait until alertgate learned the ticket id (the notification is processed).
     let learned = eventually(Duration::from_secs(20), || {
-        gw.db()
-            .query_row(
-                "SELECT COUNT(*) FROM spool WHERE state = 'feedback'",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
+        alertgate::store::spool::count_in(&mut gw.db(), alertgate::store::SpoolState::Feedback)
             .unwrap()
             >= 1
     })
@@ -361,14 +360,7 @@ async fn glpi_down_holds_updates_then_sends_them_unthreaded_after_the_timeout(ti
         glpi.api_calls("search/Ticket") + glpi.api_calls("initSession") > 0,
         "the API was tried"
     );
-    let unthreaded: String = gw
-        .db()
-        .query_row(
-            "SELECT value FROM kv WHERE key = 'unthreaded_after_timeout'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let unthreaded = gw.kv("unthreaded_after_timeout").expect("counted");
     assert_eq!(unthreaded, "1");
     let (_, listing) = gw.queue_cli(&["list"]);
     assert!(

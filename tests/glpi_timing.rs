@@ -68,24 +68,34 @@ fn tag_of(title: &str) -> Option<String> {
 
 /// Each incident's tag as alertgate recorded it, by (host, service).
 fn incident_tags(gw: &TestGateway) -> HashMap<String, String> {
-    let conn = gw.db();
-    let mut stmt = conn
-        .prepare("SELECT alert_key, tag FROM incidents")
-        .unwrap();
-    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .map(|r| r.unwrap())
+    gw.incidents()
+        .into_iter()
+        .map(|i| (i.key.to_string(), i.tag))
         .collect()
 }
 
-fn unthreaded(gw: &TestGateway) -> u64 {
-    gw.db()
-        .query_row(
-            "SELECT value FROM kv WHERE key = 'unthreaded_after_timeout'",
-            [],
-            |r| r.get::<_, String>(0),
-        )
+/// The incident as the store keeps it (its JSON snapshot).
+fn incident_json(gw: &TestGateway, tag: &str) -> Option<String> {
+    alertgate::store::incidents::by_tag(&mut gw.db(), tag)
         .ok()
+        .flatten()
+        .map(|i| serde_json::to_string(&i).expect("incident encodes"))
+}
+
+/// (incident, sent at) of every mail sent, by incident then time.
+fn sent_times(gw: &TestGateway) -> Vec<(String, i64)> {
+    let mut rows: Vec<(String, i64)> = gw
+        .outbound_rows()
+        .into_iter()
+        .filter(|r| r.state == alertgate::store::outbound::OutboundState::Sent)
+        .map(|r| (r.order_key, r.sent_at.unwrap_or_default()))
+        .collect();
+    rows.sort();
+    rows
+}
+
+fn unthreaded(gw: &TestGateway) -> u64 {
+    gw.kv("unthreaded_after_timeout")
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
@@ -234,15 +244,7 @@ async fn notification_mode_holds_early_recoveries_and_keeps_the_pace() {
         );
     }
     // The pace, as GLPI's mailbox saw it.
-    let conn = gw.db();
-    let mut stmt = conn
-        .prepare("SELECT order_key, sent_at FROM outbound WHERE state = 'sent' ORDER BY order_key, sent_at")
-        .unwrap();
-    let sent: Vec<(String, i64)> = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .map(|r| r.unwrap())
-        .collect();
+    let sent = sent_times(&gw);
     let followups: usize = tickets.iter().map(|t| t.followups.len()).sum();
     assert_eq!(
         sent.len(),
@@ -319,12 +321,10 @@ async fn storm_makes_one_digest_ticket(with_api: bool) {
     let ticking = run_clock(clock.clone());
     let tags = incident_tags(&gw);
     let digest_tag = gw
-        .db()
-        .query_row(
-            "SELECT tag FROM incidents WHERE alert_key LIKE 'alertgate:storm/%'",
-            [],
-            |r| r.get::<_, String>(0),
-        )
+        .incidents()
+        .into_iter()
+        .find(|i| i.key.to_string().starts_with("alertgate:storm/"))
+        .map(|i| i.tag)
         .expect("a digest incident");
     let all_recorded = || {
         let tickets = glpi.tickets();
@@ -560,13 +560,11 @@ async fn a_technicians_solve_on_glpi_10_0_3_is_respected() {
     let tag = tag_of(&tickets[0].title).expect("tag");
     let learned = |status: &str| {
         let status = status.to_owned();
-        let db = gw.db();
+        let gw = &gw;
         let tag = tag.clone();
         move || {
-            db.query_row("SELECT data FROM incidents WHERE tag = ?1", [&tag], |r| {
-                r.get::<_, String>(0)
-            })
-            .is_ok_and(|d| d.contains("\"ticket_id\":1") && d.contains(&status))
+            incident_json(gw, &tag)
+                .is_some_and(|d| d.contains("\"ticket_id\":1") && d.contains(&status))
         }
     };
     assert!(
@@ -622,13 +620,9 @@ async fn api_follow_ups_leave_a_ticket_solved_by_a_technician_alone() {
     let tickets = glpi.wait_for_tickets(1, Duration::from_secs(20)).await;
     let id = tickets[0].id;
     let tag = tag_of(&tickets[0].title).expect("tag");
-    let db = gw.db();
     assert!(
-        eventually(Duration::from_secs(20), || db
-            .query_row("SELECT data FROM incidents WHERE tag = ?1", [&tag], |r| {
-                r.get::<_, String>(0)
-            })
-            .is_ok_and(|d| d.contains("\"ticket_id\":1")))
+        eventually(Duration::from_secs(20), || incident_json(&gw, &tag)
+            .is_some_and(|d| d.contains("\"ticket_id\":1")))
         .await,
         "ticket found through the API"
     );
@@ -642,12 +636,12 @@ async fn api_follow_ups_leave_a_ticket_solved_by_a_technician_alone() {
     ))
     .await;
     let skipped = || {
-        db.query_row(
-            "SELECT COUNT(*) FROM glpi_actions WHERE state = 'skipped'",
-            [],
-            |r| r.get::<_, i64>(0),
-        )
-        .unwrap_or(0)
+        alertgate::store::actions::counts(&mut gw.db())
+            .unwrap_or_default()
+            .iter()
+            .filter(|(kind_state, _)| kind_state.ends_with(":skipped"))
+            .map(|(_, n)| n)
+            .sum::<i64>()
             == 1
     };
     assert!(eventually(Duration::from_secs(20), skipped).await);

@@ -157,12 +157,9 @@ async fn centreon_service_sequence_gives_open_update_update_resolve() {
     }
     // The repeats were counted, not lost.
     let notes: Vec<String> = gw
-        .db()
-        .prepare("SELECT note FROM spool ORDER BY id")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(|r| r.unwrap())
+        .spool_rows()
+        .into_iter()
+        .map(|r| r.note.unwrap_or_default())
         .collect();
     assert_eq!(
         notes.iter().filter(|n| n.contains("suppressed")).count(),
@@ -487,12 +484,12 @@ async fn unmatched_mail_is_held_or_dropped_by_policy_and_never_silently() {
         .await;
         gw.send(UNKNOWN_FORMAT).await;
         gw.wait_processed().await;
-        let (got, note): (String, String) = gw
-            .db()
-            .query_row("SELECT state, note FROM spool", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .unwrap();
+        let rows = gw.spool_rows();
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        let (got, note) = (
+            rows[0].state.to_string(),
+            rows[0].note.clone().unwrap_or_default(),
+        );
         assert_eq!(got, state);
         assert!(note.contains("no rule matched"), "{note}");
         let (_, listing) = gw.queue_cli(&["list", "--state", state]);
@@ -518,10 +515,7 @@ async fn dead_letters_can_be_retried_and_purged_from_the_cli() {
     .await;
     assert!(outbound_until(&gw, |rows| rows.iter().any(|(state, _, _)| state == "dead")).await);
     let queue = |args: &[&str]| gw.queue_cli(args);
-    let id: i64 = gw
-        .db()
-        .query_row("SELECT id FROM outbound", [], |r| r.get(0))
-        .unwrap();
+    let id = gw.outbound_rows()[0].id;
     let (ok, shown) = queue(&["show", &format!("o{id}")]);
     assert!(
         ok && shown.contains("state: dead") && shown.contains("550"),
@@ -559,12 +553,9 @@ async fn a_mail_resent_after_a_lost_reply_is_recognised_and_ignored() {
         .await;
     gw.wait_processed().await;
     let notes: Vec<String> = gw
-        .db()
-        .prepare("SELECT note FROM spool ORDER BY id")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(|r| r.unwrap())
+        .spool_rows()
+        .into_iter()
+        .map(|r| r.note.unwrap_or_default())
         .collect();
     assert!(notes[0].starts_with("open "), "{notes:?}");
     assert!(notes[1].starts_with("duplicate of spool id"), "{notes:?}");

@@ -40,28 +40,18 @@ fn replay(args: &[&str], source: &std::path::Path) -> Value {
 
 /// The live gateway's counts, from its store.
 fn live_counts(gw: &TestGateway) -> (u64, u64, u64) {
-    let db = gw.db();
-    let count = |sql: &str| db.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap() as u64;
-    (
-        count("SELECT COUNT(*) FROM incidents"),
-        count("SELECT COUNT(DISTINCT order_key) FROM outbound"),
-        count("SELECT COUNT(*) FROM outbound"),
-    )
+    let tally = alertgate::store::tally::tally(&mut gw.db()).unwrap();
+    (tally.incidents, tally.threads, tally.outbound_mails)
 }
 
 /// Wait until the pipeline took every spooled mail and the relay got every mail due
 /// at `now`, so that nothing is decided on a later clock than in the replay.
-async fn settle(db: &rusqlite::Connection, now: i64) {
+async fn settle(db: &mut alertgate::store::Db, now: i64) {
+    use alertgate::store::{outbound, spool, SpoolState};
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let waiting: i64 = db
-            .query_row(
-                "SELECT (SELECT COUNT(*) FROM spool WHERE state = 'new')
-                      + (SELECT COUNT(*) FROM outbound WHERE state = 'queued' AND next_attempt_at <= ?1)",
-                [now],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let waiting =
+            spool::count_in(db, SpoolState::New).unwrap() + outbound::count_due(db, now).unwrap();
         if waiting == 0 {
             return;
         }
@@ -126,17 +116,17 @@ async fn replay_of_a_generated_week_is_exact_and_equals_a_live_run() {
     assert_eq!(report["days"].as_array().map(Vec::len), Some(7));
 
     // The same mails through the gateway, the clock at each mail's Date.
-    let db = gw.db();
+    let mut db = gw.db();
     for (at, raw) in &mailbox.mails {
         clock.set(*at);
         gw.send(raw).await;
-        settle(&db, *at).await;
+        settle(&mut db, *at).await;
     }
     let end = mailbox.mails[MAILS - 1].0 + alertgate::replay::SETTLE_SECS;
     clock.set(end);
     // The pipeline ticks on its next round (at most a second), then delivery catches up.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    settle(&db, end).await;
+    settle(&mut db, end).await;
     let (incidents, tickets, glpi_mails) = live_counts(&gw);
     assert_eq!(report["incidents"], incidents, "{report:#}");
     assert_eq!(report["tickets"], tickets, "{report:#}");

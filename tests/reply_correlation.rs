@@ -62,14 +62,9 @@ async fn zabbix_update_joins_its_problem_incident_with_host_and_state() {
     }
     if glpi.mails_received() < 2 {
         let notes: Vec<String> = gw
-            .db()
-            .prepare(
-                "SELECT id || ' ' || state || ' ' || COALESCE(note, '') FROM spool ORDER BY id",
-            )
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .map(|r| r.unwrap())
+            .spool_rows()
+            .into_iter()
+            .map(|r| format!("{} {} {}", r.id, r.state, r.note.unwrap_or_default()))
             .collect();
         panic!("spool: {notes:#?}\noutbound: {:#?}", gw.outbound());
     }
@@ -112,10 +107,6 @@ async fn zabbix_update_joins_its_problem_incident_with_host_and_state() {
         "{}",
         followup.content
     );
-    let incidents: i64 = gw
-        .db()
-        .query_row("SELECT COUNT(*) FROM incidents", [], |r| r.get(0))
-        .expect("count");
-    assert_eq!(incidents, 1);
+    assert_eq!(gw.incidents().len(), 1);
     gw.shutdown().await;
 }

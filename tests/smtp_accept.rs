@@ -60,28 +60,14 @@ async fn lettre_mail_is_spooled_byte_for_byte_with_its_envelope() {
     let text: String = response.message().collect::<Vec<_>>().join(" ");
     assert!(text.contains("queued as"), "{text}");
 
-    let conn = gw.db();
-    let (peer, helo, from, rcpt, tls, raw): (String, String, String, String, bool, Vec<u8>) = conn
-        .query_row(
-            "SELECT peer, helo, mail_from, rcpt_to, tls, raw FROM spool",
-            [],
-            |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                ))
-            },
-        )
-        .unwrap();
-    assert!(peer.starts_with("127.0.0.1:"), "{peer}");
-    assert_eq!(helo, "centreon.example.test");
-    assert_eq!(from, "nagios@monitoring.example.test");
-    assert_eq!(rcpt, r#"["glpi@example.test"]"#);
-    assert!(!tls);
+    let row = gw.only_spooled();
+    let e = &row.envelope;
+    let raw = row.raw.clone().unwrap_or_default();
+    assert!(e.peer.starts_with("127.0.0.1:"), "{}", e.peer);
+    assert_eq!(e.helo, "centreon.example.test");
+    assert_eq!(e.mail_from, "nagios@monitoring.example.test");
+    assert_eq!(e.rcpt_to, vec!["glpi@example.test".to_string()]);
+    assert!(!e.tls);
     let body = without_received(&raw);
     // lettre ends DATA with "\r\n.\r\n" even after the message's final CRLF, so what it
     // transmitted (and what we must keep) is the formatted message plus one empty line.
@@ -155,13 +141,15 @@ NOOP\r\nVRFY glpi\r\nRSET\r\nQUIT\r\n",
         assert!(r.text().starts_with(enhanced), "{r:?}");
     }
     assert!(c.closed().await);
-    let conn = gw.db();
-    let (rcpt, raw): (String, Vec<u8>) = conn
-        .query_row("SELECT rcpt_to, raw FROM spool", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .unwrap();
-    assert_eq!(rcpt, r#"["glpi@example.test","ops@alerts.example.test"]"#);
+    let row = gw.only_spooled();
+    let raw = row.raw.unwrap_or_default();
+    assert_eq!(
+        row.envelope.rcpt_to,
+        vec![
+            "glpi@example.test".to_string(),
+            "ops@alerts.example.test".to_string()
+        ]
+    );
     let raw = String::from_utf8(raw).unwrap();
     assert!(
         raw.ends_with("Subject: pipelined\r\n\r\nline\r\n.stuffed\r\n"),
@@ -224,12 +212,8 @@ async fn starttls_and_auth_work_with_lettre_and_auth_before_tls_is_refused() {
         .send(sample_message())
         .await
         .expect("send over STARTTLS with AUTH LOGIN");
-    let (tls_flag, user): (bool, String) = gw
-        .db()
-        .query_row("SELECT tls, auth_user FROM spool", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .unwrap();
+    let envelope = gw.only_spooled().envelope;
+    let (tls_flag, user) = (envelope.tls, envelope.auth_user.unwrap_or_default());
     assert!(tls_flag);
     assert_eq!(user, "vrops");
 

@@ -185,7 +185,7 @@ async fn idle_client_times_out_with_421() {
 async fn a_failing_store_answers_451_and_the_server_keeps_serving() {
     let gw = TestGateway::start("").await;
     // Take the spool table away under the running server.
-    gw.db()
+    gw.raw_sqlite()
         .execute_batch("ALTER TABLE spool RENAME TO spool_away")
         .unwrap();
     let mut c = greeted(&gw).await;
@@ -199,7 +199,7 @@ async fn a_failing_store_answers_451_and_the_server_keeps_serving() {
     assert_reply(&r, 451, "4.3.0");
     assert_reply(&c.cmd("NOOP").await, 250, "2.0.0");
     // Once the store is back, the same session and new ones are served.
-    gw.db()
+    gw.raw_sqlite()
         .execute_batch("ALTER TABLE spool_away RENAME TO spool")
         .unwrap();
     let r = c

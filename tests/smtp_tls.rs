@@ -57,12 +57,8 @@ async fn smtps_with_hashed_password_and_plaintext_gets_a_tls_alert() {
         .authentication(vec![Mechanism::Plain])
         .build();
     mailer.send(vrops_mail()).await.expect("SMTPS with AUTH");
-    let (tls, user): (bool, String) = gw
-        .db()
-        .query_row("SELECT tls, auth_user FROM spool", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .unwrap();
+    let envelope = gw.only_spooled().envelope;
+    let (tls, user) = (envelope.tls, envelope.auth_user.unwrap_or_default());
     assert!(tls);
     assert_eq!(user, "vrops");
 

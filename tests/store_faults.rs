@@ -8,7 +8,7 @@ use alertgate::config::LoadedConfig;
 use std::io::{Seek, SeekFrom, Write};
 use std::time::Duration;
 use support::alerts::centreon_service;
-use support::gateway::{config_text, TestGateway};
+use support::gateway::{config_text, raw_sqlite, TestGateway};
 use support::relay::RecordingRelay;
 use tokio::sync::watch;
 
@@ -25,7 +25,10 @@ async fn damaged_store_refuses_to_start_with_a_clear_error() {
     let cfg = loaded(dir.path());
     let db = cfg.config.store.path.clone();
     {
-        let conn = alertgate::store::open(&db).expect("open");
+        drop(
+            alertgate::store::open(&alertgate::store::Location::Sqlite(db.clone())).expect("open"),
+        );
+        let conn = raw_sqlite(&db);
         for i in 0..200 {
             conn.execute(
                 "INSERT INTO spool (received_at, peer, helo, mail_from, rcpt_to, tls, size, raw, state)
@@ -70,7 +73,7 @@ async fn queue_list_shows_the_rest_around_a_damaged_row() {
     }
     gw.wait_processed().await;
     gw.shutdown_keep().await;
-    let conn = alertgate::store::open(&gw.db).expect("open");
+    let conn = gw.raw_sqlite();
     conn.execute(
         "UPDATE spool SET received_at = 'garbage' WHERE id = (SELECT MIN(id) + 1 FROM spool)",
         [],
@@ -107,22 +110,13 @@ async fn old_processed_and_sent_rows_are_pruned_incidents_stay() {
     relay.wait_for(1, Duration::from_secs(10)).await;
     let mut left = (1, 1);
     for _ in 0..100 {
-        let conn = gw.db();
-        let count = |table: &str| -> i64 {
-            conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
-                .expect("count")
-        };
-        left = (count("spool"), count("outbound"));
+        left = (gw.spooled(), gw.outbound_rows().len());
         if left == (0, 0) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(left, (0, 0), "spool and sent mail pruned");
-    let incidents: i64 = gw
-        .db()
-        .query_row("SELECT COUNT(*) FROM incidents", [], |r| r.get(0))
-        .expect("count");
-    assert_eq!(incidents, 1, "incidents' history stays");
+    assert_eq!(gw.incidents().len(), 1, "incidents' history stays");
     gw.shutdown().await;
 }

@@ -38,7 +38,13 @@ fn world() -> &'static World {
             .build()
             .expect("runtime");
         let spool = runtime
-            .block_on(async { SpoolHandle::start(&loaded.config.store.path, 16) })
+            .block_on(async {
+                SpoolHandle::start(
+                    &loaded.config.store.location(),
+                    &loaded.config.store.incoming_dir(),
+                    16,
+                )
+            })
             .expect("spool");
         let shared = Arc::new(Shared {
             config: loaded.config.clone(),

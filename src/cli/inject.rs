@@ -38,7 +38,8 @@ pub async fn inject(
     request: &InjectRequest,
 ) -> Vec<Result<i64, InjectError>> {
     let spool = match SpoolHandle::start(
-        &loaded.config.store.path,
+        &loaded.config.store.location(),
+        &loaded.config.store.incoming_dir(),
         loaded.config.store.group_commit_max,
     ) {
         Ok(s) => s,

@@ -6,6 +6,7 @@ use super::decision::{
     SuppressReason, UpdateReason,
 };
 use super::incident::{thread_tag, EndReason, Ending, Incident, TicketStatus};
+use super::lookup::{InMemory, IncidentLookup, Work};
 use super::policy::CorrelationPolicy;
 use super::state::{CorrelationState, STORM_WINDOW_SECS};
 use crate::alert::{Alert, AlertKey, AlertKind, NotificationType, State};
@@ -75,9 +76,52 @@ pub fn alert_key(alert: &Alert, policy: &CorrelationPolicy) -> AlertKey {
 ///   problem ends it and opens a new incident.
 ///
 /// `state` is changed in place; a pipeline whose transaction fails afterwards
-/// must rebuild it (`CorrelationState::from_incidents`) or have worked on a clone.
+/// must rebuild it (`CorrelationState::resume`, or `drop_cache` when its counters are
+/// right) or have worked on a clone. Every open incident is in memory: nothing is
+/// evicted (see [`correlate_with`] for a store-backed cache).
 pub fn correlate(
     state: &mut CorrelationState,
+    alert: &Alert,
+    now: i64,
+    policy: &CorrelationPolicy,
+) -> Decision {
+    let Ok(decision) = correlate_uncached(state, &mut InMemory, alert, now, policy);
+    decision
+}
+
+/// [`correlate`] over a cache of open incidents backed by `lookup`: an incident not in
+/// memory is read by one indexed lookup when the alert needs it, and after the step the
+/// least recently used ones beyond `policy.incident_cache` are evicted. The caller
+/// persists the decision before the next step (a later miss reads what it saved). On
+/// a lookup error the decision is lost and the state must be rebuilt as after a
+/// failed transaction.
+pub fn correlate_with<L: IncidentLookup>(
+    state: &mut CorrelationState,
+    lookup: &mut L,
+    alert: &Alert,
+    now: i64,
+    policy: &CorrelationPolicy,
+) -> Result<Decision, L::Error> {
+    let decision = correlate_uncached(state, lookup, alert, now, policy)?;
+    state.trim(policy.incident_cache);
+    Ok(decision)
+}
+
+/// One step without eviction afterwards (the caller may still read the step's incidents).
+pub(crate) fn correlate_uncached<L: IncidentLookup>(
+    state: &mut CorrelationState,
+    lookup: &mut L,
+    alert: &Alert,
+    now: i64,
+    policy: &CorrelationPolicy,
+) -> Result<Decision, L::Error> {
+    let mut work = Work::new(state, lookup);
+    let decision = step(&mut work, alert, now, policy);
+    work.finish().map(|()| decision)
+}
+
+pub(crate) fn step<L: IncidentLookup>(
+    state: &mut Work<'_, L>,
     alert: &Alert,
     now: i64,
     policy: &CorrelationPolicy,
@@ -86,7 +130,7 @@ pub fn correlate(
     flush_pending(state, now, false, &mut decision);
     let key = alert_key(alert, policy);
     let event = Event::of(alert);
-    if state.open.contains_key(&key) {
+    if state.has_key(&key) {
         on_open_incident(state, key, alert, event, now, policy, &mut decision);
     } else if let Some(host_key) = folding_host(state, &key, alert.kind, event) {
         fold_into_host(state, &host_key, &key.service, alert, now, &mut decision);
@@ -98,9 +142,31 @@ pub fn correlate(
 
 /// Time passing: sends the storm digest's alerts once they waited a full window.
 pub fn tick(state: &mut CorrelationState, now: i64, _policy: &CorrelationPolicy) -> Decision {
-    let mut decision = Decision::default();
-    flush_pending(state, now, false, &mut decision);
+    let Ok(decision) = tick_uncached(state, &mut InMemory, now);
     decision
+}
+
+/// [`tick`] over a store-backed cache (see [`correlate_with`]).
+pub fn tick_with<L: IncidentLookup>(
+    state: &mut CorrelationState,
+    lookup: &mut L,
+    now: i64,
+    policy: &CorrelationPolicy,
+) -> Result<Decision, L::Error> {
+    let decision = tick_uncached(state, lookup, now)?;
+    state.trim(policy.incident_cache);
+    Ok(decision)
+}
+
+fn tick_uncached<L: IncidentLookup>(
+    state: &mut CorrelationState,
+    lookup: &mut L,
+    now: i64,
+) -> Result<Decision, L::Error> {
+    let mut work = Work::new(state, lookup);
+    let mut decision = Decision::default();
+    flush_pending(&mut work, now, false, &mut decision);
+    work.finish().map(|()| decision)
 }
 
 /// Records what GLPI told us about the ticket of the open incident tagged `tag`
@@ -114,14 +180,39 @@ pub fn apply_ticket_info(
     glpi_message_id: Option<String>,
     status: Option<TicketStatus>,
 ) -> Option<u64> {
-    let key = state.by_tag.get(tag.trim())?.clone();
-    let incident = state.open.get_mut(&key)?;
-    incident.record_ticket(ticket_id, glpi_message_id, status);
-    Some(incident.id)
+    let Ok(incident) = apply_ticket_info_with(
+        state,
+        &mut InMemory,
+        tag,
+        ticket_id,
+        glpi_message_id,
+        status,
+    );
+    incident.map(|i| i.id)
 }
 
-fn on_open_incident(
+/// [`apply_ticket_info`] over a store-backed cache: the incident is read on a miss.
+/// Returns its new snapshot, for the caller to persist.
+pub fn apply_ticket_info_with<L: IncidentLookup>(
     state: &mut CorrelationState,
+    lookup: &mut L,
+    tag: &str,
+    ticket_id: u64,
+    glpi_message_id: Option<String>,
+    status: Option<TicketStatus>,
+) -> Result<Option<Incident>, L::Error> {
+    let mut work = Work::new(state, lookup);
+    let key = work.key_of_tag(tag);
+    work.finish()?;
+    let Some(incident) = key.and_then(|k| state.open.get_mut(&k)) else {
+        return Ok(None);
+    };
+    incident.record_ticket(ticket_id, glpi_message_id, status);
+    Ok(Some(incident.clone()))
+}
+
+fn on_open_incident<L: IncidentLookup>(
+    state: &mut Work<'_, L>,
     key: AlertKey,
     alert: &Alert,
     event: Event,
@@ -307,8 +398,8 @@ fn emit_mail(
     })));
 }
 
-fn resolve(
-    state: &mut CorrelationState,
+fn resolve<L: IncidentLookup>(
+    state: &mut Work<'_, L>,
     key: &AlertKey,
     alert: &Alert,
     now: i64,
@@ -372,8 +463,8 @@ fn good_state(alert: &Alert, kind: AlertKind) -> State {
     }
 }
 
-fn end_quietly(
-    state: &mut CorrelationState,
+fn end_quietly<L: IncidentLookup>(
+    state: &mut Work<'_, L>,
     key: &AlertKey,
     now: i64,
     reason: EndReason,
@@ -395,8 +486,8 @@ fn finish(mut incident: Incident, now: i64, reason: EndReason, decision: &mut De
     decision.ended.push(incident.id);
 }
 
-fn on_no_incident(
-    state: &mut CorrelationState,
+fn on_no_incident<L: IncidentLookup>(
+    state: &mut Work<'_, L>,
     key: AlertKey,
     alert: &Alert,
     event: Event,
@@ -417,8 +508,8 @@ fn on_no_incident(
     }
 }
 
-fn open_incident(
-    state: &mut CorrelationState,
+fn open_incident<L: IncidentLookup>(
+    state: &mut Work<'_, L>,
     key: AlertKey,
     alert: &Alert,
     now: i64,
@@ -464,8 +555,8 @@ fn open_incident(
 
 /// The digest incident a deferred incident joins: the current storm's while it is open
 /// and not quiet for `storm_split_after_secs`, else a new one. Counts the new member.
-fn storm_digest(
-    state: &mut CorrelationState,
+fn storm_digest<L: IncidentLookup>(
+    state: &mut Work<'_, L>,
     alert: &Alert,
     now: i64,
     policy: &CorrelationPolicy,
@@ -475,9 +566,8 @@ fn storm_digest(
     let current = state
         .storm
         .digest_tag
-        .as_deref()
-        .and_then(|t| state.by_tag.get(t))
-        .cloned()
+        .clone()
+        .and_then(|t| state.key_of_tag(&t))
         .filter(|k| {
             state
                 .open
@@ -560,8 +650,8 @@ fn digest_alert(state: State, open: u64, now: i64) -> Alert {
 
 /// News about an incident held by a digest, for the digest's ticket: numbered in the
 /// digest's thread. Returns false when its digest is gone (the caller mails it itself).
-fn emit_via_digest(
-    state: &mut CorrelationState,
+fn emit_via_digest<L: IncidentLookup>(
+    state: &mut Work<'_, L>,
     member: &Incident,
     kind: MailKind,
     alert: &Alert,
@@ -571,7 +661,7 @@ fn emit_via_digest(
     let Some(digest_tag) = member.digest_tag.clone() else {
         return false;
     };
-    let Some(key) = state.by_tag.get(&digest_tag).cloned() else {
+    let Some(key) = state.key_of_tag(&digest_tag) else {
         return false;
     };
     let Some(digest) = state.open.get_mut(&key) else {
@@ -594,13 +684,13 @@ fn emit_via_digest(
 
 /// A member of `digest_tag` recovered: when it was the last one, the digest recovers too
 /// (its final mail, and with the API its solution).
-fn member_recovered(
-    state: &mut CorrelationState,
+fn member_recovered<L: IncidentLookup>(
+    state: &mut Work<'_, L>,
     digest_tag: &str,
     now: i64,
     decision: &mut Decision,
 ) {
-    let Some(key) = state.by_tag.get(digest_tag).cloned() else {
+    let Some(key) = state.key_of_tag(digest_tag) else {
         return;
     };
     let Some(digest) = state.open.get_mut(&key) else {
@@ -632,8 +722,8 @@ fn member_recovered(
 
 /// The open host incident a service notification folds into: only problems, and
 /// recoveries of services already folded, while the host is down.
-fn folding_host(
-    state: &CorrelationState,
+fn folding_host<L: IncidentLookup>(
+    state: &mut Work<'_, L>,
     key: &AlertKey,
     kind: AlertKind,
     event: Event,
@@ -646,6 +736,9 @@ fn folding_host(
         host: key.host.clone(),
         service: String::new(),
     };
+    if !state.has_key(&host_key) {
+        return None;
+    }
     let host = state.open.get(&host_key).filter(|h| h.folds_services())?;
     let folds = match event {
         Event::Problem => true,
@@ -655,8 +748,8 @@ fn folding_host(
     folds.then_some(host_key)
 }
 
-fn fold_into_host(
-    state: &mut CorrelationState,
+fn fold_into_host<L: IncidentLookup>(
+    state: &mut Work<'_, L>,
     host_key: &AlertKey,
     service: &str,
     alert: &Alert,
@@ -680,7 +773,12 @@ fn fold_into_host(
 /// Sends the storm digest's pending alerts once the oldest has waited a full window
 /// (or at once with `force`): the digest's open mail the first time, later as news for
 /// its ticket. A clock going backwards keeps them waiting.
-fn flush_pending(state: &mut CorrelationState, now: i64, force: bool, decision: &mut Decision) {
+fn flush_pending<L: IncidentLookup>(
+    state: &mut Work<'_, L>,
+    now: i64,
+    force: bool,
+    decision: &mut Decision,
+) {
     if state.storm.pending.is_empty()
         || !(force || now >= state.storm.window_start + STORM_WINDOW_SECS)
     {
@@ -691,7 +789,7 @@ fn flush_pending(state: &mut CorrelationState, now: i64, force: bool, decision: 
     state.storm.window_start = 0;
     let mut members = Vec::new();
     for entry in &entries {
-        if let Some(key) = state.by_tag.get(&entry.tag).cloned() {
+        if let Some(key) = state.key_of_tag(&entry.tag) {
             if let Some(incident) = state.open.get_mut(&key) {
                 incident.in_pending_digest = false;
                 decision.digested.push(incident.id);
@@ -700,13 +798,12 @@ fn flush_pending(state: &mut CorrelationState, now: i64, force: bool, decision: 
         }
     }
     // Entries of one flush all belong to one digest (a new digest starts with an empty list).
-    let digest_key = entries
-        .first()
-        .and_then(|e| state.by_tag.get(&e.tag))
-        .and_then(|k| state.open.get(k))
+    let first_member = entries.first().and_then(|e| state.key_of_tag(&e.tag));
+    let digest_key = first_member
+        .and_then(|k| state.open.get(&k))
         .and_then(|i| i.digest_tag.clone())
         .or_else(|| state.storm.digest_tag.clone())
-        .and_then(|t| state.by_tag.get(&t).cloned());
+        .and_then(|t| state.key_of_tag(&t));
     let Some(digest) = digest_key.and_then(|k| state.open.get_mut(&k)) else {
         return;
     };

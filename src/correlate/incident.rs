@@ -227,7 +227,7 @@ pub fn thread_tag(
     key: &AlertKey,
     id: u64,
     first_seen: i64,
-    taken: impl Fn(&str) -> bool,
+    mut taken: impl FnMut(&str) -> bool,
 ) -> String {
     for salt in 0u32..1024 {
         let hex = format!("{:08x}", tag_hash(key, id, first_seen, salt));

@@ -31,6 +31,9 @@ pub struct CorrelationPolicy {
     /// When people solved the ticket but the problem gets worse, mail it (which
     /// reopens the ticket in GLPI).
     pub reopen_on_worse: bool,
+    /// Open incidents kept in memory (least recently used evicted first); the others
+    /// are read from the store when an alert for them arrives.
+    pub incident_cache: usize,
 }
 
 impl Default for CorrelationPolicy {
@@ -44,9 +47,15 @@ impl Default for CorrelationPolicy {
             storm_split_after_secs: 1800,
             host_aliases: HashMap::new(),
             reopen_on_worse: true,
+            incident_cache: DEFAULT_INCIDENT_CACHE,
         }
     }
 }
+
+/// Open incidents cached by default: about 10 MB of RSS (BENCHMARKS.md, section 7).
+pub const DEFAULT_INCIDENT_CACHE: usize = 1024;
+/// More than this is no cache any more: memory would grow with history again.
+pub const MAX_INCIDENT_CACHE: usize = 1_000_000;
 
 /// A policy that parses but cannot be meant.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -55,6 +64,8 @@ pub enum PolicyError {
         "correlation.repeat_interval must be at least 1 second (omit it to disable reminders)"
     )]
     ZeroRepeatInterval,
+    #[error("correlation.incident_cache must be between 1 and {MAX_INCIDENT_CACHE} (open incidents kept in memory), not {0}")]
+    IncidentCache(usize),
     #[error("correlation.host_aliases has an empty alias or canonical host name")]
     EmptyAlias,
     #[error("correlation.host_aliases: alias `{alias}` is listed twice (case-insensitively) with different hosts")]
@@ -68,6 +79,9 @@ impl CorrelationPolicy {
     pub fn validate(&self) -> Result<(), PolicyError> {
         if self.repeat_interval == Some(0) {
             return Err(PolicyError::ZeroRepeatInterval);
+        }
+        if !(1..=MAX_INCIDENT_CACHE).contains(&self.incident_cache) {
+            return Err(PolicyError::IncidentCache(self.incident_cache));
         }
         let mut seen: HashMap<String, String> = HashMap::new();
         for (alias, host) in &self.host_aliases {

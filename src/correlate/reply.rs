@@ -2,7 +2,9 @@
 //! host and no severity): an alert that cites the mail of an open incident by
 //! In-Reply-To/References takes host, service and state from that incident.
 
-use super::{alert_key, correlate, CorrelationPolicy, CorrelationState, Decision, Incident};
+use super::engine::correlate_uncached;
+use super::lookup::Work;
+use super::{alert_key, CorrelationPolicy, CorrelationState, Decision, Incident, IncidentLookup};
 use crate::alert::{Alert, InheritedField};
 
 /// Where the Message-IDs of alert mails point: which incident each mail was about.
@@ -51,33 +53,56 @@ pub fn inherit(alert: &Alert, incident: &Incident) -> Alert {
 
 /// Correlate one alert of a mail: inherit from the open incident the mail cites, then
 /// remember which incident this mail's ids belong to, for the replies still to come.
-pub fn correlate_threaded<I: ReplyIndex>(
-    index: &I,
+/// `store` is both the reply index and the lookup of the open incidents not in memory
+/// (see [`super::correlate_with`]); the cache is trimmed once the step is done.
+pub fn correlate_threaded<S, E>(
+    store: &mut S,
     state: &mut CorrelationState,
     ids: &MailIds,
     alert: &Alert,
     now: i64,
     policy: &CorrelationPolicy,
-) -> Result<Decision, I::Error> {
+) -> Result<Decision, E>
+where
+    S: ReplyIndex<Error = E> + IncidentLookup<Error = E>,
+{
     let parent = if alert.inherits.is_empty() || ids.cited.is_empty() {
         None
     } else {
-        index
-            .incident_for(&ids.cited)?
-            .and_then(|tag| state.incident_by_tag(&tag))
+        match store.incident_for(&ids.cited)? {
+            Some(tag) => cached_by_tag(state, store, &tag)?,
+            None => None,
+        }
     };
     let alert = match parent {
-        Some(incident) => inherit(alert, incident),
+        Some(incident) => inherit(alert, &incident),
         None => alert.clone(),
     };
-    let decision = correlate(state, &alert, now, policy);
-    if let Some(incident) = state.incident(&alert_key(&alert, policy)) {
+    let decision = correlate_uncached(state, store, &alert, now, policy)?;
+    // The step read the key's incident if it has one; nothing was evicted yet.
+    let tag = state
+        .incident(&alert_key(&alert, policy))
+        .map(|i| i.tag.clone());
+    if let Some(tag) = tag {
         let all = ids.all();
         if !all.is_empty() {
-            index.remember(&all, &incident.tag)?;
+            store.remember(&all, &tag)?;
         }
     }
+    state.trim(policy.incident_cache);
     Ok(decision)
+}
+
+/// The open incident tagged `tag`, read into the cache on a miss.
+fn cached_by_tag<L: IncidentLookup>(
+    state: &mut CorrelationState,
+    lookup: &mut L,
+    tag: &str,
+) -> Result<Option<Incident>, L::Error> {
+    let mut work = Work::new(state, lookup);
+    let key = work.key_of_tag(tag);
+    work.finish()?;
+    Ok(key.and_then(|k| state.incident(&k)).cloned())
 }
 
 #[cfg(test)]
@@ -89,6 +114,23 @@ mod tests {
 
     #[derive(Default)]
     struct MapIndex(RefCell<HashMap<String, String>>);
+
+    /// Every open incident is in memory: nothing to look up.
+    impl IncidentLookup for MapIndex {
+        type Error = std::convert::Infallible;
+        fn open_by_key(
+            &mut self,
+            _: &crate::alert::AlertKey,
+        ) -> Result<Option<Incident>, Self::Error> {
+            Ok(None)
+        }
+        fn open_by_tag(&mut self, _: &str) -> Result<Option<Incident>, Self::Error> {
+            Ok(None)
+        }
+        fn tag_in_use(&mut self, _: &str) -> Result<bool, Self::Error> {
+            Ok(false)
+        }
+    }
 
     impl ReplyIndex for MapIndex {
         type Error = std::convert::Infallible;
@@ -138,12 +180,12 @@ mod tests {
 
     #[test]
     fn update_takes_host_and_state_of_the_problem_it_cites() {
-        let index = MapIndex::default();
+        let mut index = MapIndex::default();
         let policy = CorrelationPolicy::default();
         let mut state = CorrelationState::default();
         let problem = zabbix("web-01", State::Critical, NotificationType::Problem);
         correlate_threaded(
-            &index,
+            &mut index,
             &mut state,
             &ids(None, &["ev1@zabbix"]),
             &problem,
@@ -154,7 +196,7 @@ mod tests {
         let mut update = zabbix("", State::Unknown, NotificationType::Acknowledgement);
         update.inherits = vec![InheritedField::Host, InheritedField::State];
         correlate_threaded(
-            &index,
+            &mut index,
             &mut state,
             &ids(None, &["ev1@zabbix"]),
             &update,
@@ -176,13 +218,13 @@ mod tests {
     fn nothing_is_inherited_from_another_source_or_without_a_cited_incident() {
         let policy = CorrelationPolicy::default();
         let mut state = CorrelationState::default();
-        let index = MapIndex::default();
+        let mut index = MapIndex::default();
         let other = Alert {
             source: "nagios".into(),
             ..zabbix("web-01", State::Critical, NotificationType::Problem)
         };
         correlate_threaded(
-            &index,
+            &mut index,
             &mut state,
             &ids(Some("n1@x"), &[]),
             &other,
@@ -195,7 +237,7 @@ mod tests {
         update.inherits = vec![InheritedField::Host];
         assert_eq!(inherit(&update, &incident).host, "");
         let unknown = correlate_threaded(
-            &index,
+            &mut index,
             &mut state,
             &ids(None, &["nowhere@x"]),
             &update,

@@ -1,11 +1,12 @@
-//! The engine's whole memory: open incidents by key, the tag index, the next
-//! incident id and the storm window with its pending digest.
+//! The engine's memory: a cache of open incidents by key (all of them when no store
+//! backs it) with its tag index and recency order, the next incident id and the storm
+//! window with its pending digest.
 
 use super::decision::DigestEntry;
 use super::incident::Incident;
 use crate::alert::AlertKey;
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 /// The storm guard: announcements of the last 60 s (a sliding window), the digest
 /// incident collecting the current storm, and the alerts waiting for its next mail.
@@ -26,17 +27,63 @@ pub struct StormWindow {
 }
 
 /// Seconds the storm guard looks back, and how long deferred alerts wait to be listed together.
-pub(crate) const STORM_WINDOW_SECS: i64 = 60;
+pub const STORM_WINDOW_SECS: i64 = 60;
 
 /// Open incidents and engine bookkeeping. Serializes as a list of incidents plus
 /// counters (JSON-friendly); the indexes are rebuilt on load.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// With a store behind it ([`super::correlate_with`]) `open` is a cache: the least
+/// recently used incidents are evicted between steps once it holds more than
+/// `incident_cache`, and read back by one indexed lookup when an alert needs them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(from = "StateSnapshot", into = "StateSnapshot")]
 pub struct CorrelationState {
     pub(crate) open: HashMap<AlertKey, Incident>,
     pub(crate) by_tag: HashMap<String, AlertKey>,
     pub(crate) next_id: u64,
     pub(crate) storm: StormWindow,
+    recency: Recency,
+}
+
+impl PartialEq for CorrelationState {
+    /// Same incidents and counters; the cache's recency order is not state.
+    fn eq(&self, other: &Self) -> bool {
+        self.open == other.open
+            && self.by_tag == other.by_tag
+            && self.next_id == other.next_id
+            && self.storm == other.storm
+    }
+}
+
+/// Least-recently-used order of the cached incidents: a use stamp per key, and the keys
+/// by stamp (oldest first).
+#[derive(Debug, Clone, Default)]
+struct Recency {
+    clock: u64,
+    stamp: HashMap<AlertKey, u64>,
+    order: BTreeMap<u64, AlertKey>,
+}
+
+impl Recency {
+    fn touch(&mut self, key: &AlertKey) {
+        self.clock += 1;
+        if let Some(old) = self.stamp.insert(key.clone(), self.clock) {
+            self.order.remove(&old);
+        }
+        self.order.insert(self.clock, key.clone());
+    }
+
+    fn forget(&mut self, key: &AlertKey) {
+        if let Some(old) = self.stamp.remove(key) {
+            self.order.remove(&old);
+        }
+    }
+
+    fn oldest(&mut self) -> Option<AlertKey> {
+        let (_, key) = self.order.pop_first()?;
+        self.stamp.remove(&key);
+        Some(key)
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -83,6 +130,59 @@ impl CorrelationState {
             by_tag: HashMap::new(),
             next_id: next_id.max(1),
             storm: StormWindow::default(),
+            recency: Recency::default(),
+        }
+    }
+
+    /// The state a store-backed engine resumes from: no incident cached (they are read
+    /// when alerts need them), the next id, and the storm window as the store has it:
+    /// the incidents still waiting for a digest (queued again, so their digest goes out
+    /// on the next tick), the current storm's digest and when the incidents announced
+    /// in the last 60 s were opened.
+    pub fn resume(
+        next_id: u64,
+        pending_members: Vec<Incident>,
+        current_digest: Option<Incident>,
+        recent_openings: Vec<i64>,
+    ) -> Self {
+        let mut state = CorrelationState::empty(next_id);
+        let digest_tag = current_digest.as_ref().map(|d| d.tag.clone());
+        for incident in pending_members.into_iter().chain(current_digest) {
+            state.adopt(incident);
+        }
+        state.requeue_pending_digest();
+        state.storm.digest_tag = digest_tag;
+        let mut recent = recent_openings;
+        recent.sort_unstable();
+        state.storm.recent = recent.into();
+        state
+    }
+
+    /// Forget every cached incident (they are in the store); counters and the storm
+    /// window stay.
+    pub fn drop_cache(&mut self) {
+        self.open.clear();
+        self.by_tag.clear();
+        self.recency = Recency::default();
+    }
+
+    /// Evict the least recently used incidents until at most `capacity` are cached.
+    /// Only between steps, once the step's changes are the store's too.
+    pub fn trim(&mut self, capacity: usize) {
+        while self.open.len() > capacity {
+            let Some(key) = self.recency.oldest() else {
+                break;
+            };
+            if let Some(incident) = self.open.remove(&key) {
+                self.by_tag.remove(&incident.tag);
+            }
+        }
+    }
+
+    /// Mark `key` as just used.
+    pub(crate) fn touch(&mut self, key: &AlertKey) {
+        if self.open.contains_key(key) {
+            self.recency.touch(key);
         }
     }
 
@@ -103,7 +203,9 @@ impl CorrelationState {
         state
     }
 
-    fn adopt(&mut self, incident: Incident) {
+    /// Takes an incident read from the store into the cache; of two open incidents of
+    /// one key the one with the higher id wins.
+    pub(crate) fn adopt(&mut self, incident: Incident) {
         self.next_id = self.next_id.max(incident.id.saturating_add(1));
         if let Some(existing) = self.open.get(&incident.key) {
             if existing.id > incident.id {
@@ -111,9 +213,7 @@ impl CorrelationState {
             }
             self.by_tag.remove(&existing.tag);
         }
-        self.by_tag
-            .insert(incident.tag.clone(), incident.key.clone());
-        self.open.insert(incident.key.clone(), incident);
+        self.insert(incident);
     }
 
     fn requeue_pending_digest(&mut self) {
@@ -145,23 +245,25 @@ impl CorrelationState {
         };
     }
 
-    /// The open incident of a (normalised) key.
+    /// The open incident of a (normalised) key, if it is in memory.
     pub fn incident(&self, key: &AlertKey) -> Option<&Incident> {
         self.open.get(key)
     }
 
-    /// The open incident carrying `tag`.
+    /// The open incident carrying `tag`, if it is in memory.
     pub fn incident_by_tag(&self, tag: &str) -> Option<&Incident> {
         self.by_tag
             .get(tag.trim())
             .and_then(|key| self.open.get(key))
     }
 
-    /// All open incidents, in no particular order.
+    /// The open incidents in memory (all of them when no store backs the state), in no
+    /// particular order.
     pub fn open_incidents(&self) -> impl Iterator<Item = &Incident> {
         self.open.values()
     }
 
+    /// How many open incidents are in memory.
     pub fn open_count(&self) -> usize {
         self.open.len()
     }
@@ -176,19 +278,17 @@ impl CorrelationState {
         &self.storm.pending
     }
 
-    pub(crate) fn tag_taken(&self, tag: &str) -> bool {
-        self.by_tag.contains_key(tag)
-    }
-
     pub(crate) fn insert(&mut self, incident: Incident) {
         self.by_tag
             .insert(incident.tag.clone(), incident.key.clone());
+        self.recency.touch(&incident.key);
         self.open.insert(incident.key.clone(), incident);
     }
 
     pub(crate) fn remove(&mut self, key: &AlertKey) -> Option<Incident> {
         let incident = self.open.remove(key)?;
         self.by_tag.remove(&incident.tag);
+        self.recency.forget(key);
         Some(incident)
     }
 

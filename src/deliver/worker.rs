@@ -38,12 +38,6 @@ impl QueueError {
     }
 }
 
-impl From<rusqlite::Error> for QueueError {
-    fn from(err: rusqlite::Error) -> Self {
-        QueueError::new(err)
-    }
-}
-
 /// The outbound queue as the worker needs it. Calls are blocking (SQLite); the worker
 /// runs them on the blocking thread pool.
 pub trait OutboundQueue: Send + Sync + 'static {

@@ -4,10 +4,10 @@
 
 use super::api::{lookup_backoff, ApiError, GlpiApi};
 use crate::clock::Clock;
-use crate::store::{actions, incidents, StoreError};
+use crate::store::actions::{self, ActionKind, ActionState};
+use crate::store::{incidents, Db, Location, StoreError};
 use crate::ticket::TicketInfo;
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -31,7 +31,7 @@ const LOOKUP_GIVE_UP_SECS: i64 = 86_400;
 pub struct ApiWorker {
     pub api: GlpiApi,
     /// One connection for the worker's life (actions are polled every second).
-    conn: Arc<Mutex<rusqlite::Connection>>,
+    db: Arc<Mutex<Db>>,
     /// Explicit lookup timeout; 0: derived from the collector's pace and the backlog.
     pub lookup_timeout_secs: i64,
     collector_interval_secs: i64,
@@ -50,15 +50,15 @@ pub struct ApiWorker {
 impl ApiWorker {
     pub fn new(
         api: GlpiApi,
-        store: PathBuf,
+        store: &Location,
         lookup_timeout_secs: i64,
         opened: mpsc::UnboundedReceiver<String>,
         found: mpsc::UnboundedSender<TicketInfo>,
     ) -> Result<ApiWorker, crate::store::StoreError> {
-        let conn = crate::store::open_with(&store, crate::store::Durability::Derived)?;
+        let db = Db::open(store, crate::store::Durability::Derived)?;
         Ok(ApiWorker {
             api,
-            conn: Arc::new(Mutex::new(conn)),
+            db: Arc::new(Mutex::new(db)),
             lookup_timeout_secs,
             collector_interval_secs: 600,
             collector_batch: 10,
@@ -157,16 +157,12 @@ impl ApiWorker {
     /// After a restart: open incidents without a ticket id (announced ones: their first
     /// mail left), looked up again from the start.
     async fn pending_at_start(&self) -> HashMap<String, Lookup> {
-        let loaded = self.with_store(|conn| incidents::load(conn, false)).await;
         let now = self.clock.now();
-        let waiting: Vec<String> = loaded
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|i| {
-                i.ticket_id.is_none() && i.announced && now - i.first_seen < LOOKUP_GIVE_UP_SECS
-            })
-            .map(|i| i.tag)
-            .collect();
+        let since = now - LOOKUP_GIVE_UP_SECS;
+        let waiting = self
+            .with_store(move |db| incidents::awaiting_ticket_since(db, since))
+            .await
+            .unwrap_or_default();
         let backlog = waiting.len();
         waiting
             .into_iter()
@@ -220,33 +216,30 @@ impl ApiWorker {
     /// solution never overtakes a follow-up that GLPI did not take yet.
     /// Returns how many actions succeeded (0: nothing more to do now).
     async fn run_actions(&self, now: i64) -> usize {
-        let Some(due) = self
-            .with_store(move |conn| actions::due(conn, now, 16))
-            .await
-        else {
+        let Some(due) = self.with_store(move |db| actions::due(db, now, 16)).await else {
             return 0;
         };
         let mut done = 0;
         for action in due {
-            let kind = if action.action == actions::SOLVE && !self.can_solve {
-                actions::FOLLOWUP
+            let kind = if action.action == ActionKind::Solve && !self.can_solve {
+                ActionKind::Followup
             } else {
-                action.action.as_str()
+                action.action
             };
             let result = match kind {
-                actions::SOLVE => {
+                ActionKind::Solve => {
                     self.api
                         .solve_ticket(action.ticket_id, &action.content)
                         .await
                 }
-                actions::FOLLOWUP => match self.solved_by_people(&action).await {
+                ActionKind::Followup => match self.solved_by_people(&action).await {
                     Ok(true) => {
                         let id = action.id;
-                        self.with_store(move |conn| {
+                        self.with_store(move |db| {
                             actions::finish(
-                                conn,
+                                db,
                                 id,
-                                "skipped",
+                                ActionState::Skipped,
                                 now,
                                 Some("ticket solved or closed in GLPI"),
                             )
@@ -261,12 +254,12 @@ impl ApiWorker {
                     }
                     Err(e) => Err(e),
                 },
-                actions::REOPEN => {
+                ActionKind::Reopen => {
                     self.api
                         .add_followup(action.ticket_id, &action.content)
                         .await
                 }
-                actions::CREATE => match self.create(&action.content).await {
+                ActionKind::Create => match self.create(&action.content).await {
                     Ok(ticket_id) => {
                         tracing::info!(tag = %action.tag, ticket = ticket_id, "GLPI ticket created through the API");
                         let _ = self.found.send(TicketInfo {
@@ -279,37 +272,36 @@ impl ApiWorker {
                     }
                     Err(e) => Err(e),
                 },
-                other => Err(ApiError::Config(format!("unknown GLPI action `{other}`"))),
             };
             let (state, next_at, error) = match &result {
                 Ok(()) => {
-                    tracing::info!(tag = %action.tag, ticket = action.ticket_id, action = kind, "GLPI ticket updated through the API");
+                    tracing::info!(tag = %action.tag, ticket = action.ticket_id, action = %kind, "GLPI ticket updated through the API");
                     done += 1;
-                    ("done", now, None)
+                    (ActionState::Done, now, None)
                 }
                 Err(e) if e.is_transient() => {
                     log_api_error(e, &action.tag);
                     (
-                        "pending",
+                        ActionState::Pending,
                         now + lookup_backoff(action.attempts + 1) as i64,
                         Some(e.to_string()),
                     )
                 }
-                Err(e) if kind == actions::SOLVE => {
+                Err(e) if kind == ActionKind::Solve => {
                     // The recovery must still reach the ticket: as a follow-up.
                     tracing::error!(tag = %action.tag, ticket = action.ticket_id, error = %e, "GLPI refused the solution; adding the recovery as a follow-up instead");
                     let id = action.id;
-                    self.with_store(move |conn| actions::convert(conn, id, actions::FOLLOWUP, now))
+                    self.with_store(move |db| actions::convert(db, id, ActionKind::Followup, now))
                         .await;
                     continue;
                 }
                 Err(e) => {
-                    tracing::error!(tag = %action.tag, ticket = action.ticket_id, action = kind, error = %e, "GLPI refused the action; giving up");
-                    ("failed", now, Some(e.to_string()))
+                    tracing::error!(tag = %action.tag, ticket = action.ticket_id, action = %kind, error = %e, "GLPI refused the action; giving up");
+                    (ActionState::Failed, now, Some(e.to_string()))
                 }
             };
-            self.with_store(move |conn| {
-                actions::finish(conn, action.id, state, next_at, error.as_deref())
+            self.with_store(move |db| {
+                actions::finish(db, action.id, state, next_at, error.as_deref())
             })
             .await;
         }
@@ -362,14 +354,12 @@ impl ApiWorker {
     /// logged (the next round tries again).
     async fn with_store<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
+        f: impl FnOnce(&mut Db) -> Result<T, StoreError> + Send + 'static,
     ) -> Option<T> {
-        let conn = self.conn.clone();
-        let result = tokio::task::spawn_blocking(move || match conn.lock() {
-            Ok(conn) => f(&conn),
-            Err(_) => Err(StoreError::Corrupt(
-                "GLPI worker connection lock poisoned".into(),
-            )),
+        let db = self.db.clone();
+        let result = tokio::task::spawn_blocking(move || match db.lock() {
+            Ok(mut db) => f(&mut db),
+            Err(_) => Err(StoreError::LockPoisoned("GLPI worker")),
         })
         .await;
         match result {

@@ -12,6 +12,15 @@ use prometheus_client::registry::Registry;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+/// Why `/metrics` could not be rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("metrics: cannot encode: {0}")]
+    Encode(#[from] std::fmt::Error),
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CodeLabel {
     code: String,
@@ -127,7 +136,7 @@ impl Metrics {
         registry.register("open_incidents", "Open incidents", m.open_incidents.clone());
         registry.register(
             "incidents_without_ticket",
-            "Open incidents whose GLPI ticket id is not known yet",
+            "Open incidents whose first mail left and whose GLPI ticket id is not known yet",
             m.incidents_without_ticket.clone(),
         );
         registry.register(
@@ -214,40 +223,41 @@ impl Metrics {
     }
 
     /// Refreshes the store gauges and renders the text exposition format.
-    pub fn render(&self, conn: &rusqlite::Connection) -> Result<String, StoreError> {
-        self.refresh(conn)?;
+    pub fn render(&self, db: &mut store::Db) -> Result<String, MetricsError> {
+        self.refresh(db)?;
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .map_err(|e| StoreError::Corrupt(format!("encoding metrics: {e}")))?;
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
     }
 
-    fn refresh(&self, conn: &rusqlite::Connection) -> Result<(), StoreError> {
+    fn refresh(&self, db: &mut store::Db) -> Result<(), StoreError> {
         let set_family = |family: &Family<StateLabel, Gauge>, counts: Vec<(String, i64)>| {
             family.clear();
             for (state, n) in counts {
                 family.get_or_create(&StateLabel { state }).set(n);
             }
         };
-        let outbound_counts = outbound::counts(conn)?;
+        let outbound_counts = outbound::counts(db)?;
         let held = outbound_counts
             .iter()
             .find(|(s, _)| s == "held")
             .map_or(0, |(_, n)| *n);
-        set_family(&self.spool_depth, spool::counts(conn)?);
+        set_family(&self.spool_depth, spool::counts(db)?);
         set_family(&self.outbound_depth, outbound_counts);
-        set_family(&self.glpi_actions, store::actions::counts(conn)?);
-        let open = store::incidents::load(conn, false)?;
-        self.open_incidents.set(open.len() as i64);
+        set_family(&self.glpi_actions, store::actions::counts(db)?);
+        let open = store::incidents::open_count(db)?;
+        self.open_incidents
+            .set(i64::try_from(open).unwrap_or(i64::MAX));
+        let waiting = store::incidents::awaiting_ticket_count(db)?;
         self.incidents_without_ticket
-            .set(open.iter().filter(|i| i.ticket_id.is_none()).count() as i64);
+            .set(i64::try_from(waiting).unwrap_or(i64::MAX));
         self.held_mails.set(held);
-        let unthreaded = store::incidents::get_kv(conn, "unthreaded_after_timeout")?
+        let unthreaded = store::incidents::get_kv(db, "unthreaded_after_timeout")?
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         self.unthreaded_releases.set(unthreaded);
         self.storm_digests
-            .set(store::status::outbound_with_key_prefix(conn, "DIGEST-")?);
+            .set(store::status::outbound_with_key_prefix(db, "DIGEST-")?);
         Ok(())
     }
 }

@@ -109,7 +109,7 @@ impl HttpSettings {
 /// What the handlers share.
 struct AppState {
     settings: HttpSettings,
-    conn: Mutex<rusqlite::Connection>,
+    db: Mutex<store::Db>,
     glpi_url: Option<String>,
     glpi_api: bool,
 }
@@ -125,17 +125,17 @@ pub struct HttpServer {
 impl HttpServer {
     pub async fn bind(
         settings: HttpSettings,
-        store_path: &std::path::Path,
+        store: &store::Location,
         glpi_url: Option<String>,
         glpi_api: bool,
     ) -> anyhow::Result<HttpServer> {
-        let conn = store::open_with(store_path, store::Durability::Derived)?;
+        let db = store::Db::open(store, store::Durability::Derived)?;
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
             .map_err(|e| anyhow::anyhow!("http: cannot listen on {}: {e}", settings.listen))?;
         let state = Arc::new(AppState {
             settings,
-            conn: Mutex::new(conn),
+            db: Mutex::new(db),
             glpi_url: glpi_url.map(|u| u.trim_end_matches('/').to_string()),
             glpi_api,
         });
@@ -230,14 +230,15 @@ async fn access(
     next.run(request).await
 }
 
-async fn with_conn<T: Send + 'static>(
+async fn with_conn<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
     state: &Shared,
-    f: impl FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
+    f: impl FnOnce(&mut store::Db) -> Result<T, E> + Send + 'static,
 ) -> Result<T, Response> {
     let state = state.clone();
     let joined = tokio::task::spawn_blocking(move || {
-        let conn = state.conn.lock().unwrap_or_else(|p| p.into_inner());
-        f(&conn)
+        // A handler that panicked left no transaction open (Tx rolls back on drop).
+        let mut db = state.db.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut db)
     })
     .await;
     match joined {
@@ -320,9 +321,9 @@ pub struct PageQuery {
 async fn status_page(State(state): State<Shared>, Query(query): Query<PageQuery>) -> Response {
     let glpi_url = state.glpi_url.clone();
     let actions = state.settings.token.is_some();
-    let rendered = with_conn(&state, move |conn| {
-        let data = page::PageData::read(conn)?;
-        Ok(page::render(&data, &query, glpi_url.as_deref(), actions))
+    let rendered = with_conn(&state, move |db| {
+        let data = page::PageData::read(db)?;
+        Ok::<_, StoreError>(page::render(&data, &query, glpi_url.as_deref(), actions))
     })
     .await;
     match rendered {
@@ -419,10 +420,10 @@ mod tests {
             token: Some(TOKEN.into()),
         })
         .expect("valid");
-        let conn = store::open(&dir.join("db")).unwrap();
+        let db = store::open(&store::Location::Sqlite(dir.join("db"))).unwrap();
         router(Arc::new(AppState {
             settings,
-            conn: Mutex::new(conn),
+            db: Mutex::new(db),
             glpi_url: None,
             glpi_api: false,
         }))

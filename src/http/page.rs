@@ -3,14 +3,17 @@
 
 use super::PageQuery;
 use crate::correlate::Incident;
-use crate::store::outbound::{self, OutboundRow};
+use crate::store::outbound::{self, OutboundRow, OutboundState};
 use crate::store::status::{self, RecentEvent};
-use crate::store::{incidents, spool, StoreError};
+use crate::store::{incidents, spool, Db, StoreError};
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 /// Everything the page shows, read through the store's functions.
 pub struct PageData {
+    /// The newest open incidents, at most [`PAGE_INCIDENTS`].
     pub incidents: Vec<Incident>,
+    /// All open incidents.
+    pub open_total: u64,
     pub events: Vec<RecentEvent>,
     pub dead: Vec<OutboundRow>,
     pub held: Vec<OutboundRow>,
@@ -20,21 +23,25 @@ pub struct PageData {
     pub held_unmatched: i64,
 }
 
+/// Open incidents the page lists (the newest): the page stays small with 100,000 open.
+pub const PAGE_INCIDENTS: usize = 1000;
+
 impl PageData {
-    pub fn read(conn: &rusqlite::Connection) -> Result<PageData, StoreError> {
-        let spool_counts = spool::counts(conn)?;
+    pub fn read(db: &mut Db) -> Result<PageData, StoreError> {
+        let spool_counts = spool::counts(db)?;
         let held_unmatched = spool_counts
             .iter()
             .find(|(state, _)| state == spool::SpoolState::Held.as_str())
             .map_or(0, |(_, n)| *n);
         Ok(PageData {
-            incidents: incidents::load(conn, false)?,
-            events: status::recent_events(conn, 100)?,
-            dead: outbound::list(conn, Some("dead"), 100)?,
-            held: outbound::list(conn, Some("held"), 100)?,
-            queued: outbound::list(conn, Some("queued"), 100)?,
+            incidents: incidents::open_newest(db, PAGE_INCIDENTS)?,
+            open_total: incidents::open_count(db)?,
+            events: status::recent_events(db, 100)?,
+            dead: outbound::list(db, Some(OutboundState::Dead), 100)?,
+            held: outbound::list(db, Some(OutboundState::Held), 100)?,
+            queued: outbound::list(db, Some(OutboundState::Queued), 100)?,
             spool_counts,
-            outbound_counts: outbound::counts(conn)?,
+            outbound_counts: outbound::counts(db)?,
             held_unmatched,
         })
     }
@@ -123,7 +130,7 @@ pub fn render(data: &PageData, query: &PageQuery, glpi_url: Option<&str>, action
                     (counts("outbound", &data.outbound_counts))
                     span { strong { "held unmatched mails: " } (data.held_unmatched) }
                 }
-                h2 { "Open incidents (" (shown.len()) " of " (data.incidents.len()) ")" }
+                h2 { "Open incidents (" (shown.len()) " of " (data.open_total) ")" }
                 form method="get" action="/" {
                     label { "Source " select name="source" {
                         option value="" { "all" }

@@ -1,8 +1,83 @@
-//! Actions alertgate owes a GLPI ticket through the REST API (solving it on recovery),
-//! kept in the store so a GLPI outage or a restart delays them but never loses them.
+//! Actions alertgate owes a GLPI ticket through the REST API (creating it, follow-ups,
+//! solving it on recovery), kept in the store so a GLPI outage or a restart delays them
+//! but never loses them.
 
+use super::db::{Db, Row};
 use super::StoreError;
-use rusqlite::{params, Connection};
+
+/// What an action does to its ticket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActionKind {
+    /// Create the ticket (`create = "api"`); `content` is the ticket's JSON input.
+    Create,
+    Followup,
+    /// A follow-up meant to reopen a ticket people solved (the problem got worse).
+    Reopen,
+    Solve,
+}
+
+impl ActionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionKind::Create => "create",
+            ActionKind::Followup => "followup",
+            ActionKind::Reopen => "reopen",
+            ActionKind::Solve => "solve",
+        }
+    }
+
+    /// A kind read back from the store; an unknown one is named in the error.
+    pub fn from_db(s: &str) -> Result<ActionKind, StoreError> {
+        [
+            ActionKind::Create,
+            ActionKind::Followup,
+            ActionKind::Reopen,
+            ActionKind::Solve,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+        .ok_or_else(|| StoreError::BadValue {
+            table: "glpi_actions",
+            column: "action",
+            value: s.to_owned(),
+        })
+    }
+}
+
+impl std::fmt::Display for ActionKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// Where an action is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActionState {
+    /// Waiting to be carried out (again) at `next_attempt_at`.
+    Pending,
+    Done,
+    /// Not carried out, on purpose (a follow-up to a ticket people solved).
+    Skipped,
+    /// GLPI refused it for good.
+    Failed,
+}
+
+impl ActionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionState::Pending => "pending",
+            ActionState::Done => "done",
+            ActionState::Skipped => "skipped",
+            ActionState::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for ActionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
 
 /// One pending API action.
 #[derive(Debug, Clone)]
@@ -10,109 +85,146 @@ pub struct GlpiAction {
     pub id: i64,
     pub tag: String,
     pub ticket_id: u64,
-    pub action: String,
+    pub action: ActionKind,
     pub content: String,
     pub attempts: u32,
 }
 
-pub const SOLVE: &str = "solve";
-pub const FOLLOWUP: &str = "followup";
-/// A follow-up meant to reopen a ticket people solved (the problem got worse).
-pub const REOPEN: &str = "reopen";
-/// Create the ticket (`create = "api"`); `content` is the ticket's JSON input.
-pub const CREATE: &str = "create";
+impl GlpiAction {
+    fn from_row(r: &Row) -> Result<GlpiAction, StoreError> {
+        Ok(GlpiAction {
+            id: r.int(0)?,
+            tag: r.text(1)?,
+            ticket_id: r.int(2)? as u64,
+            action: ActionKind::from_db(&r.text(3)?)?,
+            content: r.text(4)?,
+            attempts: r.int(5)? as u32,
+        })
+    }
+}
 
 pub fn add(
-    conn: &Connection,
+    db: &mut Db,
     tag: &str,
     ticket_id: u64,
-    action: &str,
+    action: ActionKind,
     content: &str,
     now: i64,
 ) -> Result<i64, StoreError> {
-    conn.prepare_cached(
-        "INSERT INTO glpi_actions (tag, ticket_id, action, content, next_attempt_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+    db.query_one(
+        "INSERT INTO glpi_actions (tag, ticket_id, action, content, next_attempt_at, created_at)
+         VALUES ($1, $2, $3, $4, $5, $5) RETURNING id",
+        &[
+            tag.into(),
+            (ticket_id as i64).into(),
+            action.as_str().into(),
+            content.into(),
+            now.into(),
+        ],
     )?
-    .execute(params![tag, ticket_id as i64, action, content, now])?;
-    Ok(conn.last_insert_rowid())
+    .int(0)
 }
 
 /// The head of each ticket's queue that is due: one per incident, so a solution never
 /// overtakes a follow-up still waiting for GLPI.
-pub fn due(conn: &Connection, now: i64, limit: usize) -> Result<Vec<GlpiAction>, StoreError> {
-    let mut stmt = conn.prepare_cached(
+pub fn due(db: &mut Db, now: i64, limit: usize) -> Result<Vec<GlpiAction>, StoreError> {
+    db.query(
         "SELECT id, tag, ticket_id, action, content, attempts FROM glpi_actions AS a
-         WHERE state = 'pending' AND next_attempt_at <= ?1
+         WHERE state = 'pending' AND next_attempt_at <= $1
            AND NOT EXISTS (SELECT 1 FROM glpi_actions AS p
                            WHERE p.tag = a.tag AND p.id < a.id AND p.state = 'pending')
-         ORDER BY id LIMIT ?2",
-    )?;
-    let rows = stmt
-        .query_map(params![now, limit as i64], |r| {
-            Ok(GlpiAction {
-                id: r.get(0)?,
-                tag: r.get(1)?,
-                ticket_id: r.get::<_, i64>(2)? as u64,
-                action: r.get(3)?,
-                content: r.get(4)?,
-                attempts: r.get::<_, i64>(5)? as u32,
-            })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(rows)
+         ORDER BY id LIMIT $2",
+        &[now.into(), (limit as i64).into()],
+    )?
+    .iter()
+    .map(GlpiAction::from_row)
+    .collect()
 }
 
-/// Record the outcome: `Ok` done, `Err((retry_at, error))` retry later, or failed for good.
+/// Record an attempt's outcome: `state` (pending again to retry at `next_attempt_at`).
 pub fn finish(
-    conn: &Connection,
+    db: &mut Db,
     id: i64,
-    state: &str,
+    state: ActionState,
     next_attempt_at: i64,
     error: Option<&str>,
 ) -> Result<(), StoreError> {
-    conn.prepare_cached(
-        "UPDATE glpi_actions SET state = ?2, attempts = attempts + 1, next_attempt_at = ?3, last_error = ?4 WHERE id = ?1",
-    )?
-    .execute(params![id, state, next_attempt_at, error])?;
+    db.execute(
+        "UPDATE glpi_actions SET state = $1, attempts = attempts + 1, next_attempt_at = $2, last_error = $3 WHERE id = $4",
+        &[state.as_str().into(), next_attempt_at.into(), error.into(), id.into()],
+    )?;
     Ok(())
 }
 
 /// Carry out a pending action as another kind (a refused solution becomes a follow-up).
-pub fn convert(conn: &Connection, id: i64, action: &str, now: i64) -> Result<(), StoreError> {
-    conn.prepare_cached(
-        "UPDATE glpi_actions SET action = ?2, attempts = attempts + 1, next_attempt_at = ?3 WHERE id = ?1",
-    )?
-    .execute(params![id, action, now])?;
+pub fn convert(db: &mut Db, id: i64, action: ActionKind, now: i64) -> Result<(), StoreError> {
+    db.execute(
+        "UPDATE glpi_actions SET action = $1, attempts = attempts + 1, next_attempt_at = $2 WHERE id = $3",
+        &[action.as_str().into(), now.into(), id.into()],
+    )?;
     Ok(())
 }
 
 /// Ticket ids learned by creating tickets (`create = "api"`): pending actions of the
 /// incident that were queued before the id was known get it.
-pub fn set_ticket(conn: &Connection, tag: &str, ticket_id: u64) -> Result<(), StoreError> {
-    conn.prepare_cached(
-        "UPDATE glpi_actions SET ticket_id = ?2 WHERE tag = ?1 AND ticket_id = 0 AND state = 'pending' AND action != 'create'",
-    )?
-    .execute(params![tag, ticket_id as i64])?;
+pub fn set_ticket(db: &mut Db, tag: &str, ticket_id: u64) -> Result<(), StoreError> {
+    db.execute(
+        "UPDATE glpi_actions SET ticket_id = $1 WHERE tag = $2 AND ticket_id = 0 AND state = 'pending' AND action != 'create'",
+        &[(ticket_id as i64).into(), tag.into()],
+    )?;
     Ok(())
 }
 
 /// When the incident's latest action of kind `action` was queued.
 pub fn last_queued_at(
-    conn: &Connection,
+    db: &mut Db,
     tag: &str,
-    action: &str,
+    action: ActionKind,
 ) -> Result<Option<i64>, StoreError> {
-    Ok(conn
-        .prepare_cached("SELECT MAX(created_at) FROM glpi_actions WHERE tag = ?1 AND action = ?2")?
-        .query_row(params![tag, action], |r| r.get::<_, Option<i64>>(0))?)
+    db.query_one(
+        "SELECT MAX(created_at) FROM glpi_actions WHERE tag = $1 AND action = $2",
+        &[tag.into(), action.as_str().into()],
+    )?
+    .opt_int(0)
 }
 
-pub fn counts(conn: &Connection) -> Result<Vec<(String, i64)>, StoreError> {
-    let mut stmt = conn.prepare(
+/// Counts per `kind:state`, for `queue list` and metrics.
+pub fn counts(db: &mut Db) -> Result<Vec<(String, i64)>, StoreError> {
+    db.query(
         "SELECT action || ':' || state, COUNT(*) FROM glpi_actions GROUP BY 1 ORDER BY 1",
-    )?;
-    let rows = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(rows)
+        &[],
+    )?
+    .into_iter()
+    .map(|r| Ok((r.text(0)?, r.int(1)?)))
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_and_states_round_trip_and_an_unknown_kind_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db =
+            crate::store::open(&crate::store::Location::Sqlite(dir.path().join("db"))).unwrap();
+        let first = add(&mut db, "ALERT-1", 7, ActionKind::Followup, "news", 10).unwrap();
+        add(&mut db, "ALERT-1", 7, ActionKind::Solve, "fixed", 10).unwrap();
+        let due_now = due(&mut db, 10, 10).unwrap();
+        assert_eq!(due_now.len(), 1, "the solution waits behind the follow-up");
+        assert_eq!(due_now[0].action, ActionKind::Followup);
+        finish(&mut db, first, ActionState::Done, 10, None).unwrap();
+        assert_eq!(due(&mut db, 10, 10).unwrap()[0].action, ActionKind::Solve);
+        assert_eq!(
+            last_queued_at(&mut db, "ALERT-1", ActionKind::Solve).unwrap(),
+            Some(10)
+        );
+        db.execute("UPDATE glpi_actions SET action = 'dance'", &[])
+            .unwrap();
+        let err = due(&mut db, 10, 10).unwrap_err().to_string();
+        assert!(
+            err.contains("glpi_actions.action") && err.contains("`dance`"),
+            "{err}"
+        );
+    }
 }

@@ -1,7 +1,9 @@
-//! The embedded SQLite store: schema and migrations, the inbound spool (one writer thread
-//! with group commit), incidents, and the outbound queue. Every durable fact lives here.
+//! The store: everything persistent, behind one boundary (`db::Db`, SQLite today): schema
+//! and migrations, the inbound spool (one writer thread with group commit), incidents,
+//! the outbound queue and GLPI actions. No SQL and no `rusqlite` outside this module.
 
 pub mod actions;
+pub mod db;
 pub mod gate;
 pub mod incidents;
 pub mod outbound;
@@ -12,15 +14,21 @@ pub mod status;
 pub mod tally;
 
 use rusqlite::Connection;
-use std::path::Path;
-use std::time::Duration;
 
+pub use db::{Db, Dialect, Location, Row, Tx, Value};
 pub use spool::{Envelope, SpoolHandle, SpoolRow, SpoolState};
 
+/// What failed in the store. Each variant names one cause: callers answer 451 or retry
+/// on any of them, and the operator reads which.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The database cannot be reached now (connection lost): answer 451, try again.
+    #[error("store: the database is unavailable: {0}")]
+    Unavailable(String),
+    #[error("store: PostgreSQL support is not built yet")]
+    PostgresNotBuilt,
     #[error("store: cannot create directory {path}: {source}")]
     CreateDir {
         path: String,
@@ -30,8 +38,54 @@ pub enum StoreError {
     TooNew { found: i64, known: i64 },
     #[error("store: the spool writer has stopped")]
     WriterGone,
-    #[error("store: {0}")]
-    Corrupt(String),
+    #[error("store: cannot start the {thread} thread: {source}")]
+    ThreadSpawn {
+        thread: &'static str,
+        source: std::io::Error,
+    },
+    /// The spool writer's transaction for a group of messages failed; none was stored.
+    #[error("store: the spool commit failed: {0}")]
+    GroupCommit(String),
+    #[error("store: the {0} connection's lock is poisoned (a thread panicked holding it)")]
+    LockPoisoned(&'static str),
+    /// A message's draft file could not be written or read back.
+    #[error("store: the message's draft file {path}: {source}")]
+    Draft {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("store: copying the message from {from} into the spool: {source}")]
+    SpoolCopy {
+        from: String,
+        source: std::io::Error,
+    },
+    #[error("store: the draft file {path} holds {found} bytes, {expected} were received")]
+    DraftShort {
+        path: String,
+        expected: usize,
+        found: usize,
+    },
+    /// A stored value that is not one this alertgate knows (e.g. a state).
+    #[error("store: {table}.{column} holds `{value}`, which is not a known value")]
+    BadValue {
+        table: &'static str,
+        column: &'static str,
+        value: String,
+    },
+    #[error("store: column {index} holds {found} where {expected} was expected")]
+    Column {
+        index: usize,
+        expected: &'static str,
+        found: &'static str,
+    },
+    #[error("store: `{statement} …` returned no row")]
+    NoRow { statement: String },
+    /// JSON kept in a column (incident snapshots, envelopes) does not encode or decode.
+    #[error("store: {what}: {source}")]
+    Json {
+        what: &'static str,
+        source: serde_json::Error,
+    },
     #[error("store: {path} is damaged (PRAGMA quick_check: {details}); restore it from a backup, or recover it with `sqlite3 {path} .recover`")]
     Damaged { path: String, details: String },
 }
@@ -115,6 +169,33 @@ const MIGRATIONS: &[&str] = &[
     "CREATE INDEX glpi_actions_tag ON glpi_actions(tag, id);",
     // 6: which incident each alert mail's Message-IDs (own and cited) belong to.
     "CREATE TABLE message_incidents (message_id TEXT PRIMARY KEY, incident_tag TEXT NOT NULL);",
+    // 7: the correlation engine keeps only a cache of open incidents and reads the others
+    // by index: by alert key, by tag (unique already), the storm's pending members and
+    // digests, the ones still waiting for a ticket id, and the storm window's openings.
+    // `generation` counts the pipeline's commits, so a cache knows when someone else wrote.
+    // The old index on `open` alone goes: it would win over the key's on a small table.
+    "ALTER TABLE incidents ADD COLUMN first_seen INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE incidents ADD COLUMN announced INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE incidents ADD COLUMN ticket_id INTEGER;
+     ALTER TABLE incidents ADD COLUMN pending_digest INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE incidents ADD COLUMN is_digest INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE incidents ADD COLUMN digest_member INTEGER NOT NULL DEFAULT 0;
+     UPDATE incidents SET
+        first_seen = COALESCE(json_extract(data, '$.first_seen'), 0),
+        announced = COALESCE(json_extract(data, '$.announced'), 0),
+        ticket_id = json_extract(data, '$.ticket_id'),
+        pending_digest = COALESCE(json_extract(data, '$.in_pending_digest'), 0),
+        is_digest = COALESCE(json_extract(data, '$.is_digest'), 0),
+        digest_member = json_extract(data, '$.digest_tag') IS NOT NULL;
+     DROP INDEX incidents_open;
+     CREATE INDEX incidents_open_key ON incidents(alert_key, id) WHERE open = 1;
+     CREATE INDEX incidents_pending_digest ON incidents(id) WHERE open = 1 AND pending_digest = 1;
+     CREATE INDEX incidents_open_digest ON incidents(id) WHERE open = 1 AND is_digest = 1;
+     CREATE INDEX incidents_awaiting_ticket ON incidents(id)
+        WHERE open = 1 AND announced = 1 AND ticket_id IS NULL;
+     CREATE INDEX incidents_first_seen ON incidents(first_seen);
+     CREATE TABLE pipeline_generation (id INTEGER PRIMARY KEY CHECK (id = 1), generation INTEGER NOT NULL);
+     INSERT INTO pipeline_generation (id, generation) VALUES (1, 0);",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -130,26 +211,10 @@ pub enum Durability {
     Derived,
 }
 
-/// Open (creating when needed) the database with an up-to-date schema, fsyncing every
+/// Open (creating when needed) the store with an up-to-date schema, fsyncing every
 /// commit.
-pub fn open(path: &Path) -> Result<Connection, StoreError> {
-    open_with(path, Durability::Full)
-}
-
-pub fn open_with(path: &Path, durability: Durability) -> Result<Connection, StoreError> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
-            path: dir.display().to_string(),
-            source,
-        })?;
-    }
-    let conn = Connection::open(path)?;
-    configure(&conn)?;
-    migrate(&conn)?;
-    if durability == Durability::Derived {
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-    }
-    Ok(conn)
+pub fn open(location: &Location) -> Result<Db, StoreError> {
+    Db::open(location, Durability::Full)
 }
 
 /// The rows that could be read; each damaged one is logged.
@@ -164,49 +229,8 @@ pub fn readable<T>(rows: Vec<Result<T, DamagedRow>>) -> Vec<T> {
         .collect()
 }
 
-/// Refuses a damaged database at start (a damaged b-tree page would otherwise make
-/// every commit fail, and the server answer 451 forever).
-pub fn quick_check(conn: &Connection, path: &Path) -> Result<(), StoreError> {
-    let damaged = |details: String| StoreError::Damaged {
-        path: path.display().to_string(),
-        details,
-    };
-    let mut stmt = conn
-        .prepare("PRAGMA quick_check(20)")
-        .map_err(|e| damaged(e.to_string()))?;
-    let lines = stmt
-        .query_map([], |r| r.get::<_, String>(0))
-        .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| damaged(e.to_string()))?;
-    if lines.len() == 1 && lines[0] == "ok" {
-        return Ok(());
-    }
-    Err(damaged(lines.join("; ")))
-}
-
-fn configure(conn: &Connection) -> Result<(), StoreError> {
-    conn.busy_handler(Some(busy_wait))?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    // FULL: a commit is on disk before we answer 250, even across power loss.
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
-    Ok(())
-}
-
-/// SQLite's default busy handler sleeps 1, 2, 5 … 100 ms between tries: a writer that
-/// finds the lock taken for a moment waited tens of milliseconds. Short sleeps instead
-/// (50 µs doubling to 1 ms), for about 30 s in all.
-fn busy_wait(tries: i32) -> bool {
-    const GIVE_UP_AFTER: i32 = 30_000;
-    if tries >= GIVE_UP_AFTER {
-        return false;
-    }
-    let micros = 50u64 << tries.clamp(0, 5);
-    std::thread::sleep(Duration::from_micros(micros.min(1_000)));
-    true
-}
-
-fn migrate(conn: &Connection) -> Result<(), StoreError> {
+/// SQLite's migrations: `user_version` counts those applied.
+fn migrate_sqlite(conn: &Connection) -> Result<(), StoreError> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version > SCHEMA_VERSION {
         return Err(StoreError::TooNew {
@@ -235,15 +259,19 @@ mod tests {
     #[test]
     fn migrations_run_once_and_reopen_cleanly() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sub/db.sqlite");
-        drop(open(&path).unwrap());
-        let conn = open(&path).unwrap();
-        let v: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
+        let location = Location::Sqlite(dir.path().join("sub/db.sqlite"));
+        drop(open(&location).unwrap());
+        let mut db = open(&location).unwrap();
+        let v = db
+            .query_one("PRAGMA user_version", &[])
+            .unwrap()
+            .int(0)
             .unwrap();
         assert_eq!(v, SCHEMA_VERSION);
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        let mode = db
+            .query_one("PRAGMA journal_mode", &[])
+            .unwrap()
+            .text(0)
             .unwrap();
         assert_eq!(mode, "wal");
     }
@@ -251,11 +279,40 @@ mod tests {
     #[test]
     fn newer_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db.sqlite");
-        let conn = open(&path).unwrap();
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+        let location = Location::Sqlite(dir.path().join("db.sqlite"));
+        let db = open(&location).unwrap();
+        db.sqlite()
+            .unwrap()
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
             .unwrap();
-        drop(conn);
-        assert!(matches!(open(&path), Err(StoreError::TooNew { .. })));
+        drop(db);
+        assert!(matches!(open(&location), Err(StoreError::TooNew { .. })));
+    }
+
+    /// The boundary this module keeps: nothing outside `src/store/` names rusqlite.
+    #[test]
+    fn no_rusqlite_outside_the_store() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut offenders = Vec::new();
+        let mut dirs = vec![root.clone()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path == root.join("store") {
+                    continue;
+                }
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "rs")
+                    && std::fs::read_to_string(&path).unwrap().contains("rusqlite")
+                {
+                    offenders.push(path.display().to_string());
+                }
+            }
+        }
+        assert!(
+            offenders.is_empty(),
+            "rusqlite outside src/store/: {offenders:?}"
+        );
     }
 }

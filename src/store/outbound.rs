@@ -1,11 +1,12 @@
 //! The outbound queue: composed mails waiting for the relay, in order per incident, with
 //! retry times and dead letters; also the queue the delivery worker reads through a trait.
 
+use super::db::{Db, Dialect, Location, Row};
 use super::StoreError;
 use crate::deliver::{OutboundItem, OutboundQueue, QueueError};
-use rusqlite::{params, Connection, OptionalExtension};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum OutboundState {
     /// Ready to send at `next_attempt_at`.
     Queued,
@@ -25,6 +26,32 @@ impl OutboundState {
             OutboundState::Dead => "dead",
         }
     }
+
+    pub fn parse(s: &str) -> Option<OutboundState> {
+        [
+            OutboundState::Queued,
+            OutboundState::Held,
+            OutboundState::Sent,
+            OutboundState::Dead,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+    }
+
+    /// A state read back from the store; an unknown one is named in the error.
+    pub fn from_db(s: &str) -> Result<OutboundState, StoreError> {
+        OutboundState::parse(s).ok_or_else(|| StoreError::BadValue {
+            table: "outbound",
+            column: "state",
+            value: s.to_owned(),
+        })
+    }
+}
+
+impl std::fmt::Display for OutboundState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
 }
 
 /// A composed mail to enqueue.
@@ -42,33 +69,37 @@ pub struct NewOutbound<'a> {
     pub not_before: i64,
 }
 
-pub fn enqueue(conn: &Connection, mail: &NewOutbound<'_>, now: i64) -> Result<i64, StoreError> {
-    let to =
-        serde_json::to_string(mail.envelope_to).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    conn.prepare_cached(
+pub fn enqueue(db: &mut Db, mail: &NewOutbound<'_>, now: i64) -> Result<i64, StoreError> {
+    let to = serde_json::to_string(mail.envelope_to).map_err(|source| StoreError::Json {
+        what: "encoding the recipients",
+        source,
+    })?;
+    db.query_one(
         "INSERT INTO outbound (order_key, message_id, subject, envelope_from, envelope_to, raw, state, queued_at, next_attempt_at, spool_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?10, ?9)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+        &[
+            mail.order_key.into(),
+            mail.message_id.into(),
+            mail.subject.into(),
+            mail.envelope_from.into(),
+            to.into(),
+            mail.raw.into(),
+            mail.state.as_str().into(),
+            now.into(),
+            mail.not_before.max(now).into(),
+            mail.spool_id.into(),
+        ],
     )?
-    .execute(params![
-        mail.order_key,
-        mail.message_id,
-        mail.subject,
-        mail.envelope_from,
-        to,
-        mail.raw,
-        mail.state.as_str(),
-        now,
-        mail.spool_id,
-        mail.not_before.max(now)
-    ])?;
-    Ok(conn.last_insert_rowid())
+    .int(0)
 }
 
 /// Keep the correlation event a mail was composed from, so a held mail can be composed
 /// again once its ticket id is known.
-pub fn set_event(conn: &Connection, id: i64, event: &str) -> Result<(), StoreError> {
-    conn.prepare_cached("UPDATE outbound SET event = ?2 WHERE id = ?1")?
-        .execute(rusqlite::params![id, event])?;
+pub fn set_event(db: &mut Db, id: i64, event: &str) -> Result<(), StoreError> {
+    db.execute(
+        "UPDATE outbound SET event = $1 WHERE id = $2",
+        &[event.into(), id.into()],
+    )?;
     Ok(())
 }
 
@@ -81,7 +112,7 @@ pub struct OutboundRow {
     pub subject: String,
     pub envelope_from: String,
     pub envelope_to: Vec<String>,
-    pub state: String,
+    pub state: OutboundState,
     pub attempts: u32,
     pub queued_at: i64,
     pub next_attempt_at: i64,
@@ -93,151 +124,193 @@ pub struct OutboundRow {
 const COLUMNS: &str =
     "id, order_key, message_id, subject, envelope_from, envelope_to, state, attempts, queued_at, next_attempt_at, last_error, sent_at";
 
-fn row(r: &rusqlite::Row<'_>, with_raw: bool) -> rusqlite::Result<OutboundRow> {
-    let to: String = r.get(5)?;
+fn row(mut r: Row, with_raw: bool) -> Result<OutboundRow, StoreError> {
+    let to = r.text(5)?;
     Ok(OutboundRow {
-        id: r.get(0)?,
-        order_key: r.get(1)?,
-        message_id: r.get(2)?,
-        subject: r.get(3)?,
-        envelope_from: r.get(4)?,
+        id: r.int(0)?,
+        order_key: r.text(1)?,
+        message_id: r.text(2)?,
+        subject: r.text(3)?,
+        envelope_from: r.text(4)?,
         envelope_to: serde_json::from_str(&to).unwrap_or_default(),
-        state: r.get(6)?,
-        attempts: r.get::<_, i64>(7)? as u32,
-        queued_at: r.get(8)?,
-        next_attempt_at: r.get(9)?,
-        last_error: r.get(10)?,
-        sent_at: r.get(11)?,
-        raw: if with_raw { Some(r.get(12)?) } else { None },
+        state: OutboundState::from_db(&r.text(6)?)?,
+        attempts: r.int(7)? as u32,
+        queued_at: r.int(8)?,
+        next_attempt_at: r.int(9)?,
+        last_error: r.opt_text(10)?,
+        sent_at: r.opt_int(11)?,
+        raw: if with_raw {
+            Some(r.take_blob(12)?)
+        } else {
+            None
+        },
     })
+}
+
+fn rows(found: Vec<Row>, with_raw: bool) -> Result<Vec<OutboundRow>, StoreError> {
+    found.into_iter().map(|r| row(r, with_raw)).collect()
 }
 
 /// The head of each incident's queue that is due now, oldest first: one per order key,
 /// so an incident's mails go out in the order they were composed.
-pub fn due(conn: &Connection, now: i64, limit: usize) -> Result<Vec<OutboundRow>, StoreError> {
+pub fn due(db: &mut Db, now: i64, limit: usize) -> Result<Vec<OutboundRow>, StoreError> {
     // Walks the pending rows in id order (partial index) and stops at `limit`; each
     // candidate is checked against older pending mail of its incident (order_key index).
     // A GROUP BY over the whole queue on every call made delivery O(queue length).
+    let hint = match db.dialect() {
+        Dialect::Sqlite => "INDEXED BY outbound_pending",
+        Dialect::Postgres => "",
+    };
     let sql = format!(
-        "SELECT {COLUMNS}, raw FROM outbound AS o INDEXED BY outbound_pending
-         WHERE o.state IN ('queued', 'held') AND o.state = 'queued' AND o.next_attempt_at <= ?1
+        "SELECT {COLUMNS}, raw FROM outbound AS o {hint}
+         WHERE o.state IN ('queued', 'held') AND o.state = 'queued' AND o.next_attempt_at <= $1
            AND NOT EXISTS (SELECT 1 FROM outbound AS p
                            WHERE p.order_key = o.order_key AND p.id < o.id AND p.state IN ('queued', 'held'))
-         ORDER BY o.id LIMIT ?2"
+         ORDER BY o.id LIMIT $2"
     );
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt
-        .query_map(params![now, limit as i64], |r| row(r, true))?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(rows)
+    rows(db.query(&sql, &[now.into(), (limit as i64).into()])?, true)
 }
 
-pub fn mark_sent(conn: &Connection, id: i64, now: i64) -> Result<(), StoreError> {
-    conn.prepare_cached("UPDATE outbound SET state = 'sent', sent_at = ?2, attempts = attempts + 1, last_error = NULL WHERE id = ?1")?
-        .execute(params![id, now])?;
+pub fn mark_sent(db: &mut Db, id: i64, now: i64) -> Result<(), StoreError> {
+    db.execute(
+        "UPDATE outbound SET state = 'sent', sent_at = $1, attempts = attempts + 1, last_error = NULL WHERE id = $2",
+        &[now.into(), id.into()],
+    )?;
     Ok(())
 }
 
 pub fn mark_retry(
-    conn: &Connection,
+    db: &mut Db,
     id: i64,
     next_attempt_at: i64,
     error: &str,
 ) -> Result<(), StoreError> {
-    conn.prepare_cached("UPDATE outbound SET attempts = attempts + 1, next_attempt_at = ?2, last_error = ?3 WHERE id = ?1")?
-        .execute(params![id, next_attempt_at, error])?;
+    db.execute(
+        "UPDATE outbound SET attempts = attempts + 1, next_attempt_at = $1, last_error = $2 WHERE id = $3",
+        &[next_attempt_at.into(), error.into(), id.into()],
+    )?;
     Ok(())
 }
 
-pub fn mark_dead(conn: &Connection, id: i64, error: &str) -> Result<(), StoreError> {
-    conn.prepare_cached("UPDATE outbound SET state = 'dead', attempts = attempts + 1, last_error = ?2 WHERE id = ?1")?
-        .execute(params![id, error])?;
+pub fn mark_dead(db: &mut Db, id: i64, error: &str) -> Result<(), StoreError> {
+    db.execute(
+        "UPDATE outbound SET state = 'dead', attempts = attempts + 1, last_error = $1 WHERE id = $2",
+        &[error.into(), id.into()],
+    )?;
     Ok(())
 }
 
 /// Listing for `alertgate queue list`: everything not yet sent, plus the latest sent ones.
 /// A row that cannot be read is listed as damaged instead of failing the listing.
 pub fn list_checked(
-    conn: &Connection,
-    state: Option<&str>,
+    db: &mut Db,
+    state: Option<OutboundState>,
     limit: usize,
 ) -> Result<Vec<Result<OutboundRow, super::DamagedRow>>, StoreError> {
-    let mut ids = conn
-        .prepare(
-            "SELECT id FROM outbound WHERE (?1 IS NULL OR state = ?1) ORDER BY id DESC LIMIT ?2",
-        )?
-        .query_map(params![state, limit as i64], |r| r.get::<_, i64>(0))?
+    let limit = limit as i64;
+    let found = match state {
+        Some(state) => db.query(
+            "SELECT id FROM outbound WHERE state = $1 ORDER BY id DESC LIMIT $2",
+            &[state.as_str().into(), limit.into()],
+        )?,
+        None => db.query(
+            "SELECT id FROM outbound ORDER BY id DESC LIMIT $1",
+            &[limit.into()],
+        )?,
+    };
+    let mut ids = found
+        .iter()
+        .map(|r| r.int(0))
         .collect::<Result<Vec<_>, _>>()?;
     ids.reverse();
-    let sql = format!("SELECT {COLUMNS} FROM outbound WHERE id = ?1");
-    let mut stmt = conn.prepare(&sql)?;
+    let sql = format!("SELECT {COLUMNS} FROM outbound WHERE id = $1");
     Ok(ids
         .into_iter()
-        .map(|id| {
-            stmt.query_row([id], |r| row(r, false))
-                .map_err(|e| super::DamagedRow {
+        .filter_map(|id| {
+            let read = db
+                .query_opt(&sql, &[id.into()])
+                .and_then(|r| r.map(|r| row(r, false)).transpose());
+            match read {
+                Ok(found) => found.map(Ok),
+                Err(e) => Some(Err(super::DamagedRow {
                     id,
                     error: e.to_string(),
-                })
+                })),
+            }
         })
         .collect())
 }
 
 /// The readable rows of `list_checked`; damaged ones are skipped with a warning.
 pub fn list(
-    conn: &Connection,
-    state: Option<&str>,
+    db: &mut Db,
+    state: Option<OutboundState>,
     limit: usize,
 ) -> Result<Vec<OutboundRow>, StoreError> {
-    Ok(super::readable(list_checked(conn, state, limit)?))
+    Ok(super::readable(list_checked(db, state, limit)?))
 }
 
-pub fn get(conn: &Connection, id: i64) -> Result<Option<OutboundRow>, StoreError> {
-    let sql = format!("SELECT {COLUMNS}, raw FROM outbound WHERE id = ?1");
-    Ok(conn.query_row(&sql, [id], |r| row(r, true)).optional()?)
+pub fn get(db: &mut Db, id: i64) -> Result<Option<OutboundRow>, StoreError> {
+    let sql = format!("SELECT {COLUMNS}, raw FROM outbound WHERE id = $1");
+    db.query_opt(&sql, &[id.into()])?
+        .map(|r| row(r, true))
+        .transpose()
 }
 
-pub fn counts(conn: &Connection) -> Result<Vec<(String, i64)>, StoreError> {
-    let mut stmt =
-        conn.prepare("SELECT state, COUNT(*) FROM outbound GROUP BY state ORDER BY state")?;
-    let rows = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(rows)
+/// Every outbound mail with its bytes, oldest first (tests, `replay`'s checks).
+pub fn all_with_raw(db: &mut Db) -> Result<Vec<OutboundRow>, StoreError> {
+    let sql = format!("SELECT {COLUMNS}, raw FROM outbound ORDER BY id");
+    rows(db.query(&sql, &[])?, true)
+}
+
+pub fn counts(db: &mut Db) -> Result<Vec<(String, i64)>, StoreError> {
+    db.query(
+        "SELECT state, COUNT(*) FROM outbound GROUP BY state ORDER BY state",
+        &[],
+    )?
+    .into_iter()
+    .map(|r| Ok((r.text(0)?, r.int(1)?)))
+    .collect()
 }
 
 /// Put dead (or waiting) mails back in the queue, due now. `None` = every dead mail.
-pub fn retry(conn: &Connection, id: Option<i64>, now: i64) -> Result<usize, StoreError> {
+pub fn retry(db: &mut Db, id: Option<i64>, now: i64) -> Result<usize, StoreError> {
     let n = match id {
-        Some(id) => conn.execute(
-            "UPDATE outbound SET state = 'queued', next_attempt_at = ?2 WHERE id = ?1 AND state IN ('dead', 'queued')",
-            params![id, now],
+        Some(id) => db.execute(
+            "UPDATE outbound SET state = 'queued', next_attempt_at = $1 WHERE id = $2 AND state IN ('dead', 'queued')",
+            &[now.into(), id.into()],
         )?,
-        None => conn.execute("UPDATE outbound SET state = 'queued', next_attempt_at = ?1 WHERE state = 'dead'", [now])?,
+        None => db.execute(
+            "UPDATE outbound SET state = 'queued', next_attempt_at = $1 WHERE state = 'dead'",
+            &[now.into()],
+        )?,
     };
-    Ok(n)
+    Ok(n as usize)
 }
 
 /// Delete one mail, or every mail in a final state (`dead` or `sent`).
 pub fn purge(
-    conn: &Connection,
+    db: &mut Db,
     id: Option<i64>,
     state: Option<OutboundState>,
 ) -> Result<usize, StoreError> {
     let n = match (id, state) {
-        (Some(id), _) => conn.execute("DELETE FROM outbound WHERE id = ?1", [id])?,
-        (None, Some(st)) => conn.execute("DELETE FROM outbound WHERE state = ?1", [st.as_str()])?,
+        (Some(id), _) => db.execute("DELETE FROM outbound WHERE id = $1", &[id.into()])?,
+        (None, Some(st)) => db.execute(
+            "DELETE FROM outbound WHERE state = $1",
+            &[st.as_str().into()],
+        )?,
         (None, None) => 0,
     };
-    Ok(n)
+    Ok(n as usize)
 }
 
 /// Release one held mail as it was composed (unthreaded).
-pub fn requeue(conn: &Connection, id: i64, now: i64) -> Result<usize, StoreError> {
-    Ok(conn.execute(
-        "UPDATE outbound SET state = 'queued', next_attempt_at = ?2 WHERE id = ?1 AND state = 'held'",
-        params![id, now],
-    )?)
+pub fn requeue(db: &mut Db, id: i64, now: i64) -> Result<usize, StoreError> {
+    Ok(db.execute(
+        "UPDATE outbound SET state = 'queued', next_attempt_at = $1 WHERE id = $2 AND state = 'held'",
+        &[now.into(), id.into()],
+    )? as usize)
 }
 
 /// A held mail, with what it was composed from.
@@ -248,126 +321,136 @@ pub struct HeldMail {
     pub spool_id: Option<i64>,
 }
 
-pub fn held_for(conn: &Connection, order_key: &str) -> Result<Vec<HeldMail>, StoreError> {
-    let mut stmt = conn.prepare_cached("SELECT id, event, spool_id FROM outbound WHERE order_key = ?1 AND state = 'held' ORDER BY id")?;
-    let rows = stmt
-        .query_map([order_key], |r| {
-            Ok(HeldMail {
-                id: r.get(0)?,
-                event: r.get(1)?,
-                spool_id: r.get(2)?,
-            })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(rows)
+pub fn held_for(db: &mut Db, order_key: &str) -> Result<Vec<HeldMail>, StoreError> {
+    db.query(
+        "SELECT id, event, spool_id FROM outbound WHERE order_key = $1 AND state = 'held' ORDER BY id",
+        &[order_key.into()],
+    )?
+    .into_iter()
+    .map(|r| {
+        Ok(HeldMail {
+            id: r.int(0)?,
+            event: r.opt_text(1)?,
+            spool_id: r.opt_int(2)?,
+        })
+    })
+    .collect()
 }
 
 /// Replace a held mail by its threaded version and queue it now.
 pub fn requeue_composed(
-    conn: &Connection,
+    db: &mut Db,
     id: i64,
     subject: &str,
     raw: &[u8],
     now: i64,
 ) -> Result<(), StoreError> {
-    conn.prepare_cached("UPDATE outbound SET subject = ?2, raw = ?3, state = 'queued', next_attempt_at = ?4 WHERE id = ?1")?
-        .execute(params![id, subject, raw, now])?;
+    db.execute(
+        "UPDATE outbound SET subject = $1, raw = $2, state = 'queued', next_attempt_at = $3 WHERE id = $4",
+        &[subject.into(), raw.into(), now.into(), id.into()],
+    )?;
     Ok(())
 }
 
-pub fn delete(conn: &Connection, id: i64) -> Result<(), StoreError> {
-    conn.prepare_cached("DELETE FROM outbound WHERE id = ?1")?
-        .execute([id])?;
+pub fn delete(db: &mut Db, id: i64) -> Result<(), StoreError> {
+    db.execute("DELETE FROM outbound WHERE id = $1", &[id.into()])?;
     Ok(())
 }
 
 /// Held mails whose wait for a ticket id is over go out unthreaded; returns their keys.
-pub fn release_expired_holds(conn: &Connection, now: i64) -> Result<Vec<String>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT DISTINCT order_key FROM outbound WHERE state = 'held' AND next_attempt_at <= ?1",
-    )?;
-    let keys = stmt
-        .query_map([now], |r| r.get::<_, String>(0))?
-        .collect::<Result<Vec<_>, _>>()?;
+pub fn release_expired_holds(db: &mut Db, now: i64) -> Result<Vec<String>, StoreError> {
+    let keys = held_due_keys(db, now)?;
     if !keys.is_empty() {
-        conn.execute("UPDATE outbound SET state = 'queued', next_attempt_at = ?1 WHERE state = 'held' AND next_attempt_at <= ?1", [now])?;
+        db.execute(
+            "UPDATE outbound SET state = 'queued', next_attempt_at = $1 WHERE state = 'held' AND next_attempt_at <= $1",
+            &[now.into()],
+        )?;
     }
     Ok(keys)
 }
 
 /// Incidents with held mail due for a decision (their wait for a ticket id, or for
 /// the pace of GLPI's intake, is over).
-pub fn held_due_keys(conn: &Connection, now: i64) -> Result<Vec<String>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT DISTINCT order_key FROM outbound WHERE state = 'held' AND next_attempt_at <= ?1",
-    )?;
-    let keys = stmt
-        .query_map([now], |r| r.get::<_, String>(0))?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(keys)
+pub fn held_due_keys(db: &mut Db, now: i64) -> Result<Vec<String>, StoreError> {
+    db.query(
+        "SELECT DISTINCT order_key FROM outbound WHERE state = 'held' AND next_attempt_at <= $1",
+        &[now.into()],
+    )?
+    .iter()
+    .map(|r| r.text(0))
+    .collect()
+}
+
+/// Queued mails whose time has come: the delivery worker's backlog at `now`.
+pub fn count_due(db: &mut Db, now: i64) -> Result<i64, StoreError> {
+    db.query_one(
+        "SELECT COUNT(*) FROM outbound WHERE state = 'queued' AND next_attempt_at <= $1",
+        &[now.into()],
+    )?
+    .int(0)
 }
 
 /// Mails sent to GLPI at or after `since` (they may still wait in its mailbox).
-pub fn sent_since(conn: &Connection, since: i64) -> Result<u64, StoreError> {
-    Ok(conn
-        .prepare_cached("SELECT COUNT(*) FROM outbound WHERE state = 'sent' AND sent_at >= ?1")?
-        .query_row([since], |r| r.get::<_, i64>(0))? as u64)
+pub fn sent_since(db: &mut Db, since: i64) -> Result<u64, StoreError> {
+    Ok(db
+        .query_one(
+            "SELECT COUNT(*) FROM outbound WHERE state = 'sent' AND sent_at >= $1",
+            &[since.into()],
+        )?
+        .int(0)? as u64)
 }
 
 /// Look at an incident's held mail again at `at`.
-pub fn hold_until(conn: &Connection, order_key: &str, at: i64) -> Result<(), StoreError> {
-    conn.prepare_cached(
-        "UPDATE outbound SET next_attempt_at = ?2 WHERE order_key = ?1 AND state = 'held'",
-    )?
-    .execute(params![order_key, at])?;
+pub fn hold_until(db: &mut Db, order_key: &str, at: i64) -> Result<(), StoreError> {
+    db.execute(
+        "UPDATE outbound SET next_attempt_at = $1 WHERE order_key = $2 AND state = 'held'",
+        &[at.into(), order_key.into()],
+    )?;
     Ok(())
 }
 
 /// When the incident's latest mail left (or is due to leave) for GLPI.
-pub fn last_release_at(conn: &Connection, order_key: &str) -> Result<Option<i64>, StoreError> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT MAX(COALESCE(sent_at, next_attempt_at)) FROM outbound
-             WHERE order_key = ?1 AND state IN ('queued', 'sent')",
-        )?
-        .query_row([order_key], |r| r.get::<_, Option<i64>>(0))?)
+pub fn last_release_at(db: &mut Db, order_key: &str) -> Result<Option<i64>, StoreError> {
+    db.query_one(
+        "SELECT MAX(COALESCE(sent_at, next_attempt_at)) FROM outbound
+         WHERE order_key = $1 AND state IN ('queued', 'sent')",
+        &[order_key.into()],
+    )?
+    .opt_int(0)
 }
 
 /// The outbound queue as the delivery worker sees it, on its own connection.
-pub struct SqliteQueue {
-    conn: std::sync::Mutex<Connection>,
+pub struct StoreQueue {
+    db: std::sync::Mutex<Db>,
     /// Told the tag of each incident whose first mail was delivered (ticket lookup).
     opened: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 }
 
-impl SqliteQueue {
-    pub fn open(path: &std::path::Path) -> Result<SqliteQueue, StoreError> {
-        Ok(SqliteQueue {
-            conn: std::sync::Mutex::new(super::open_with(path, super::Durability::Derived)?),
+impl StoreQueue {
+    pub fn open(location: &Location) -> Result<StoreQueue, StoreError> {
+        Ok(StoreQueue {
+            db: std::sync::Mutex::new(Db::open(location, super::Durability::Derived)?),
             opened: None,
         })
     }
 
-    pub fn notify_opened(mut self, tx: tokio::sync::mpsc::UnboundedSender<String>) -> SqliteQueue {
+    pub fn notify_opened(mut self, tx: tokio::sync::mpsc::UnboundedSender<String>) -> StoreQueue {
         self.opened = Some(tx);
         self
     }
 
-    fn with<T>(
-        &self,
-        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
-    ) -> Result<T, QueueError> {
-        let conn = self
-            .conn
+    fn with<T>(&self, f: impl FnOnce(&mut Db) -> Result<T, StoreError>) -> Result<T, QueueError> {
+        let mut db = self
+            .db
             .lock()
-            .map_err(|_| QueueError::new("queue connection poisoned"))?;
-        f(&conn).map_err(QueueError::new)
+            .map_err(|_| QueueError::new(StoreError::LockPoisoned("delivery queue")))?;
+        f(&mut db).map_err(QueueError::new)
     }
 }
 
-impl OutboundQueue for SqliteQueue {
+impl OutboundQueue for StoreQueue {
     fn due(&self, now: i64, limit: usize) -> Result<Vec<OutboundItem>, QueueError> {
-        let rows = self.with(|c| due(c, now, limit))?;
+        let rows = self.with(|db| due(db, now, limit))?;
         Ok(rows
             .into_iter()
             .map(|r| OutboundItem {
@@ -384,17 +467,16 @@ impl OutboundQueue for SqliteQueue {
     }
 
     fn mark_sent(&self, id: i64, now: i64) -> Result<(), QueueError> {
-        self.with(|c| mark_sent(c, id, now))
+        self.with(|db| mark_sent(db, id, now))
     }
 
     fn mark_retry(&self, id: i64, next_attempt_at: i64, error: &str) -> Result<(), QueueError> {
-        self.with(|c| mark_retry(c, id, next_attempt_at, error))
+        self.with(|db| mark_retry(db, id, next_attempt_at, error))
     }
 
     fn mark_dead(&self, id: i64, error: &str) -> Result<(), QueueError> {
-        self.with(|c| mark_dead(c, id, error))
+        self.with(|db| mark_dead(db, id, error))
     }
-
     fn on_delivered(&self, item: &OutboundItem) {
         // The open mail is seq 0 of its incident: `<alert-xxxxxxxx.0@host>`.
         if let Some(tx) = &self.opened {
@@ -426,38 +508,42 @@ mod tests {
     #[test]
     fn due_returns_only_the_head_of_each_key_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let conn = super::super::open(&dir.path().join("db")).unwrap();
+        let mut db = super::super::open(&Location::Sqlite(dir.path().join("db"))).unwrap();
         let to = vec!["glpi@example.test".to_string()];
-        let a0 = enqueue(&conn, &mail("A", "a0", &to), 10).unwrap();
-        let b0 = enqueue(&conn, &mail("B", "b0", &to), 10).unwrap();
-        let a1 = enqueue(&conn, &mail("A", "a1", &to), 10).unwrap();
-        let ids: Vec<i64> = due(&conn, 10, 10).unwrap().iter().map(|r| r.id).collect();
+        let a0 = enqueue(&mut db, &mail("A", "a0", &to), 10).unwrap();
+        let b0 = enqueue(&mut db, &mail("B", "b0", &to), 10).unwrap();
+        let a1 = enqueue(&mut db, &mail("A", "a1", &to), 10).unwrap();
+        let ids: Vec<i64> = due(&mut db, 10, 10).unwrap().iter().map(|r| r.id).collect();
         assert_eq!(ids, vec![a0, b0]);
         // A's head fails for now: A's second mail must wait behind it.
-        mark_retry(&conn, a0, 100, "451 try later").unwrap();
-        let ids: Vec<i64> = due(&conn, 20, 10).unwrap().iter().map(|r| r.id).collect();
+        mark_retry(&mut db, a0, 100, "451 try later").unwrap();
+        let ids: Vec<i64> = due(&mut db, 20, 10).unwrap().iter().map(|r| r.id).collect();
         assert_eq!(ids, vec![b0]);
-        mark_sent(&conn, b0, 20).unwrap();
-        mark_sent(&conn, a0, 100).unwrap();
-        let ids: Vec<i64> = due(&conn, 100, 10).unwrap().iter().map(|r| r.id).collect();
+        mark_sent(&mut db, b0, 20).unwrap();
+        mark_sent(&mut db, a0, 100).unwrap();
+        let ids: Vec<i64> = due(&mut db, 100, 10)
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect();
         assert_eq!(ids, vec![a1]);
-        mark_dead(&conn, a1, "550 no").unwrap();
-        assert!(due(&conn, 1000, 10).unwrap().is_empty());
-        assert_eq!(retry(&conn, None, 1000).unwrap(), 1);
-        assert_eq!(due(&conn, 1000, 10).unwrap()[0].id, a1);
+        mark_dead(&mut db, a1, "550 no").unwrap();
+        assert!(due(&mut db, 1000, 10).unwrap().is_empty());
+        assert_eq!(retry(&mut db, None, 1000).unwrap(), 1);
+        assert_eq!(due(&mut db, 1000, 10).unwrap()[0].id, a1);
     }
 
     #[test]
     fn held_head_blocks_its_key_until_released() {
         let dir = tempfile::tempdir().unwrap();
-        let conn = super::super::open(&dir.path().join("db")).unwrap();
+        let mut db = super::super::open(&Location::Sqlite(dir.path().join("db"))).unwrap();
         let to = vec!["glpi@example.test".to_string()];
         let mut held = mail("A", "a1", &to);
         held.state = OutboundState::Held;
-        let h = enqueue(&conn, &held, 5).unwrap();
-        enqueue(&conn, &mail("A", "a2", &to), 5).unwrap();
-        assert!(due(&conn, 10, 10).unwrap().is_empty());
-        assert_eq!(requeue(&conn, h, 10).unwrap(), 1);
-        assert_eq!(due(&conn, 10, 10).unwrap()[0].id, h);
+        let h = enqueue(&mut db, &held, 5).unwrap();
+        enqueue(&mut db, &mail("A", "a2", &to), 5).unwrap();
+        assert!(due(&mut db, 10, 10).unwrap().is_empty());
+        assert_eq!(requeue(&mut db, h, 10).unwrap(), 1);
+        assert_eq!(due(&mut db, 10, 10).unwrap()[0].id, h);
     }
 }

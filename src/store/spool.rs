@@ -2,9 +2,9 @@
 //! whatever the sessions have handed it in one transaction (group commit), and only then
 //! does each session learn its spool id and answer 250.
 
+use super::db::{Db, Dialect, Location, Row, Value};
 use super::gate::WriteGate;
-use super::{open, StoreError};
-use rusqlite::{params, Connection, OptionalExtension};
+use super::{Durability, StoreError};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::Arc;
@@ -62,6 +62,21 @@ impl SpoolState {
         .into_iter()
         .find(|st| st.as_str() == s)
     }
+
+    /// A state read back from the store; an unknown one is named in the error.
+    pub fn from_db(s: &str) -> Result<SpoolState, StoreError> {
+        SpoolState::parse(s).ok_or_else(|| StoreError::BadValue {
+            table: "spool",
+            column: "state",
+            value: s.to_owned(),
+        })
+    }
+}
+
+impl std::fmt::Display for SpoolState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
 }
 
 /// One spooled message as read back.
@@ -71,7 +86,7 @@ pub struct SpoolRow {
     pub envelope: Envelope,
     pub message_id: Option<String>,
     pub size: usize,
-    pub state: String,
+    pub state: SpoolState,
     pub note: Option<String>,
     pub raw: Option<Vec<u8>>,
 }
@@ -97,17 +112,11 @@ impl SpoolBytes {
         }
     }
 
-    /// The whole message when it is in memory (a draft that never spilled to its file).
-    fn whole(&self) -> Option<std::borrow::Cow<'_, [u8]>> {
+    /// The message is all in memory (a draft that never spilled to its file).
+    fn in_memory(&self) -> bool {
         match self {
-            SpoolBytes::Memory(raw) => Some(std::borrow::Cow::Borrowed(raw)),
-            SpoolBytes::File { head, draft } if draft.file.is_none() && !draft.spilled => {
-                let mut whole = Vec::with_capacity(head.len() + draft.head.len());
-                whole.extend_from_slice(head);
-                whole.extend_from_slice(&draft.head);
-                Some(std::borrow::Cow::Owned(whole))
-            }
-            SpoolBytes::File { .. } => None,
+            SpoolBytes::Memory(_) => true,
+            SpoolBytes::File { draft, .. } => !draft.spilled,
         }
     }
 }
@@ -116,6 +125,7 @@ struct SpoolJob {
     envelope: Envelope,
     bytes: SpoolBytes,
     message_id: Option<String>,
+    /// The spool id once committed, or why the group's commit failed.
     reply: oneshot::Sender<Result<i64, String>>,
 }
 
@@ -142,7 +152,7 @@ const COPY_CHUNK: usize = 64 * 1024;
 
 /// A message being received: up to `HEAD_KEPT` bytes in memory; beyond that its bytes
 /// go to a file in the store's `incoming/` directory (memory does not grow with size ×
-/// sessions), and only its start stays in memory. Dropping a draft that was not stored
+/// sessions) and only its start stays in memory. Dropping a draft that was not stored
 /// deletes its file.
 pub struct Draft {
     path: std::path::PathBuf,
@@ -213,31 +223,22 @@ impl Drop for Draft {
 }
 
 impl SpoolHandle {
-    /// Start the writer thread on its own connection.
-    /// The database is checked first (`PRAGMA quick_check`): a damaged one is refused.
-    pub fn start(path: &Path, group_commit_max: usize) -> Result<SpoolHandle, StoreError> {
-        let incoming = incoming_dir(path);
+    /// Start the writer thread on its own connection; drafts are streamed to
+    /// `incoming` (see [`incoming_dir`]). The database is checked first (SQLite: `PRAGMA
+    /// quick_check`): a damaged one is refused.
+    pub fn start(
+        location: &Location,
+        incoming: &Path,
+        group_commit_max: usize,
+    ) -> Result<SpoolHandle, StoreError> {
+        let incoming = incoming.to_path_buf();
         // Drafts left by a crash were never answered 250: nothing is lost by removing them.
         let _ = std::fs::remove_dir_all(&incoming);
         std::fs::create_dir_all(&incoming).map_err(|source| StoreError::CreateDir {
             path: incoming.display().to_string(),
             source,
         })?;
-        let conn = match open(path) {
-            Ok(conn) => conn,
-            // A damaged page can already fail the schema read: say so precisely.
-            Err(StoreError::Sqlite(e))
-                if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseCorrupt)
-                    || e.sqlite_error_code() == Some(rusqlite::ErrorCode::NotADatabase) =>
-            {
-                return Err(StoreError::Damaged {
-                    path: path.display().to_string(),
-                    details: e.to_string(),
-                })
-            }
-            Err(e) => return Err(e),
-        };
-        super::quick_check(&conn, path)?;
+        let db = Db::open_checked(location, Durability::Full)?;
         let (tx, rx) = mpsc::channel(group_commit_max.max(1) * 4);
         let committed = Arc::new(Notify::new());
         let notify = committed.clone();
@@ -245,8 +246,11 @@ impl SpoolHandle {
         let writer_gate = Arc::clone(&gate);
         std::thread::Builder::new()
             .name("spool-writer".into())
-            .spawn(move || writer_loop(conn, rx, group_commit_max.max(1), notify, writer_gate))
-            .map_err(|e| StoreError::Corrupt(format!("cannot start spool writer: {e}")))?;
+            .spawn(move || writer_loop(db, rx, group_commit_max.max(1), notify, writer_gate))
+            .map_err(|source| StoreError::ThreadSpawn {
+                thread: "spool writer",
+                source,
+            })?;
         Ok(SpoolHandle {
             jobs: tx,
             committed,
@@ -281,7 +285,7 @@ impl SpoolHandle {
     }
 
     /// Store a message durably; returns its spool id once committed. `message_id` is
-    /// the caller's reading of the mail (the store does not parse mail).
+    /// the caller's reading of the mail: the store does not parse mail.
     pub async fn store(
         &self,
         envelope: Envelope,
@@ -300,10 +304,10 @@ impl SpoolHandle {
         mut draft: Draft,
         message_id: Option<String>,
     ) -> Result<i64, StoreError> {
-        draft
-            .finish()
-            .await
-            .map_err(|e| StoreError::Corrupt(format!("cannot write the message: {e}")))?;
+        draft.finish().await.map_err(|source| StoreError::Draft {
+            path: draft.path.display().to_string(),
+            source,
+        })?;
         self.submit(
             envelope,
             SpoolBytes::File {
@@ -333,14 +337,15 @@ impl SpoolHandle {
             .map_err(|_| StoreError::WriterGone)?;
         match rx.await {
             Ok(Ok(id)) => Ok(id),
-            Ok(Err(msg)) => Err(StoreError::Corrupt(msg)),
+            Ok(Err(why)) => Err(StoreError::GroupCommit(why)),
             Err(_) => Err(StoreError::WriterGone),
         }
     }
 }
 
-/// `incoming/` next to the database.
-fn incoming_dir(db: &Path) -> std::path::PathBuf {
+/// Where sessions stream DATA before the commit: `<db file>.incoming` next to the
+/// configured `[store] path` (also with PostgreSQL: drafts are local to each gateway).
+pub fn incoming_dir(db: &Path) -> std::path::PathBuf {
     let dir = db
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -352,36 +357,42 @@ fn incoming_dir(db: &Path) -> std::path::PathBuf {
     dir.join(format!("{name}.incoming"))
 }
 
-/// Spool one message directly on `conn` (no writer thread, no fsync promise): for
-/// `replay`, which feeds a temporary store.
+const INSERT: &str = "INSERT INTO spool (received_at, peer, helo, mail_from, rcpt_to, tls, auth_user, message_id, size, raw)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id";
+/// SQLite: the row gets a zeroblob of the message's size, filled in chunks after.
+const INSERT_ZEROBLOB: &str = "INSERT INTO spool (received_at, peer, helo, mail_from, rcpt_to, tls, auth_user, message_id, size, raw)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, zeroblob($10)) RETURNING id";
+
+fn envelope_params(e: &Envelope, message_id: Option<&str>, size: usize, raw: Value) -> Vec<Value> {
+    let rcpt = serde_json::to_string(&e.rcpt_to).unwrap_or_else(|_| "[]".into());
+    vec![
+        e.received_at.into(),
+        e.peer.as_str().into(),
+        e.helo.as_str().into(),
+        e.mail_from.as_str().into(),
+        rcpt.into(),
+        e.tls.into(),
+        e.auth_user.as_deref().into(),
+        message_id.into(),
+        (size as i64).into(),
+        raw,
+    ]
+}
+
+/// Spool one message directly (no writer thread, no fsync promise): for `replay`,
+/// which feeds a temporary store.
 pub fn insert(
-    conn: &Connection,
+    db: &mut Db,
     envelope: &Envelope,
     raw: &[u8],
     message_id: Option<&str>,
 ) -> Result<i64, StoreError> {
-    let rcpt = serde_json::to_string(&envelope.rcpt_to).unwrap_or_else(|_| "[]".into());
-    conn.prepare_cached(
-        "INSERT INTO spool (received_at, peer, helo, mail_from, rcpt_to, tls, auth_user, message_id, size, raw)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-    )?
-    .execute(params![
-        envelope.received_at,
-        envelope.peer,
-        envelope.helo,
-        envelope.mail_from,
-        rcpt,
-        envelope.tls,
-        envelope.auth_user,
-        message_id,
-        raw.len() as i64,
-        raw,
-    ])?;
-    Ok(conn.last_insert_rowid())
+    let params = envelope_params(envelope, message_id, raw.len(), raw.into());
+    db.query_one(INSERT, &params)?.int(0)
 }
 
 fn writer_loop(
-    mut conn: Connection,
+    mut db: Db,
     mut rx: mpsc::Receiver<SpoolJob>,
     max: usize,
     committed: Arc<Notify>,
@@ -399,7 +410,7 @@ fn writer_loop(
         let started = std::time::Instant::now();
         let inserted = {
             let _gate = gate.enter();
-            insert_batch(&mut conn, &batch)
+            insert_batch(&mut db, &batch)
         };
         crate::http::metrics::metrics().store_commit(started.elapsed());
         match inserted {
@@ -419,170 +430,210 @@ fn writer_loop(
     }
 }
 
-fn insert_batch(conn: &mut Connection, batch: &[SpoolJob]) -> Result<Vec<i64>, StoreError> {
-    let tx = conn.transaction()?;
+/// The group commit: every job of the batch in one transaction, one fsync.
+fn insert_batch(db: &mut Db, batch: &[SpoolJob]) -> Result<Vec<i64>, StoreError> {
+    let mut tx = db.transaction()?;
     let mut ids = Vec::with_capacity(batch.len());
-    {
-        let mut streamed = tx.prepare_cached(
-            "INSERT INTO spool (received_at, peer, helo, mail_from, rcpt_to, tls, auth_user, message_id, size, raw)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, zeroblob(?10))",
-        )?;
-        for job in batch {
-            let e = &job.envelope;
-            let rcpt = serde_json::to_string(&e.rcpt_to).unwrap_or_else(|_| "[]".into());
-            if let Some(whole) = job.bytes.whole() {
-                ids.push(insert_whole(
-                    &tx,
-                    e,
-                    &rcpt,
-                    job.message_id.as_deref(),
-                    &whole,
-                )?);
-                continue;
+    for job in batch {
+        let size = job.bytes.len();
+        let id = match tx.dialect() {
+            // Small (in memory): bound with the row, no blob handle.
+            Dialect::Sqlite if job.bytes.in_memory() => {
+                let raw = job.bytes.read_all()?;
+                let params =
+                    envelope_params(&job.envelope, job.message_id.as_deref(), size, raw.into());
+                tx.query_one(INSERT, &params)?.int(0)?
             }
-            let size = job.bytes.len();
-            streamed.execute(params![
-                e.received_at,
-                e.peer,
-                e.helo,
-                e.mail_from,
-                rcpt,
-                e.tls,
-                e.auth_user,
-                job.message_id,
-                size as i64,
-                size as i64,
-            ])?;
-            let id = tx.last_insert_rowid();
-            write_blob(&tx, id, &job.bytes)?;
-            ids.push(id);
-        }
+            Dialect::Sqlite => {
+                let params = envelope_params(
+                    &job.envelope,
+                    job.message_id.as_deref(),
+                    size,
+                    (size as i64).into(),
+                );
+                let id = tx.query_one(INSERT_ZEROBLOB, &params)?.int(0)?;
+                if let Some(conn) = tx.sqlite() {
+                    write_blob(conn, id, &job.bytes)?;
+                }
+                id
+            }
+            Dialect::Postgres => {
+                let raw = job.bytes.read_all()?;
+                let params =
+                    envelope_params(&job.envelope, job.message_id.as_deref(), size, raw.into());
+                tx.query_one(INSERT, &params)?.int(0)?
+            }
+        };
+        ids.push(id);
     }
     tx.commit()?;
     Ok(ids)
 }
 
-/// One in-memory message, bytes bound with the row (no blob handle).
-fn insert_whole(
-    conn: &Connection,
-    e: &Envelope,
-    rcpt: &str,
-    message_id: Option<&str>,
-    raw: &[u8],
-) -> Result<i64, StoreError> {
-    conn.prepare_cached(
-        "INSERT INTO spool (received_at, peer, helo, mail_from, rcpt_to, tls, auth_user, message_id, size, raw)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-    )?
-    .execute(params![
-        e.received_at,
-        e.peer,
-        e.helo,
-        e.mail_from,
-        rcpt,
-        e.tls,
-        e.auth_user,
-        message_id,
-        raw.len() as i64,
-        raw,
-    ])?;
-    Ok(conn.last_insert_rowid())
-}
+impl SpoolBytes {
+    /// The whole message in memory (backends without incremental blob writes).
+    fn read_all(&self) -> Result<Vec<u8>, StoreError> {
+        let mut out = Vec::with_capacity(self.len());
+        self.copy_to(&mut out)?;
+        Ok(out)
+    }
 
-/// Fills the row's `raw` (a zeroblob of the right size) in chunks: a streamed message
-/// goes from its file to the database without ever being whole in memory.
-fn write_blob(conn: &Connection, id: i64, bytes: &SpoolBytes) -> Result<(), StoreError> {
-    use std::io::{Read, Write};
-    let mut blob = conn.blob_open(rusqlite::MAIN_DB, "spool", "raw", id, false)?;
-    let io = |e: std::io::Error| StoreError::Corrupt(format!("spooling the message: {e}"));
-    match bytes {
-        SpoolBytes::Memory(raw) => blob.write_all(raw).map_err(io)?,
-        SpoolBytes::File { head, draft } => {
-            blob.write_all(head).map_err(io)?;
-            let mut file = std::fs::File::open(&draft.path).map_err(io)?;
-            let mut chunk = vec![0u8; COPY_CHUNK];
-            let mut left = draft.len;
-            while left > 0 {
-                let n = file.read(&mut chunk[..left.min(COPY_CHUNK)]).map_err(io)?;
-                if n == 0 {
-                    return Err(StoreError::Corrupt(
-                        "a spooled message file was cut short".into(),
-                    ));
+    /// Writes the message to `out` in chunks: a streamed one goes from its file to the
+    /// database without ever being whole in memory.
+    fn copy_to(&self, out: &mut impl std::io::Write) -> Result<(), StoreError> {
+        use std::io::Read;
+        match self {
+            SpoolBytes::Memory(raw) => out.write_all(raw).map_err(|e| blob_error(e, "memory"))?,
+            SpoolBytes::File { head, draft } if !draft.spilled => {
+                out.write_all(head).map_err(|e| blob_error(e, "memory"))?;
+                out.write_all(&draft.head)
+                    .map_err(|e| blob_error(e, "memory"))?;
+            }
+            SpoolBytes::File { head, draft } => {
+                let path = draft.path.display().to_string();
+                let draft_error = |source| StoreError::Draft {
+                    path: path.clone(),
+                    source,
+                };
+                out.write_all(head).map_err(|e| blob_error(e, &path))?;
+                let mut file = std::fs::File::open(&draft.path).map_err(draft_error)?;
+                let mut chunk = vec![0u8; COPY_CHUNK];
+                let mut left = draft.len;
+                while left > 0 {
+                    let n = file
+                        .read(&mut chunk[..left.min(COPY_CHUNK)])
+                        .map_err(draft_error)?;
+                    if n == 0 {
+                        return Err(StoreError::DraftShort {
+                            path,
+                            expected: draft.len,
+                            found: draft.len - left,
+                        });
+                    }
+                    out.write_all(&chunk[..n])
+                        .map_err(|e| blob_error(e, &path))?;
+                    left -= n;
                 }
-                blob.write_all(&chunk[..n]).map_err(io)?;
-                left -= n;
             }
         }
+        Ok(())
     }
+}
+
+/// Writing into the database's blob failed.
+fn blob_error(source: std::io::Error, from: &str) -> StoreError {
+    StoreError::SpoolCopy {
+        from: from.to_owned(),
+        source,
+    }
+}
+
+/// Fills the row's `raw` (a zeroblob of the right size) in chunks.
+fn write_blob(conn: &rusqlite::Connection, id: i64, bytes: &SpoolBytes) -> Result<(), StoreError> {
+    let mut blob = conn.blob_open(rusqlite::MAIN_DB, "spool", "raw", id, false)?;
+    bytes.copy_to(&mut blob)?;
     blob.close()?;
     Ok(())
 }
 
 const ROW_COLUMNS: &str = "id, received_at, peer, helo, mail_from, rcpt_to, tls, auth_user, message_id, size, state, note";
 
-fn row_to_spool(r: &rusqlite::Row<'_>, with_raw: bool) -> rusqlite::Result<SpoolRow> {
-    let rcpt: String = r.get(5)?;
+fn row_to_spool(mut r: Row, with_raw: bool) -> Result<SpoolRow, StoreError> {
+    let rcpt = r.text(5)?;
     Ok(SpoolRow {
-        id: r.get(0)?,
+        id: r.int(0)?,
         envelope: Envelope {
-            received_at: r.get(1)?,
-            peer: r.get(2)?,
-            helo: r.get(3)?,
-            mail_from: r.get(4)?,
+            received_at: r.int(1)?,
+            peer: r.text(2)?,
+            helo: r.text(3)?,
+            mail_from: r.text(4)?,
             rcpt_to: serde_json::from_str(&rcpt).unwrap_or_default(),
-            tls: r.get(6)?,
-            auth_user: r.get(7)?,
+            tls: r.bool(6)?,
+            auth_user: r.opt_text(7)?,
         },
-        message_id: r.get(8)?,
-        size: r.get::<_, i64>(9)? as usize,
-        state: r.get(10)?,
-        note: r.get(11)?,
-        raw: if with_raw { Some(r.get(12)?) } else { None },
+        message_id: r.opt_text(8)?,
+        size: r.int(9)? as usize,
+        state: SpoolState::from_db(&r.text(10)?)?,
+        note: r.opt_text(11)?,
+        raw: if with_raw {
+            Some(r.take_blob(12)?)
+        } else {
+            None
+        },
     })
 }
 
 /// Spooled messages, newest last; optionally only one state. A row that cannot be
 /// read is listed as damaged instead of failing the whole listing.
 pub fn list_checked(
-    conn: &Connection,
+    db: &mut Db,
     state: Option<SpoolState>,
     limit: usize,
 ) -> Result<Vec<Result<SpoolRow, super::DamagedRow>>, StoreError> {
-    let mut ids = conn
-        .prepare("SELECT id FROM spool WHERE (?1 IS NULL OR state = ?1) ORDER BY id DESC LIMIT ?2")?
-        .query_map(params![state.map(SpoolState::as_str), limit as i64], |r| {
-            r.get::<_, i64>(0)
-        })?
+    let limit = limit as i64;
+    let found = match state {
+        Some(state) => db.query(
+            "SELECT id FROM spool WHERE state = $1 ORDER BY id DESC LIMIT $2",
+            &[state.as_str().into(), limit.into()],
+        )?,
+        None => db.query(
+            "SELECT id FROM spool ORDER BY id DESC LIMIT $1",
+            &[limit.into()],
+        )?,
+    };
+    let mut ids = found
+        .iter()
+        .map(|r| r.int(0))
         .collect::<Result<Vec<_>, _>>()?;
     ids.reverse();
-    let sql = format!("SELECT {ROW_COLUMNS} FROM spool WHERE id = ?1");
-    let mut stmt = conn.prepare(&sql)?;
+    let sql = format!("SELECT {ROW_COLUMNS} FROM spool WHERE id = $1");
     Ok(ids
         .into_iter()
-        .map(|id| {
-            stmt.query_row([id], |r| row_to_spool(r, false))
-                .map_err(|e| super::DamagedRow {
+        .filter_map(|id| {
+            let read = db
+                .query_opt(&sql, &[id.into()])
+                .and_then(|r| r.map(|r| row_to_spool(r, false)).transpose());
+            match read {
+                Ok(row) => row.map(Ok),
+                Err(e) => Some(Err(super::DamagedRow {
                     id,
                     error: e.to_string(),
-                })
+                })),
+            }
         })
         .collect())
 }
 
 /// The readable rows of `list_checked`; damaged ones are skipped with a warning.
 pub fn list(
-    conn: &Connection,
+    db: &mut Db,
     state: Option<SpoolState>,
     limit: usize,
 ) -> Result<Vec<SpoolRow>, StoreError> {
-    Ok(super::readable(list_checked(conn, state, limit)?))
+    Ok(super::readable(list_checked(db, state, limit)?))
 }
 
-pub fn get(conn: &Connection, id: i64) -> Result<Option<SpoolRow>, StoreError> {
-    let sql = format!("SELECT {ROW_COLUMNS}, raw FROM spool WHERE id = ?1");
-    Ok(conn
-        .query_row(&sql, [id], |r| row_to_spool(r, true))
-        .optional()?)
+pub fn get(db: &mut Db, id: i64) -> Result<Option<SpoolRow>, StoreError> {
+    let sql = format!("SELECT {ROW_COLUMNS}, raw FROM spool WHERE id = $1");
+    db.query_opt(&sql, &[id.into()])?
+        .map(|r| row_to_spool(r, true))
+        .transpose()
+}
+
+/// Earlier spooled messages with this Message-ID (id and bytes, oldest first), for the
+/// pipeline's duplicate check.
+pub fn earlier_with_message_id(
+    db: &mut Db,
+    message_id: &str,
+    before_id: i64,
+) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+    db.query(
+        "SELECT id, raw FROM spool WHERE message_id = $1 AND id < $2 ORDER BY id",
+        &[message_id.into(), before_id.into()],
+    )?
+    .into_iter()
+    .map(|mut r| Ok((r.int(0)?, r.take_blob(1)?)))
+    .collect()
 }
 
 /// Bytes of spooled messages `pending` loads at once (at least one message): 64 big
@@ -591,21 +642,20 @@ const PENDING_BYTES: usize = 16 * 1024 * 1024;
 
 /// The oldest messages still waiting for the pipeline, with their bytes: at most
 /// `limit` of them and, beyond the first, no more than `PENDING_BYTES` in all.
-pub fn pending(conn: &Connection, limit: usize) -> Result<Vec<SpoolRow>, StoreError> {
-    let sizes = conn
-        .prepare_cached("SELECT id, size FROM spool WHERE state = 'new' ORDER BY id LIMIT ?1")?
-        .query_map([limit as i64], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
+pub fn pending(db: &mut Db, limit: usize) -> Result<Vec<SpoolRow>, StoreError> {
+    let sizes = db.query(
+        "SELECT id, size FROM spool WHERE state = 'new' ORDER BY id LIMIT $1",
+        &[(limit as i64).into()],
+    )?;
     let mut total = 0usize;
     let mut rows = Vec::new();
-    for (id, size) in sizes {
+    for r in sizes {
+        let (id, size) = (r.int(0)?, r.int(1)?);
         total = total.saturating_add(usize::try_from(size).unwrap_or(usize::MAX));
         if !rows.is_empty() && total > PENDING_BYTES {
             break;
         }
-        if let Some(row) = get(conn, id)? {
+        if let Some(row) = get(db, id)? {
             rows.push(row);
         }
     }
@@ -613,25 +663,37 @@ pub fn pending(conn: &Connection, limit: usize) -> Result<Vec<SpoolRow>, StoreEr
 }
 
 pub fn set_state(
-    conn: &Connection,
+    db: &mut Db,
     id: i64,
     state: SpoolState,
     note: Option<&str>,
     now: i64,
 ) -> Result<(), StoreError> {
-    conn.prepare_cached("UPDATE spool SET state = ?2, note = ?3, processed_at = ?4 WHERE id = ?1")?
-        .execute(params![id, state.as_str(), note, now])?;
+    db.execute(
+        "UPDATE spool SET state = $1, note = $2, processed_at = $3 WHERE id = $4",
+        &[state.as_str().into(), note.into(), now.into(), id.into()],
+    )?;
     Ok(())
 }
 
 /// Counts per state, for `queue list` and metrics.
-pub fn counts(conn: &Connection) -> Result<Vec<(String, i64)>, StoreError> {
-    let mut stmt =
-        conn.prepare("SELECT state, COUNT(*) FROM spool GROUP BY state ORDER BY state")?;
-    let rows = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(rows)
+pub fn counts(db: &mut Db) -> Result<Vec<(String, i64)>, StoreError> {
+    db.query(
+        "SELECT state, COUNT(*) FROM spool GROUP BY state ORDER BY state",
+        &[],
+    )?
+    .into_iter()
+    .map(|r| Ok((r.text(0)?, r.int(1)?)))
+    .collect()
+}
+
+/// Messages in one state (e.g. `new`: still waiting for the pipeline).
+pub fn count_in(db: &mut Db, state: SpoolState) -> Result<i64, StoreError> {
+    db.query_one(
+        "SELECT COUNT(*) FROM spool WHERE state = $1",
+        &[state.as_str().into()],
+    )?
+    .int(0)
 }
 
 #[cfg(test)]
@@ -654,7 +716,8 @@ mod tests {
     async fn concurrent_stores_commit_and_read_back() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.sqlite");
-        let spool = SpoolHandle::start(&path, 16).unwrap();
+        let location = Location::Sqlite(path.clone());
+        let spool = SpoolHandle::start(&location, &incoming_dir(&path), 16).unwrap();
         let mut tasks = Vec::new();
         for i in 0..50 {
             let spool = spool.clone();
@@ -672,13 +735,15 @@ mod tests {
         ids.sort();
         ids.dedup();
         assert_eq!(ids.len(), 50);
-        let conn = open(&path).unwrap();
-        let rows = pending(&conn, 100).unwrap();
+        let mut db = super::super::open(&location).unwrap();
+        let rows = pending(&mut db, 100).unwrap();
         assert_eq!(rows.len(), 50);
-        let first = get(&conn, rows[0].id).unwrap().unwrap();
+        let first = get(&mut db, rows[0].id).unwrap().unwrap();
         assert_eq!(first.envelope, envelope());
+        assert_eq!(first.state, SpoolState::New);
         assert!(first.message_id.unwrap().starts_with('m'));
-        set_state(&conn, first.id, SpoolState::Processed, None, 1).unwrap();
-        assert_eq!(pending(&conn, 100).unwrap().len(), 49);
+        set_state(&mut db, first.id, SpoolState::Processed, None, 1).unwrap();
+        assert_eq!(pending(&mut db, 100).unwrap().len(), 49);
+        assert_eq!(count_in(&mut db, SpoolState::New).unwrap(), 49);
     }
 }

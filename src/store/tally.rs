@@ -1,8 +1,8 @@
 //! Counts over a whole store, for `replay`'s report: what GLPI would have received
 //! (mails, threads they start, API actions) and when.
 
+use super::db::Db;
 use super::StoreError;
-use rusqlite::Connection;
 
 /// What a store holds once a mailbox went through the pipeline.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -18,23 +18,24 @@ pub struct Tally {
     pub thread_times: Vec<i64>,
 }
 
-pub fn tally(conn: &Connection) -> Result<Tally, StoreError> {
-    let count = |sql: &str| -> Result<u64, StoreError> {
-        Ok(conn.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64)
-    };
-    let times = |sql: &str| -> Result<Vec<i64>, StoreError> {
-        let mut stmt = conn.prepare(sql)?;
-        let rows = stmt
-            .query_map([], |r| r.get::<_, i64>(0))?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
+pub fn tally(db: &mut Db) -> Result<Tally, StoreError> {
+    let mut count =
+        |sql: &str| -> Result<u64, StoreError> { Ok(db.query_one(sql, &[])?.int(0)? as u64) };
+    let incidents = count("SELECT COUNT(*) FROM incidents")?;
+    let outbound_mails = count("SELECT COUNT(*) FROM outbound")?;
+    let threads = count("SELECT COUNT(DISTINCT order_key) FROM outbound")?;
+    let api_actions = count("SELECT COUNT(*) FROM glpi_actions")?;
+    let mut times = |sql: &str| -> Result<Vec<i64>, StoreError> {
+        db.query(sql, &[])?.iter().map(|r| r.int(0)).collect()
     };
     Ok(Tally {
-        incidents: count("SELECT COUNT(*) FROM incidents")?,
-        outbound_mails: count("SELECT COUNT(*) FROM outbound")?,
-        threads: count("SELECT COUNT(DISTINCT order_key) FROM outbound")?,
-        api_actions: count("SELECT COUNT(*) FROM glpi_actions")?,
+        incidents,
+        outbound_mails,
+        threads,
+        api_actions,
         mail_times: times("SELECT queued_at FROM outbound ORDER BY id")?,
-        thread_times: times("SELECT MIN(queued_at) FROM outbound GROUP BY order_key")?,
+        thread_times: times(
+            "SELECT MIN(queued_at) FROM outbound GROUP BY order_key ORDER BY MIN(queued_at)",
+        )?,
     })
 }

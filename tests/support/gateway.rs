@@ -3,9 +3,13 @@
 #![allow(dead_code)]
 
 use alertgate::config::LoadedConfig;
+use alertgate::store::{outbound, spool, Db, Location};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use tokio::sync::watch;
+
+/// "Every row" for the store's listings.
+const ALL: usize = 1_000_000;
 
 pub struct TestGateway {
     pub addr: SocketAddr,
@@ -183,12 +187,7 @@ impl TestGateway {
     /// Wait until the pipeline has processed every spooled message.
     pub async fn wait_processed(&self) {
         for _ in 0..600 {
-            let waiting: i64 = self
-                .db()
-                .query_row("SELECT COUNT(*) FROM spool WHERE state = 'new'", [], |r| {
-                    r.get(0)
-                })
-                .unwrap();
+            let waiting = spool::count_in(&mut self.db(), spool::SpoolState::New).unwrap();
             if waiting == 0 {
                 return;
             }
@@ -199,14 +198,44 @@ impl TestGateway {
 
     /// Outbound rows as (state, order key, subject).
     pub fn outbound(&self) -> Vec<(String, String, String)> {
-        let conn = self.db();
-        let mut stmt = conn
-            .prepare("SELECT state, order_key, subject FROM outbound ORDER BY id")
-            .unwrap();
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .unwrap()
-            .map(|r| r.unwrap())
+        self.outbound_rows()
+            .into_iter()
+            .map(|r| (r.state.to_string(), r.order_key, r.subject))
             .collect()
+    }
+
+    /// Every outbound mail with its bytes, oldest first.
+    pub fn outbound_rows(&self) -> Vec<outbound::OutboundRow> {
+        outbound::all_with_raw(&mut self.db()).expect("outbound rows")
+    }
+
+    /// Every spooled message (without its bytes), oldest first.
+    pub fn spool_rows(&self) -> Vec<spool::SpoolRow> {
+        spool::list(&mut self.db(), None, ALL).expect("spool rows")
+    }
+
+    /// A spooled message with its bytes.
+    pub fn spool_row(&self, id: i64) -> spool::SpoolRow {
+        spool::get(&mut self.db(), id)
+            .expect("read spool")
+            .expect("spooled")
+    }
+
+    /// The one spooled message, with its bytes (the test sent exactly one).
+    pub fn only_spooled(&self) -> spool::SpoolRow {
+        let rows = self.spool_rows();
+        assert_eq!(rows.len(), 1, "one spooled message expected: {rows:?}");
+        self.spool_row(rows[0].id)
+    }
+
+    /// Every incident, open or ended.
+    pub fn incidents(&self) -> Vec<alertgate::correlate::Incident> {
+        alertgate::store::incidents::load(&mut self.db(), true).expect("incidents")
+    }
+
+    /// One of the store's counters (`unthreaded_after_timeout`, …).
+    pub fn kv(&self, key: &str) -> Option<String> {
+        alertgate::store::incidents::get_kv(&mut self.db(), key).expect("kv")
     }
 
     /// Run `alertgate queue -c <this config> ARGS…`; (success, stdout).
@@ -232,15 +261,21 @@ impl TestGateway {
         self.dir.path().join("alertgate.toml")
     }
 
-    pub fn db(&self) -> rusqlite::Connection {
-        alertgate::store::open(&self.db).expect("open store")
+    /// A connection to the gateway's store, through the store's own functions.
+    pub fn db(&self) -> Db {
+        alertgate::store::open(&Location::Sqlite(self.db.clone())).expect("open store")
+    }
+
+    /// The SQLite file itself, for tests that damage it on purpose (fault injection):
+    /// everything else reads through [`Self::db`].
+    pub fn raw_sqlite(&self) -> rusqlite::Connection {
+        raw_sqlite(&self.db)
     }
 
     /// Number of messages in the spool.
     pub fn spooled(&self) -> i64 {
-        self.db()
-            .query_row("SELECT COUNT(*) FROM spool", [], |r| r.get(0))
-            .expect("count")
+        let counts = spool::counts(&mut self.db()).expect("count");
+        counts.iter().map(|(_, n)| n).sum()
     }
 
     /// Stop the gateway but keep its directory (store, config) for inspection.
@@ -257,4 +292,12 @@ impl TestGateway {
             r.wait().await;
         }
     }
+}
+
+/// A plain SQLite connection to a store file, to damage it on purpose.
+pub fn raw_sqlite(path: &Path) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(path).expect("open the SQLite file");
+    conn.busy_timeout(std::time::Duration::from_secs(30))
+        .expect("busy timeout");
+    conn
 }
