@@ -1188,12 +1188,20 @@ fn duplicate_of(db: &mut Db, row: &SpoolRow) -> Result<Option<i64>, StoreError> 
         return Ok(None);
     };
     let raw = row.raw.as_deref().unwrap_or_default();
-    for (id, other) in spool::earlier_with_message_id(db, mid, row.id)? {
-        if after_our_received(&other) == after_our_received(raw) {
-            return Ok(Some(id));
+    // Paged: the first earlier copy is usually the one, so one page is usually all.
+    let mut after = 0;
+    loop {
+        let page = spool::earlier_with_message_id(db, mid, after, row.id, 8)?;
+        let Some(last) = page.last().map(|(id, _)| *id) else {
+            return Ok(None);
+        };
+        for (id, other) in &page {
+            if after_our_received(other) == after_our_received(raw) {
+                return Ok(Some(*id));
+            }
         }
+        after = last;
     }
-    Ok(None)
 }
 
 /// The message as the client sent it: without the Received: header we prepended.

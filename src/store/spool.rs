@@ -622,14 +622,23 @@ pub fn get(db: &mut Db, id: i64) -> Result<Option<SpoolRow>, StoreError> {
 
 /// Earlier spooled messages with this Message-ID (id and bytes, oldest first), for the
 /// pipeline's duplicate check.
+/// One page (`limit` rows, oldest first, ids in `after_id..before_id`): a tool that
+/// reuses one Message-ID for every mail would otherwise make each check read them all.
 pub fn earlier_with_message_id(
     db: &mut Db,
     message_id: &str,
+    after_id: i64,
     before_id: i64,
+    limit: usize,
 ) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
     db.query(
-        "SELECT id, raw FROM spool WHERE message_id = $1 AND id < $2 ORDER BY id",
-        &[message_id.into(), before_id.into()],
+        "SELECT id, raw FROM spool WHERE message_id = $1 AND id > $2 AND id < $3 ORDER BY id LIMIT $4",
+        &[
+            message_id.into(),
+            after_id.into(),
+            before_id.into(),
+            (limit as i64).into(),
+        ],
     )?
     .into_iter()
     .map(|mut r| Ok((r.int(0)?, r.take_blob(1)?)))
