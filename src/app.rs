@@ -251,7 +251,9 @@ pub async fn start_with_clock(
         .map_err(|e| anyhow::anyhow!("loading rules:\n{e}"))?;
     tracing::info!(rules = rules.len(), "rules loaded");
     let settings = pipeline_settings(&loaded, rules, may_solve);
-    let pipeline = Pipeline::open(&store, settings).context("starting the pipeline")?;
+    let pipeline = Pipeline::open(&store, settings)
+        .context("starting the pipeline")?
+        .with_write_gate(spool.gate.clone());
     let outbound_wake = Arc::new(Notify::new());
     let client =
         Transport::from_config(&loaded.relay).map_err(|e| anyhow::anyhow!("relay: {e}"))?;

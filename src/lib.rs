@@ -15,3 +15,4 @@ pub mod replay;
 pub mod rules;
 pub mod smtp;
 pub mod store;
+pub mod ticket;

@@ -8,10 +8,10 @@ use crate::config::{RecipientPattern, UnmatchedPolicy};
 use crate::correlate::reply::MailIds;
 use crate::correlate::{
     self, Action, CorrelationPolicy, CorrelationState, Decision, Incident, IncidentMail,
-    TicketStatus,
 };
 use crate::rules::{ParseContext, ParseError, RuleSet};
 use crate::store::actions::{self, ActionKind};
+use crate::store::gate::WriteGate;
 use crate::store::incidents::StoreIncidents;
 use crate::store::outbound::{self, NewOutbound, OutboundState};
 use crate::store::spool::{self, SpoolRow, SpoolState};
@@ -21,6 +21,11 @@ use std::sync::Arc;
 
 /// Messages processed per transaction: one fsync for many steps.
 const BATCH: usize = 64;
+
+/// How long a transaction of ours may keep a waiting spool writer (the sessions' `250`)
+/// out. Shorter turns cost more: each commit rewrites the same index pages to the WAL,
+/// which the writer's next fsync then has to flush.
+const TURN: std::time::Duration = std::time::Duration::from_millis(4);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -76,32 +81,7 @@ impl Default for GlpiFlow {
     }
 }
 
-/// How long an incident's news waits for its ticket id when no timeout is set: the
-/// collector runs the mails still unanswered ahead of it take, and its own
-/// ([`crate::config::FeedbackConfig::lookup_timeout_secs_for_backlog`]).
-pub fn derived_ticket_wait(
-    collector_interval_secs: i64,
-    collector_batch: i64,
-    backlog: u64,
-) -> i64 {
-    let pace = crate::config::FeedbackConfig {
-        ticket_lookup_timeout_secs: None,
-        collector_interval_secs: collector_interval_secs.max(1) as u64,
-        collector_batch: collector_batch.max(1) as u64,
-        ..crate::config::FeedbackConfig::default()
-    };
-    i64::try_from(pace.lookup_timeout_secs_for_backlog(backlog.saturating_add(1)))
-        .unwrap_or(i64::MAX)
-}
-
-/// A ticket id learned for one of our incidents (from a notification or the API).
-#[derive(Debug, Clone, PartialEq)]
-pub struct TicketInfo {
-    pub tag: String,
-    pub ticket_id: u64,
-    pub glpi_message_id: Option<String>,
-    pub status: Option<TicketStatus>,
-}
+pub use crate::ticket::{derived_ticket_wait, TicketInfo};
 
 pub struct Pipeline {
     db: Db,
@@ -111,6 +91,9 @@ pub struct Pipeline {
     /// The store's commit generation after this pipeline's last commit; `None` until
     /// the state was read from the store (at start, after a failed step).
     generation: Option<i64>,
+    /// Shared with the spool writer, whose group commit (the sessions' `250`) then
+    /// waits for one turn of ours at most.
+    gate: Option<Arc<WriteGate>>,
 }
 
 /// What one processing step produced, for the spool row's note and the logs.
@@ -145,7 +128,14 @@ impl Pipeline {
             // Read from the store inside the first transaction.
             state: CorrelationState::default(),
             generation: None,
+            gate: None,
         })
+    }
+
+    /// Take turns with the spool writer through `gate` (see [`WriteGate`]).
+    pub fn with_write_gate(mut self, gate: Arc<WriteGate>) -> Pipeline {
+        self.gate = Some(gate);
+        self
     }
 
     /// A reloaded configuration (rules, compose, correlation) for the mails from now on.
@@ -163,20 +153,34 @@ impl Pipeline {
         if !spool::has_pending(&mut self.db)? {
             return Ok(0);
         }
+        let gate = self.gate.clone();
         let mut processed = 0;
-        self.in_transaction(now, |p, tx| {
-            // Claimed inside the transaction: another gateway's pipeline skips them, and
-            // takes them over if this one dies before its commit.
-            let rows = spool::claim_pending(tx, BATCH)?;
-            for row in &rows {
-                let step = p.process(tx, row, now)?;
-                spool::set_state(tx, row.id, step.state, Some(&step.note), now)?;
-                tracing::info!(spool_id = row.id, state = step.state.as_str(), outcome = %step.note, "processed");
+        loop {
+            let (mut claimed, mut done) = (0, 0);
+            let wanted = BATCH - processed;
+            // One transaction for the claim, cut short when the spool writer waits.
+            self.in_transaction(now, |p, tx| {
+                // Claimed inside the transaction: another gateway's pipeline skips them,
+                // and takes them over if this one dies before its commit.
+                let rows = spool::claim_pending(tx, wanted)?;
+                claimed = rows.len();
+                let turn = std::time::Instant::now();
+                for row in &rows {
+                    let step = p.process(tx, row, now)?;
+                    spool::set_state(tx, row.id, step.state, Some(&step.note), now)?;
+                    tracing::info!(spool_id = row.id, state = step.state.as_str(), outcome = %step.note, "processed");
+                    done += 1;
+                    if turn.elapsed() >= TURN && gate.as_ref().is_some_and(|g| g.contended()) {
+                        break;
+                    }
+                }
+                Ok(done > 0)
+            })?;
+            processed += done;
+            if done == claimed || processed >= BATCH {
+                return Ok(processed);
             }
-            processed = rows.len();
-            Ok(processed > 0)
-        })?;
-        Ok(processed)
+        }
     }
 
     /// Let time-driven decisions happen: storm digests, and news whose wait (for its
@@ -221,6 +225,8 @@ impl Pipeline {
         now: i64,
         f: impl FnOnce(&mut PipelineCore<'_>, &mut Tx<'_>) -> Result<bool, PipelineError>,
     ) -> Result<(), PipelineError> {
+        let gate = self.gate.clone();
+        let _gate = gate.as_ref().map(|g| g.enter());
         let mut tx = self.db.transaction()?;
         let outcome = (|| {
             // PostgreSQL: two gateways correlate one at a time (SQLite's write
@@ -294,14 +300,19 @@ impl PipelineCore<'_> {
         if self.is_feedback(row) {
             return self.feedback(tx, raw, now);
         }
-        let parsed = self.settings.rules.parse(
-            raw,
+        // Decoded once here; the rules and correlation read this one copy.
+        let mail = match crate::rules::decode(raw) {
+            Ok(mail) => mail,
+            Err(e) => return self.unmatched(tx, row, raw, &ParseError::from(e), now),
+        };
+        let parsed = self.settings.rules.parse_decoded(
+            &mail,
             &StoreContext {
                 db: RefCell::new(&mut **tx),
             },
         );
         match parsed {
-            Ok(alerts) => self.process_alerts(tx, row, raw, &alerts, now),
+            Ok(alerts) => self.process_alerts(tx, row, raw, mail.cited, &alerts, now),
             Err(e) => self.unmatched(tx, row, raw, &e, now),
         }
     }
@@ -311,13 +322,14 @@ impl PipelineCore<'_> {
         tx: &mut Tx<'_>,
         row: &SpoolRow,
         raw: &[u8],
+        cited: Vec<String>,
         alerts: &[Alert],
         now: i64,
     ) -> Result<StepResult, PipelineError> {
         let mut notes = Vec::new();
         let mail_ids = MailIds {
             own: row.message_id.clone(),
-            cited: crate::rules::cited_message_ids(raw),
+            cited,
         };
         for alert in alerts {
             if let Some(mid) = &row.message_id {
@@ -1197,12 +1209,20 @@ fn duplicate_of(db: &mut Db, row: &SpoolRow) -> Result<Option<i64>, StoreError> 
         return Ok(None);
     };
     let raw = row.raw.as_deref().unwrap_or_default();
-    for (id, other) in spool::earlier_with_message_id(db, mid, row.id)? {
-        if after_our_received(&other) == after_our_received(raw) {
-            return Ok(Some(id));
+    // Paged: the first earlier copy is usually the one, so one page is usually all.
+    let mut after = 0;
+    loop {
+        let page = spool::earlier_with_message_id(db, mid, after, row.id, 8)?;
+        let Some(last) = page.last().map(|(id, _)| *id) else {
+            return Ok(None);
+        };
+        for (id, other) in &page {
+            if after_our_received(other) == after_our_received(raw) {
+                return Ok(Some(*id));
+            }
         }
+        after = last;
     }
-    Ok(None)
 }
 
 /// The message as the client sent it: without the Received: header we prepended.
@@ -1304,7 +1324,7 @@ mod tests {
         );
         let mut digest = events[2].incident.clone();
         assert!(digest.is_digest);
-        digest.record_ticket(42, None, Some(TicketStatus::Open));
+        digest.record_ticket(42, None, Some(crate::correlate::TicketStatus::Open));
         let cfg = ComposeConfig::new("alertgate@example.test", "glpi@example.test");
         let mail = compose_news(&cfg, &digest, &events, None, t0 + 100).expect("composes");
         assert!(

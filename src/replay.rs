@@ -265,7 +265,8 @@ pub fn run(
             auth_user: None,
             received_at: mail.at,
         };
-        spool::insert(&mut db, &envelope, &mail.raw)?;
+        let message_id = crate::smtp::header::message_id(&mail.raw);
+        spool::insert(&mut db, &envelope, &mail.raw, message_id.as_deref())?;
         while pipeline.run_batch(mail.at)? > 0 {}
         pipeline.tick(mail.at)?;
         progress(i as u64 + 1);

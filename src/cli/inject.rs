@@ -132,8 +132,9 @@ async fn inject_one(
     };
     let mut raw = received_header(&loaded.config.server.hostname).into_bytes();
     raw.extend_from_slice(&body);
+    let message_id = crate::smtp::header::message_id(&raw);
     spool
-        .store(envelope, raw)
+        .store(envelope, raw, message_id)
         .await
         .map_err(|e| InjectError::Store {
             file: name.clone(),

@@ -4,10 +4,10 @@
 
 use super::api::{lookup_backoff, ApiError, GlpiApi};
 use crate::clock::Clock;
-use crate::pipeline::TicketInfo;
 use crate::store::actions::{self, ActionKind, ActionState};
 use crate::store::lease::Lease;
 use crate::store::{incidents, Db, Location, StoreError};
+use crate::ticket::TicketInfo;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -86,7 +86,7 @@ impl ApiWorker {
         let wait = if self.lookup_timeout_secs > 0 {
             self.lookup_timeout_secs
         } else {
-            crate::pipeline::derived_ticket_wait(
+            crate::ticket::derived_ticket_wait(
                 self.collector_interval_secs,
                 self.collector_batch,
                 backlog as u64,

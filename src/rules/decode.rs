@@ -18,6 +18,8 @@ pub struct DecodedMail {
     pub body: String,
     pub message_id: Option<String>,
     pub in_reply_to: Option<String>,
+    /// The Message-IDs it cites (In-Reply-To, then References), each once.
+    pub cited: Vec<String>,
 }
 
 impl DecodedMail {
@@ -60,6 +62,7 @@ pub fn decode(raw: &[u8]) -> Result<DecodedMail, DecodeError> {
         body,
         message_id: message.message_id().map(str::to_string),
         in_reply_to: first_message_id(message.in_reply_to()),
+        cited: cited_in(&message),
     })
 }
 
@@ -87,9 +90,13 @@ pub fn message_id(raw: &[u8]) -> Option<String> {
 
 /// The Message-IDs a mail cites (In-Reply-To, then References), without brackets, each once.
 pub fn cited_message_ids(raw: &[u8]) -> Vec<String> {
-    let Some(message) = MessageParser::default().parse_headers(raw) else {
-        return Vec::new();
-    };
+    match MessageParser::default().parse_headers(raw) {
+        Some(message) => cited_in(&message),
+        None => Vec::new(),
+    }
+}
+
+fn cited_in(message: &Message<'_>) -> Vec<String> {
     let mut ids: Vec<String> = Vec::new();
     for value in [message.in_reply_to(), message.references()] {
         let found: Vec<String> = match value {

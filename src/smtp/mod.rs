@@ -2,6 +2,7 @@
 //! connection limit), TLS setup, and graceful shutdown. Sessions live in `session`.
 
 pub mod auth;
+pub mod header;
 pub mod reply;
 pub mod session;
 pub mod slots;

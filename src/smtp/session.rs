@@ -565,7 +565,13 @@ impl Session {
         let head = self.received_header(&envelope).into_bytes();
         let size = head.len() + draft.len();
         let (from, rcpts) = (envelope.mail_from.clone(), envelope.rcpt_to.join(","));
-        match self.shared.spool.store_draft(envelope, head, *draft).await {
+        let message_id = super::header::message_id(draft.head());
+        match self
+            .shared
+            .spool
+            .store_draft(envelope, head, *draft, message_id)
+            .await
+        {
             Ok(id) => {
                 tracing::info!(spool_id = id, peer = %self.peer, from = %from, rcpt = %rcpts, size, "accepted");
                 crate::http::metrics::metrics().smtp_accepted();

@@ -4,6 +4,7 @@
 
 pub mod actions;
 pub mod db;
+pub mod gate;
 pub mod incidents;
 pub mod lease;
 pub mod outbound;

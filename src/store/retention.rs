@@ -134,7 +134,7 @@ mod tests {
             auth_user: None,
             received_at,
         };
-        spool::insert(db, &envelope, b"\0").unwrap()
+        spool::insert(db, &envelope, b"\0", None).unwrap()
     }
 
     fn ids(db: &mut Db, table: &str) -> Vec<i64> {

@@ -3,6 +3,7 @@
 //! does each session learn its spool id and answer 250.
 
 use super::db::{Db, Dialect, Location, Row, Value};
+use super::gate::WriteGate;
 use super::{Durability, StoreError};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -110,6 +111,14 @@ impl SpoolBytes {
             SpoolBytes::File { head, draft } => head.len() + draft.len,
         }
     }
+
+    /// The message is all in memory (a draft that never spilled to its file).
+    fn in_memory(&self) -> bool {
+        match self {
+            SpoolBytes::Memory(_) => true,
+            SpoolBytes::File { draft, .. } => !draft.spilled,
+        }
+    }
 }
 
 struct SpoolJob {
@@ -126,6 +135,8 @@ pub struct SpoolHandle {
     jobs: mpsc::Sender<SpoolJob>,
     /// Woken after each commit, so the pipeline need not poll.
     pub committed: Arc<Notify>,
+    /// Taken by the writer around each group commit; the pipeline takes it too.
+    pub gate: Arc<WriteGate>,
     /// Where DATA is streamed before it is committed.
     incoming: Arc<std::path::PathBuf>,
     /// Bytes in drafts not yet committed, across every session.
@@ -133,17 +144,21 @@ pub struct SpoolHandle {
     next_draft: Arc<std::sync::atomic::AtomicU64>,
 }
 
-/// Bytes kept in memory from the start of a streamed message, for its Message-ID.
+/// Bytes of a message kept in memory: a smaller one (most alert mails) never touches a
+/// file before its commit; a bigger one keeps its start here (its header block).
 const HEAD_KEPT: usize = 64 * 1024;
 /// Size of one copy step from a draft file into the database.
 const COPY_CHUNK: usize = 64 * 1024;
 
-/// A message being received: its bytes go to a file in the store's `incoming/`
-/// directory; only its first `HEAD_KEPT` bytes stay in memory. Dropping a draft that was
-/// not stored deletes its file.
+/// A message being received: up to `HEAD_KEPT` bytes in memory; beyond that its bytes
+/// go to a file in the store's `incoming/` directory (memory does not grow with size ×
+/// sessions) and only its start stays in memory. Dropping a draft that was not stored
+/// deletes its file.
 pub struct Draft {
     path: std::path::PathBuf,
     file: Option<tokio::io::BufWriter<tokio::fs::File>>,
+    /// The file holds the whole message (`head` is only its start).
+    spilled: bool,
     head: Vec<u8>,
     len: usize,
     inflight: Arc<std::sync::atomic::AtomicUsize>,
@@ -153,13 +168,22 @@ impl Draft {
     /// Appends received bytes.
     pub async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         use tokio::io::AsyncWriteExt;
+        if !self.spilled && self.len + bytes.len() > HEAD_KEPT {
+            let file = tokio::fs::File::create(&self.path).await?;
+            let mut file = tokio::io::BufWriter::with_capacity(COPY_CHUNK, file);
+            file.write_all(&self.head).await?;
+            self.file = Some(file);
+            self.spilled = true;
+        }
         let keep = HEAD_KEPT.saturating_sub(self.head.len()).min(bytes.len());
         self.head.extend_from_slice(&bytes[..keep]);
-        let file = self
-            .file
-            .as_mut()
-            .ok_or_else(|| std::io::Error::other("draft already finished"))?;
-        file.write_all(bytes).await?;
+        if self.spilled {
+            let file = self
+                .file
+                .as_mut()
+                .ok_or_else(|| std::io::Error::other("draft already finished"))?;
+            file.write_all(bytes).await?;
+        }
         self.len += bytes.len();
         self.inflight
             .fetch_add(bytes.len(), std::sync::atomic::Ordering::SeqCst);
@@ -172,6 +196,11 @@ impl Draft {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// The message's first bytes (all of it when small): where its header block is.
+    pub fn head(&self) -> &[u8] {
+        &self.head
     }
 
     async fn finish(&mut self) -> std::io::Result<()> {
@@ -187,7 +216,9 @@ impl Drop for Draft {
     fn drop(&mut self) {
         self.inflight
             .fetch_sub(self.len, std::sync::atomic::Ordering::SeqCst);
-        let _ = std::fs::remove_file(&self.path);
+        if self.spilled {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -211,9 +242,11 @@ impl SpoolHandle {
         let (tx, rx) = mpsc::channel(group_commit_max.max(1) * 4);
         let committed = Arc::new(Notify::new());
         let notify = committed.clone();
+        let gate = Arc::new(WriteGate::new());
+        let writer_gate = Arc::clone(&gate);
         std::thread::Builder::new()
             .name("spool-writer".into())
-            .spawn(move || writer_loop(db, rx, group_commit_max.max(1), notify))
+            .spawn(move || writer_loop(db, rx, group_commit_max.max(1), notify, writer_gate))
             .map_err(|source| StoreError::ThreadSpawn {
                 thread: "spool writer",
                 source,
@@ -221,6 +254,7 @@ impl SpoolHandle {
         Ok(SpoolHandle {
             jobs: tx,
             committed,
+            gate,
             incoming: Arc::new(incoming),
             inflight: Arc::default(),
             next_draft: Arc::default(),
@@ -232,7 +266,7 @@ impl SpoolHandle {
         self.inflight.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// A new draft for a message about to be received.
+    /// A new draft for a message about to be received (its file is made only if needed).
     pub async fn draft(&self) -> std::io::Result<Draft> {
         let n = self
             .next_draft
@@ -240,20 +274,24 @@ impl SpoolHandle {
         let path = self
             .incoming
             .join(format!("{}-{n}.eml", std::process::id()));
-        let file = tokio::fs::File::create(&path).await?;
         Ok(Draft {
             path,
-            file: Some(tokio::io::BufWriter::with_capacity(COPY_CHUNK, file)),
+            file: None,
+            spilled: false,
             head: Vec::new(),
             len: 0,
             inflight: Arc::clone(&self.inflight),
         })
     }
 
-    /// Store a message durably; returns its spool id once committed.
-    pub async fn store(&self, envelope: Envelope, raw: Vec<u8>) -> Result<i64, StoreError> {
-        // Parsed here, in the caller's task: the single writer thread only writes.
-        let message_id = crate::rules::message_id(&raw);
+    /// Store a message durably; returns its spool id once committed. `message_id` is
+    /// the caller's reading of the mail: the store does not parse mail.
+    pub async fn store(
+        &self,
+        envelope: Envelope,
+        raw: Vec<u8>,
+        message_id: Option<String>,
+    ) -> Result<i64, StoreError> {
         self.submit(envelope, SpoolBytes::Memory(raw), message_id)
             .await
     }
@@ -264,14 +302,12 @@ impl SpoolHandle {
         envelope: Envelope,
         head: Vec<u8>,
         mut draft: Draft,
+        message_id: Option<String>,
     ) -> Result<i64, StoreError> {
         draft.finish().await.map_err(|source| StoreError::Draft {
             path: draft.path.display().to_string(),
             source,
         })?;
-        let mut start = head.clone();
-        start.extend_from_slice(&draft.head);
-        let message_id = crate::rules::message_id(&start);
         self.submit(
             envelope,
             SpoolBytes::File {
@@ -345,13 +381,23 @@ fn envelope_params(e: &Envelope, message_id: Option<&str>, size: usize, raw: Val
 
 /// Spool one message directly (no writer thread, no fsync promise): for `replay`,
 /// which feeds a temporary store.
-pub fn insert(db: &mut Db, envelope: &Envelope, raw: &[u8]) -> Result<i64, StoreError> {
-    let message_id = crate::rules::message_id(raw);
-    let params = envelope_params(envelope, message_id.as_deref(), raw.len(), raw.into());
+pub fn insert(
+    db: &mut Db,
+    envelope: &Envelope,
+    raw: &[u8],
+    message_id: Option<&str>,
+) -> Result<i64, StoreError> {
+    let params = envelope_params(envelope, message_id, raw.len(), raw.into());
     db.query_one(INSERT, &params)?.int(0)
 }
 
-fn writer_loop(mut db: Db, mut rx: mpsc::Receiver<SpoolJob>, max: usize, committed: Arc<Notify>) {
+fn writer_loop(
+    mut db: Db,
+    mut rx: mpsc::Receiver<SpoolJob>,
+    max: usize,
+    committed: Arc<Notify>,
+    gate: Arc<WriteGate>,
+) {
     let mut batch = Vec::with_capacity(max);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -362,7 +408,10 @@ fn writer_loop(mut db: Db, mut rx: mpsc::Receiver<SpoolJob>, max: usize, committ
             }
         }
         let started = std::time::Instant::now();
-        let inserted = insert_batch(&mut db, &batch);
+        let inserted = {
+            let _gate = gate.enter();
+            insert_batch(&mut db, &batch)
+        };
         crate::http::metrics::metrics().store_commit(started.elapsed());
         match inserted {
             Ok(ids) => {
@@ -388,6 +437,13 @@ fn insert_batch(db: &mut Db, batch: &[SpoolJob]) -> Result<Vec<i64>, StoreError>
     for job in batch {
         let size = job.bytes.len();
         let id = match tx.dialect() {
+            // Small (in memory): bound with the row, no blob handle.
+            Dialect::Sqlite if job.bytes.in_memory() => {
+                let raw = job.bytes.read_all()?;
+                let params =
+                    envelope_params(&job.envelope, job.message_id.as_deref(), size, raw.into());
+                tx.query_one(INSERT, &params)?.int(0)?
+            }
             Dialect::Sqlite => {
                 let params = envelope_params(
                     &job.envelope,
@@ -428,6 +484,11 @@ impl SpoolBytes {
         use std::io::Read;
         match self {
             SpoolBytes::Memory(raw) => out.write_all(raw).map_err(|e| blob_error(e, "memory"))?,
+            SpoolBytes::File { head, draft } if !draft.spilled => {
+                out.write_all(head).map_err(|e| blob_error(e, "memory"))?;
+                out.write_all(&draft.head)
+                    .map_err(|e| blob_error(e, "memory"))?;
+            }
             SpoolBytes::File { head, draft } => {
                 let path = draft.path.display().to_string();
                 let draft_error = |source| StoreError::Draft {
@@ -561,14 +622,23 @@ pub fn get(db: &mut Db, id: i64) -> Result<Option<SpoolRow>, StoreError> {
 
 /// Earlier spooled messages with this Message-ID (id and bytes, oldest first), for the
 /// pipeline's duplicate check.
+/// One page (`limit` rows, oldest first, ids in `after_id..before_id`): a tool that
+/// reuses one Message-ID for every mail would otherwise make each check read them all.
 pub fn earlier_with_message_id(
     db: &mut Db,
     message_id: &str,
+    after_id: i64,
     before_id: i64,
+    limit: usize,
 ) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
     db.query(
-        "SELECT id, raw FROM spool WHERE message_id = $1 AND id < $2 ORDER BY id",
-        &[message_id.into(), before_id.into()],
+        "SELECT id, raw FROM spool WHERE message_id = $1 AND id > $2 AND id < $3 ORDER BY id LIMIT $4",
+        &[
+            message_id.into(),
+            after_id.into(),
+            before_id.into(),
+            (limit as i64).into(),
+        ],
     )?
     .into_iter()
     .map(|mut r| Ok((r.int(0)?, r.take_blob(1)?)))
@@ -688,7 +758,8 @@ mod tests {
             tasks.push(tokio::spawn(async move {
                 let raw =
                     format!("Message-ID: <m{i}@test>\r\nSubject: s\r\n\r\nbody\r\n").into_bytes();
-                spool.store(envelope(), raw).await.unwrap()
+                let mid = Some(format!("m{i}@test"));
+                spool.store(envelope(), raw, mid).await.unwrap()
             }));
         }
         let mut ids = Vec::new();
