@@ -476,9 +476,15 @@ impl PipelineCore<'_> {
             }
         };
         let event = serde_json::to_string(mail).ok();
+        // News that must wait joins the owner's held mail, due when the wait is over,
+        // without reading what is held: a storm's digest holds one mail per member.
+        let wait = match owner_incident.as_ref() {
+            Some(o) if !o.ticket_status.is_done() => self.news_wait(tx, o, now)?,
+            _ => None,
+        };
         let queueing = Queueing {
             state: OutboundState::Held,
-            not_before: now,
+            not_before: wait.map_or(now, |(until, _)| until),
         };
         enqueue(
             tx,
@@ -489,7 +495,10 @@ impl PipelineCore<'_> {
             event.as_deref(),
             now,
         )?;
-        let outcome = self.flush(tx, &owner, now)?;
+        let outcome = match wait {
+            Some((until, why)) => format!("held until {until}, waiting for {why}"),
+            None => self.flush(tx, &owner, now)?,
+        };
         let via = if owner != *tag {
             format!(" for digest {owner}")
         } else {
@@ -617,50 +626,20 @@ impl PipelineCore<'_> {
                 owner.ticket_status
             ));
         }
+        if let Some((until, why)) = self.news_wait(tx, &owner, now)? {
+            outbound::hold_until(tx, owner_tag, until)?;
+            return Ok(format!(
+                "held ({} event(s)) until {until}, waiting for {why}",
+                events.len()
+            ));
+        }
         if let (Some(ticket), true) = (owner.ticket_id, self.settings.glpi.api_updates) {
-            // A digest's ticket hears of hundreds of incidents: merged per interval too.
-            if owner.is_digest {
-                let paced_until = actions::last_queued_at(tx, owner_tag, ActionKind::Followup)?
-                    .map_or(i64::MIN, |at| {
-                        at.saturating_add(self.settings.glpi.min_mail_interval_secs)
-                    });
-                if now < paced_until {
-                    outbound::hold_until(tx, owner_tag, paced_until)?;
-                    return Ok(format!(
-                        "held ({} event(s)) until {paced_until} for the digest's pace",
-                        events.len()
-                    ));
-                }
-            }
             for h in &rows {
                 outbound::delete(tx, h.id)?;
             }
             return self.queue_api_news(tx, &owner, ticket, &events, now);
         }
-        let interval = self.settings.glpi.min_mail_interval_secs;
-        let paced_until = match interval {
-            0 => i64::MIN,
-            _ => outbound::last_release_at(tx, owner_tag)?
-                .map_or(i64::MIN, |at| at.saturating_add(interval)),
-        };
         let unthreaded = owner.ticket_id.is_none();
-        let wait_until = if unthreaded {
-            paced_until.max(self.ticket_deadline(tx, &owner, now)?)
-        } else {
-            paced_until
-        };
-        if now < wait_until {
-            outbound::hold_until(tx, owner_tag, wait_until)?;
-            let why = if unthreaded {
-                "the ticket id"
-            } else {
-                "GLPI's intake pace"
-            };
-            return Ok(format!(
-                "held ({} event(s)) until {wait_until}, waiting for {why}",
-                events.len()
-            ));
-        }
         let original = match rows
             .last()
             .and_then(|h| h.spool_id)
@@ -703,6 +682,36 @@ impl PipelineCore<'_> {
             events.len(),
             if unthreaded { "unthreaded" } else { "threaded" }
         ))
+    }
+
+    /// Until when the news for `owner`'s ticket must wait, and for what; `None` when it
+    /// can be told now. Depends on the ticket and the pace, not on what the news says.
+    fn news_wait(
+        &mut self,
+        tx: &mut Tx<'_>,
+        owner: &Incident,
+        now: i64,
+    ) -> Result<Option<(i64, &'static str)>, PipelineError> {
+        let interval = self.settings.glpi.min_mail_interval_secs;
+        if let (Some(_), true) = (owner.ticket_id, self.settings.glpi.api_updates) {
+            if !owner.is_digest {
+                return Ok(None);
+            }
+            // A digest's ticket hears of hundreds of incidents: merged per interval too.
+            let paced_until = actions::last_queued_at(tx, &owner.tag, ActionKind::Followup)?
+                .map_or(i64::MIN, |at| at.saturating_add(interval));
+            return Ok((now < paced_until).then_some((paced_until, "the digest's pace")));
+        }
+        let paced_until = match interval {
+            0 => i64::MIN,
+            _ => outbound::last_release_at(tx, &owner.tag)?
+                .map_or(i64::MIN, |at| at.saturating_add(interval)),
+        };
+        if owner.ticket_id.is_some() {
+            return Ok((now < paced_until).then_some((paced_until, "GLPI's intake pace")));
+        }
+        let wait_until = paced_until.max(self.ticket_deadline(tx, owner, now)?);
+        Ok((now < wait_until).then_some((wait_until, "the ticket id")))
     }
 
     /// News for a known ticket through the API: one follow-up for everything but a

@@ -6,7 +6,18 @@ use super::pg::PgConn;
 use super::{Durability, StoreError};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+/// Rows the store's statements returned or changed, over every connection of the
+/// process: what a step costs the database, counted for tests and benches that check a
+/// path's work grows with its input and not with the store's size.
+static ROWS_TOUCHED: AtomicU64 = AtomicU64::new(0);
+
+/// The rows every connection of this process read or wrote so far (see `ROWS_TOUCHED`).
+pub fn rows_touched() -> u64 {
+    ROWS_TOUCHED.load(Ordering::Relaxed)
+}
 
 /// Where the database lives, from the validated `[store]` config.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -269,10 +280,12 @@ impl Db {
         sql: &str,
         params: &[Value],
     ) -> Result<u64, StoreError> {
-        match self {
+        let changed = match self {
             Db::Sqlite(db) => db.execute(sql, params),
             Db::Postgres(db) => db.execute(sql, params),
-        }
+        }?;
+        ROWS_TOUCHED.fetch_add(changed, Ordering::Relaxed);
+        Ok(changed)
     }
 
     pub(in crate::store) fn query(
@@ -280,10 +293,12 @@ impl Db {
         sql: &str,
         params: &[Value],
     ) -> Result<Vec<Row>, StoreError> {
-        match self {
+        let rows = match self {
             Db::Sqlite(db) => db.query(sql, params),
             Db::Postgres(db) => db.query(sql, params),
-        }
+        }?;
+        ROWS_TOUCHED.fetch_add(rows.len() as u64, Ordering::Relaxed);
+        Ok(rows)
     }
 
     pub(in crate::store) fn query_opt(

@@ -17,7 +17,7 @@ pub mod tally;
 
 use rusqlite::Connection;
 
-pub use db::{Db, Dialect, Location, Row, Tx, Value};
+pub use db::{rows_touched, Db, Dialect, Location, Row, Tx, Value};
 pub use spool::{Envelope, SpoolHandle, SpoolRow, SpoolState};
 
 /// What failed in the store. Each variant names one cause: callers answer 451 or retry

@@ -457,7 +457,9 @@ pub fn sent_since(db: &mut Db, since: i64) -> Result<u64, StoreError> {
 /// Look at an incident's held mail again at `at`.
 pub fn hold_until(db: &mut Db, order_key: &str, at: i64) -> Result<(), StoreError> {
     db.execute(
-        "UPDATE outbound SET next_attempt_at = $1 WHERE order_key = $2 AND state = 'held'",
+        // Rows already due then are left alone (PostgreSQL would write a new version).
+        "UPDATE outbound SET next_attempt_at = $1
+         WHERE order_key = $2 AND state = 'held' AND next_attempt_at <> $1",
         &[at.into(), order_key.into()],
     )?;
     Ok(())
