@@ -239,7 +239,7 @@ impl Pipeline {
                         "incidents changed by another writer; the engine's cache is re-read"
                     );
                 }
-                self.state = incidents::load_state(&mut tx, now)?;
+                self.state = incidents::load_state(&mut tx, now, &self.settings.correlation)?;
             }
             let mut core = PipelineCore {
                 settings: &self.settings,

@@ -61,6 +61,15 @@ impl IncidentLookup for MemStore {
     fn tag_in_use(&mut self, tag: &str) -> Result<bool, Infallible> {
         Ok(self.rows.values().any(|(i, _)| i.tag == tag))
     }
+    fn pending_digest_members(&mut self) -> Result<Vec<Incident>, Infallible> {
+        self.reads += 1;
+        Ok(self
+            .rows
+            .values()
+            .filter(|(i, open)| *open && i.in_pending_digest)
+            .map(|(i, _)| i.clone())
+            .collect())
+    }
 }
 
 fn alert(kind: AlertKind, host: &str, service: &str, state: State, nt: N) -> Alert {

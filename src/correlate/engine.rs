@@ -534,7 +534,7 @@ fn open_incident<L: IncidentLookup>(
         let digest_tag = storm_digest(state, alert, now, policy, decision);
         incident.in_pending_digest = true;
         incident.digest_tag = Some(digest_tag);
-        if state.storm.pending.is_empty() {
+        if !state.storm.has_pending() {
             state.storm.window_start = now;
         }
         state.storm.pending.push(DigestEntry {
@@ -546,7 +546,7 @@ fn open_incident<L: IncidentLookup>(
         decision.push(Action::Deferred {
             incident_id: id,
             tag: incident.tag.clone(),
-            pending_in_digest: state.storm.pending.len(),
+            pending_in_digest: state.storm.pending_count(),
         });
     }
     decision.record(&incident);
@@ -779,13 +779,12 @@ fn flush_pending<L: IncidentLookup>(
     force: bool,
     decision: &mut Decision,
 ) {
-    if state.storm.pending.is_empty()
-        || !(force || now >= state.storm.window_start + STORM_WINDOW_SECS)
+    if !state.storm.has_pending() || !(force || now >= state.storm.window_start + STORM_WINDOW_SECS)
     {
         return;
     }
     let window_start = state.storm.window_start;
-    let entries = std::mem::take(&mut state.storm.pending);
+    let entries = state.take_pending();
     state.storm.window_start = 0;
     let mut members = Vec::new();
     for entry in &entries {

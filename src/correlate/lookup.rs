@@ -2,9 +2,11 @@
 //! the pipeline implements over the store, and the step's view (`Work`) that reads an
 //! incident into the cache the first time the engine asks for it.
 
+use super::decision::DigestEntry;
 use super::incident::Incident;
 use super::state::CorrelationState;
 use crate::alert::AlertKey;
+use std::collections::HashSet;
 use std::ops::{Deref, DerefMut};
 
 /// The open incidents behind the engine's cache, read one at a time by an indexed
@@ -17,6 +19,9 @@ pub trait IncidentLookup {
     fn open_by_tag(&mut self, tag: &str) -> Result<Option<Incident>, Self::Error>;
     /// Whether any incident, open or ended, carries this tag (tags stay unique forever).
     fn tag_in_use(&mut self, tag: &str) -> Result<bool, Self::Error>;
+    /// The open incidents waiting for the storm digest, oldest first (read once, when it
+    /// goes out, by a state resumed from the store).
+    fn pending_digest_members(&mut self) -> Result<Vec<Incident>, Self::Error>;
 }
 
 /// No store behind the state: every open incident is in memory (tests, and the
@@ -34,6 +39,9 @@ impl IncidentLookup for InMemory {
     }
     fn tag_in_use(&mut self, _tag: &str) -> Result<bool, Self::Error> {
         Ok(false)
+    }
+    fn pending_digest_members(&mut self) -> Result<Vec<Incident>, Self::Error> {
+        Ok(Vec::new())
     }
 }
 
@@ -109,6 +117,48 @@ impl<'a, L: IncidentLookup> Work<'a, L> {
                 None
             }
         }
+    }
+
+    /// Takes the entries waiting for the digest, oldest first: the ones memory lists and,
+    /// after a resume, the ones only the store knows (their alert is the incident's
+    /// latest). The store's are cached like any incident read.
+    pub(crate) fn take_pending(&mut self) -> Vec<DigestEntry> {
+        let mut entries = std::mem::take(&mut self.state.storm.pending);
+        if std::mem::take(&mut self.state.storm.unlisted) == 0 || self.failed.is_some() {
+            return entries;
+        }
+        let stored = match self.lookup.pending_digest_members() {
+            Ok(stored) => stored,
+            Err(e) => {
+                self.failed = Some(e);
+                return entries;
+            }
+        };
+        let listed: HashSet<u64> = entries.iter().map(|e| e.incident_id).collect();
+        for incident in stored {
+            if listed.contains(&incident.id) || !incident.is_open() {
+                continue;
+            }
+            // Memory's copy is newer than the store's when the cache holds it.
+            let current = match self.state.open.get(&incident.key) {
+                Some(cached) if cached.id == incident.id => cached.clone(),
+                Some(_) => continue,
+                None => {
+                    self.state.adopt(incident.clone());
+                    incident
+                }
+            };
+            if current.in_pending_digest {
+                entries.push(DigestEntry {
+                    incident_id: current.id,
+                    tag: current.tag.clone(),
+                    at: current.first_seen,
+                    alert: current.last_alert.clone(),
+                });
+            }
+        }
+        entries.sort_by_key(|e| e.incident_id);
+        entries
     }
 
     /// Whether a new incident may not take `tag`. After a failed read every tag counts

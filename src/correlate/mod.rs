@@ -29,4 +29,4 @@ pub use incident::{
 };
 pub use lookup::{InMemory, IncidentLookup};
 pub use policy::{CorrelationPolicy, PolicyError};
-pub use state::{CorrelationState, StormWindow, STORM_WINDOW_SECS};
+pub use state::{CorrelationState, PendingDigest, StormWindow, STORM_WINDOW_SECS};

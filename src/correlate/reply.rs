@@ -130,6 +130,9 @@ mod tests {
         fn tag_in_use(&mut self, _: &str) -> Result<bool, Self::Error> {
             Ok(false)
         }
+        fn pending_digest_members(&mut self) -> Result<Vec<Incident>, Self::Error> {
+            Ok(Vec::new())
+        }
     }
 
     impl ReplyIndex for MapIndex {

@@ -24,6 +24,34 @@ pub struct StormWindow {
     /// Alerts of un-announced incidents, waiting for the digest's next mail.
     #[serde(default)]
     pub pending: Vec<DigestEntry>,
+    /// Incidents waiting for the digest that the store holds and `pending` does not list:
+    /// a state resumed from the store reads them only when the digest goes out.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unlisted: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+impl StormWindow {
+    /// Whether any incident waits for the digest's next mail.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty() || self.unlisted > 0
+    }
+
+    /// How many incidents wait for the digest's next mail.
+    pub fn pending_count(&self) -> usize {
+        self.pending.len() + self.unlisted
+    }
+}
+
+/// What a resumed state needs of the incidents waiting for the storm digest: how many
+/// there are and when the oldest was deferred (their alerts are read when it goes out).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PendingDigest {
+    pub count: usize,
+    pub oldest_at: i64,
 }
 
 /// Seconds the storm guard looks back, and how long deferred alerts wait to be listed together.
@@ -136,22 +164,25 @@ impl CorrelationState {
 
     /// The state a store-backed engine resumes from: no incident cached (they are read
     /// when alerts need them), the next id, and the storm window as the store has it:
-    /// the incidents still waiting for a digest (queued again, so their digest goes out
-    /// on the next tick), the current storm's digest and when the incidents announced
-    /// in the last 60 s were opened.
+    /// how many incidents wait for a digest and since when (listed when it goes out, on
+    /// the next tick once their window is over), the current storm's digest and when the
+    /// incidents announced in the last 60 s were opened. Its cost does not grow with the
+    /// storm: two gateways resume at every batch the other one committed.
     pub fn resume(
         next_id: u64,
-        pending_members: Vec<Incident>,
+        pending: PendingDigest,
         current_digest: Option<Incident>,
         recent_openings: Vec<i64>,
     ) -> Self {
         let mut state = CorrelationState::empty(next_id);
-        let digest_tag = current_digest.as_ref().map(|d| d.tag.clone());
-        for incident in pending_members.into_iter().chain(current_digest) {
-            state.adopt(incident);
+        state.storm.digest_tag = current_digest.as_ref().map(|d| d.tag.clone());
+        if let Some(digest) = current_digest {
+            state.adopt(digest);
         }
-        state.requeue_pending_digest();
-        state.storm.digest_tag = digest_tag;
+        if pending.count > 0 {
+            state.storm.unlisted = pending.count;
+            state.storm.window_start = pending.oldest_at;
+        }
         let mut recent = recent_openings;
         recent.sort_unstable();
         state.storm.recent = recent.into();
@@ -242,6 +273,7 @@ impl CorrelationState {
             recent: VecDeque::new(),
             digest_tag,
             pending,
+            unlisted: 0,
         };
     }
 
@@ -273,9 +305,15 @@ impl CorrelationState {
         self.next_id
     }
 
-    /// Alerts waiting for the current minute's digest.
+    /// Alerts waiting for the current minute's digest, as far as memory lists them (a
+    /// state resumed from the store reads the others when the digest goes out).
     pub fn pending_digest(&self) -> &[DigestEntry] {
         &self.storm.pending
+    }
+
+    /// How many incidents wait for the current minute's digest.
+    pub fn pending_digest_count(&self) -> usize {
+        self.storm.pending_count()
     }
 
     pub(crate) fn insert(&mut self, incident: Incident) {

@@ -7,7 +7,9 @@ use super::db::{Db, Dialect, Value};
 use super::StoreError;
 use crate::alert::AlertKey;
 use crate::correlate::reply::ReplyIndex;
-use crate::correlate::{CorrelationState, Incident, IncidentLookup};
+use crate::correlate::{
+    CorrelationPolicy, CorrelationState, Incident, IncidentLookup, PendingDigest,
+};
 use std::cell::RefCell;
 
 fn decode(data: &str) -> Result<Incident, StoreError> {
@@ -136,6 +138,30 @@ pub fn pending_digest_members(db: &mut Db) -> Result<Vec<Incident>, StoreError> 
     )?)
 }
 
+/// How many open incidents wait for the storm digest, and when the oldest (by id) was
+/// deferred: two reads of the `incidents_pending_digest` index, whatever the storm's size.
+pub fn pending_digest_summary(db: &mut Db) -> Result<PendingDigest, StoreError> {
+    let count = db
+        .query_one(
+            "SELECT COUNT(*) FROM incidents WHERE open = 1 AND pending_digest = 1",
+            &[],
+        )?
+        .int(0)?;
+    let oldest_at = db
+        .query_opt(
+            "SELECT first_seen FROM incidents WHERE open = 1 AND pending_digest = 1
+             ORDER BY id LIMIT 1",
+            &[],
+        )?
+        .map(|r| r.int(0))
+        .transpose()?
+        .unwrap_or(0);
+    Ok(PendingDigest {
+        count: usize::try_from(count).unwrap_or(0),
+        oldest_at,
+    })
+}
+
 /// The newest open storm digest: the current storm's.
 pub fn newest_open_digest(db: &mut Db) -> Result<Option<Incident>, StoreError> {
     db.query_opt(
@@ -147,17 +173,31 @@ pub fn newest_open_digest(db: &mut Db) -> Result<Option<Incident>, StoreError> {
 }
 
 /// When the incidents announced on their own (not held by a digest) and opened in
-/// `(since, until]` were opened: what the storm guard's sliding window counts.
-pub fn announced_openings(db: &mut Db, since: i64, until: i64) -> Result<Vec<i64>, StoreError> {
-    db.query(
-        "SELECT first_seen FROM incidents
-         WHERE first_seen > $1 AND first_seen <= $2 AND is_digest = 0 AND digest_member = 0
-         ORDER BY first_seen",
-        &[since.into(), until.into()],
-    )?
-    .into_iter()
-    .map(|r| r.int(0))
-    .collect()
+/// `(since, until]` were opened, the newest `limit` of them, oldest first: what the storm
+/// guard's sliding window counts (it only asks whether `limit` were, and when the
+/// oldest of those leaves the window).
+pub fn announced_openings(
+    db: &mut Db,
+    since: i64,
+    until: i64,
+    limit: usize,
+) -> Result<Vec<i64>, StoreError> {
+    let mut openings = db
+        .query(
+            "SELECT first_seen FROM incidents
+             WHERE first_seen > $1 AND first_seen <= $2 AND is_digest = 0 AND digest_member = 0
+             ORDER BY first_seen DESC LIMIT $3",
+            &[
+                since.into(),
+                until.into(),
+                i64::try_from(limit).unwrap_or(i64::MAX).into(),
+            ],
+        )?
+        .into_iter()
+        .map(|r| r.int(0))
+        .collect::<Result<Vec<i64>, StoreError>>()?;
+    openings.reverse();
+    Ok(openings)
 }
 
 /// Open incidents.
@@ -213,13 +253,18 @@ pub fn next_id(db: &mut Db) -> Result<u64, StoreError> {
 /// The engine's state as the store has it, without loading the open incidents: they
 /// are read one by one when alerts need them (see [`StoreIncidents`]). `now` places the
 /// storm guard's sliding window.
-pub fn load_state(db: &mut Db, now: i64) -> Result<CorrelationState, StoreError> {
+pub fn load_state(
+    db: &mut Db,
+    now: i64,
+    policy: &CorrelationPolicy,
+) -> Result<CorrelationState, StoreError> {
     let window = crate::correlate::STORM_WINDOW_SECS;
+    let limit = policy.max_new_incidents_per_minute as usize;
     Ok(CorrelationState::resume(
         next_id(db)?,
-        pending_digest_members(db)?,
+        pending_digest_summary(db)?,
         newest_open_digest(db)?,
-        announced_openings(db, now - window, now)?,
+        announced_openings(db, now - window, now, limit)?,
     ))
 }
 
@@ -278,6 +323,10 @@ impl IncidentLookup for StoreIncidents<'_> {
 
     fn tag_in_use(&mut self, tag: &str) -> Result<bool, StoreError> {
         tag_in_use(self.db.get_mut(), tag)
+    }
+
+    fn pending_digest_members(&mut self) -> Result<Vec<Incident>, StoreError> {
+        pending_digest_members(self.db.get_mut())
     }
 }
 
@@ -403,8 +452,8 @@ mod tests {
         assert_eq!(stored.len(), 3, "a, b and the digest incident");
         assert!(stored.iter().all(|i| !i.in_pending_digest));
         // A restart no longer queues it for another digest.
-        let rebuilt = load_state(&mut db, 660).unwrap();
-        assert!(rebuilt.pending_digest().is_empty());
+        let rebuilt = load_state(&mut db, 660, &policy).unwrap();
+        assert_eq!(rebuilt.pending_digest_count(), 0);
     }
 
     fn problem(host: &str, state: State) -> Alert {
@@ -540,11 +589,14 @@ mod tests {
         assert_eq!(open_count(&mut db).unwrap(), 2);
         assert_eq!(awaiting_ticket_count(&mut db).unwrap(), 2);
         assert_eq!(
-            announced_openings(&mut db, 99, 160).unwrap(),
+            announced_openings(&mut db, 99, 160, 60).unwrap(),
             vec![100, 100, 100]
         );
-        assert!(announced_openings(&mut db, 100, 160).unwrap().is_empty());
-        let resumed = load_state(&mut db, 150).unwrap();
+        assert_eq!(announced_openings(&mut db, 99, 160, 2).unwrap().len(), 2);
+        assert!(announced_openings(&mut db, 100, 160, 60)
+            .unwrap()
+            .is_empty());
+        let resumed = load_state(&mut db, 150, &policy).unwrap();
         assert_eq!(resumed.open_count(), 0, "nothing loaded up front");
         assert_eq!(resumed.next_id(), 4);
     }
@@ -590,7 +642,10 @@ mod tests {
         .unwrap();
         drop(db);
         let mut db = crate::store::open(&crate::store::Location::Sqlite(path.clone())).unwrap();
-        assert_eq!(announced_openings(&mut db, 499, 500).unwrap(), vec![500]);
+        assert_eq!(
+            announced_openings(&mut db, 499, 500, 60).unwrap(),
+            vec![500]
+        );
         assert_eq!(awaiting_ticket_count(&mut db).unwrap(), 1);
         assert_eq!(generation(&mut db).unwrap(), 0);
     }

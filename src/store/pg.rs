@@ -118,7 +118,7 @@ pub const PG_MIGRATIONS: &[&str] = &[
      ALTER TABLE glpi_actions ADD COLUMN lease_until BIGINT;",
     // 9: an incident's mail by state: a storm digest holds one mail per member, and its
     // pace (the latest release) and its held news are read without visiting every one.
-    "CREATE INDEX outbound_order_state ON outbound(order_key, state, id);",
+    "CREATE INDEX IF NOT EXISTS outbound_order_state ON outbound(order_key, state, id);",
 ];
 
 pub const PG_SCHEMA_VERSION: i64 = PG_MIGRATIONS.len() as i64;
