@@ -239,6 +239,68 @@ fn a_storm_digest_and_its_members_are_read_back_when_evicted() {
     }
 }
 
+/// Another gateway committed: the state is resumed from the store. It counts the storm's
+/// pending incidents instead of reading them, and reads them once, when the digest goes
+/// out; the digest is the one the same alerts make in memory.
+#[test]
+fn a_resumed_storm_reads_its_pending_incidents_once_when_the_digest_goes_out() {
+    let pol = CorrelationPolicy {
+        max_new_incidents_per_minute: 1,
+        ..cached(20)
+    };
+    let reference_pol = CorrelationPolicy {
+        max_new_incidents_per_minute: 1,
+        ..CorrelationPolicy::default()
+    };
+    let mut st = CorrelationState::default();
+    let mut reference = CorrelationState::default();
+    let mut store = MemStore::default();
+    let hosts: Vec<String> = (0..210).map(|i| format!("h{i:03}")).collect();
+    for h in &hosts[..200] {
+        let a = svc(h, State::Critical, N::Problem);
+        assert_eq!(
+            step(&mut st, &mut store, &a, T0, &pol),
+            correlate(&mut reference, &a, T0, &reference_pol)
+        );
+    }
+    let open: Vec<&Incident> = store
+        .rows
+        .values()
+        .filter(|(_, o)| *o)
+        .map(|(i, _)| i)
+        .collect();
+    let pending: Vec<&&Incident> = open.iter().filter(|i| i.in_pending_digest).collect();
+    let digest = open.iter().find(|i| i.is_digest).map(|i| (*i).clone());
+    let mut resumed = CorrelationState::resume(
+        st.next_id(),
+        PendingDigest {
+            count: pending.len(),
+            oldest_at: pending.iter().map(|i| i.first_seen).min().unwrap_or(0),
+        },
+        digest,
+        vec![T0],
+    );
+    assert_eq!(resumed.pending_digest_count(), 199);
+    assert_eq!(resumed.open_count(), 1, "only the digest is read up front");
+    store.reads = 0;
+    for h in &hosts[200..] {
+        let a = svc(h, State::Critical, N::Problem);
+        let d = step(&mut resumed, &mut store, &a, T0 + 5, &pol);
+        assert_eq!(d, correlate(&mut reference, &a, T0 + 5, &reference_pol));
+    }
+    // As for any new service alert: its key and its host's (folding), none pending.
+    assert_eq!(
+        store.reads, 20,
+        "two reads per new alert, none of the pending ones"
+    );
+    store.reads = 0;
+    let Ok(d) = tick_with(&mut resumed, &mut store, T0 + 61, &pol);
+    assert_eq!(store.reads, 1, "the pending incidents, read once");
+    assert_eq!(d, tick(&mut reference, T0 + 61, &reference_pol));
+    assert_eq!(d.digests().map(|g| g.count).collect::<Vec<_>>(), [209]);
+    assert_eq!(resumed.pending_digest_count(), 0);
+}
+
 mod properties {
     use super::*;
     use proptest::prelude::*;
