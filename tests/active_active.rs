@@ -7,6 +7,7 @@
 
 mod support;
 
+use alertgate::clock::Clock;
 use alertgate::store::outbound::OutboundState;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -25,12 +26,20 @@ const LEASE_SECS: u64 = 3;
 
 /// `[store]` keys putting a gateway on the shared database `url`, plus the feedback
 /// section both gateways of a pair use (GLPI's notifications teach the ticket ids); no
-/// storm digest (these tests are about sharing, not storms).
+/// storm digest: these tests count one ticket per incident (storms across both gateways
+/// are `a_storm_across_both_gateways_makes_one_digest_ticket`).
 fn shared_sections(url: &str) -> String {
     format!(
-        "[store]\nurl = \"{url}\"\nlease_secs = {LEASE_SECS}\n\
-         [feedback]\ncollector_interval_secs = 2\ncollector_batch = 10\nmin_mail_interval = 0\n\
-         [correlation]\nmax_new_incidents_per_minute = 100000\n"
+        "{}[correlation]\nmax_new_incidents_per_minute = 100000\n",
+        store_sections(url, LEASE_SECS)
+    )
+}
+
+/// The shared store and the feedback section, with the default storm guard.
+fn store_sections(url: &str, lease_secs: u64) -> String {
+    format!(
+        "[store]\nurl = \"{url}\"\nlease_secs = {lease_secs}\n\
+         [feedback]\ncollector_interval_secs = 2\ncollector_batch = 10\nmin_mail_interval = 0\n"
     )
 }
 
@@ -518,6 +527,138 @@ async fn postgres_restarted_under_load_costs_451s_and_nothing_else() {
     );
     assert_eq!(accepted.len(), mails.len());
     assert_one_truth(&glpi, &a, 40);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Moves a manual clock forward 1 s every 100 ms until stopped: the storm window and the
+/// digest's wait pass in seconds while GLPI's collector keeps real time.
+fn run_clock(clock: Clock) -> tokio::sync::watch::Sender<bool> {
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(100)) => clock.advance(1),
+                _ = stopped.changed() => return,
+            }
+        }
+    });
+    stop
+}
+
+/// The storm guard across both gateways, at its default (60 new incidents a minute): 300
+/// distinct problems sent alternately to either make 60 tickets of their own and one
+/// digest ticket for the other 240, not one digest per gateway; their recoveries all
+/// reach GLPI, the digest's through its ticket, and nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_storm_across_both_gateways_makes_one_digest_ticket() {
+    const INCIDENTS: usize = 300;
+    const LIMIT: usize = 60;
+    let url = support::postgres::shared().create_database();
+    let glpi = GlpiDouble::start().await;
+    let clock = Clock::manual(1_800_000_000);
+    // The clock runs ten times faster than the wall: leases long enough for a send.
+    let sections = store_sections(&url, 60);
+    let server = format!("feedback_addresses = [\"{FEEDBACK}\"]");
+    let a = TestGateway::with_relay_and_clock(glpi.smtp_port(), &server, &sections, clock.clone())
+        .await;
+    let b = TestGateway::with_relay_and_clock(glpi.smtp_port(), &server, &sections, clock.clone())
+        .await;
+    glpi.set_notify_target(b.addr, FEEDBACK);
+    let problem = |i: usize| {
+        centreon_service(
+            "PROBLEM",
+            &format!("array-{i:03}"),
+            "lun",
+            "CRITICAL",
+            "I/O error",
+        )
+    };
+    let started = Instant::now();
+    for i in 0..INCIDENTS {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        gw.send(&problem(i)).await;
+    }
+    a.wait_processed().await;
+    b.wait_processed().await;
+    let correlated = started.elapsed();
+    let digests: Vec<_> = a.incidents().into_iter().filter(|i| i.is_digest).collect();
+    assert_eq!(digests.len(), 1, "one digest for the storm: {digests:#?}");
+    let digest_tag = digests[0].tag.clone();
+
+    let ticking = run_clock(clock.clone());
+    let opened = eventually(Duration::from_secs(120), || {
+        glpi.tickets().len() == LIMIT + 1 && glpi.mailbox_len() == 0
+    })
+    .await;
+    let _ = ticking.send(true);
+    assert!(opened, "{} tickets", glpi.tickets().len());
+    clock.advance(60);
+    for i in 0..INCIDENTS {
+        let gw = if i % 2 == 0 { &b } else { &a };
+        gw.send(&centreon_service(
+            "RECOVERY",
+            &format!("array-{i:03}"),
+            "lun",
+            "OK",
+            "fine",
+        ))
+        .await;
+    }
+    a.wait_processed().await;
+    b.wait_processed().await;
+    let ticking = run_clock(clock.clone());
+    let digest_done = || {
+        glpi.tickets()
+            .iter()
+            .find(|t| t.title.contains(&digest_tag))
+            .is_some_and(|t| t.followups.iter().any(|f| f.content.contains("RECOVERED")))
+    };
+    let done = eventually(Duration::from_secs(180), || {
+        let tickets = glpi.tickets();
+        tickets.iter().all(complete)
+            && digest_done()
+            && glpi.mailbox_len() == 0
+            && a.outbound_rows()
+                .iter()
+                .all(|r| r.state == OutboundState::Sent)
+    })
+    .await;
+    let _ = ticking.send(true);
+    let tickets = glpi.tickets();
+    assert!(
+        done,
+        "{} tickets, {} complete, digest recovered {}, outbound {:?}",
+        tickets.len(),
+        tickets.iter().filter(|t| complete(t)).count(),
+        digest_done(),
+        count_states(&a)
+    );
+    let digest_tickets: Vec<_> = tickets
+        .iter()
+        .filter(|t| t.title.contains("DIGEST"))
+        .collect();
+    assert_eq!(digest_tickets.len(), 1, "one digest ticket");
+    assert!(
+        digest_tickets[0].title.contains(&digest_tag)
+            && digest_tickets[0]
+                .title
+                .contains(&format!("DIGEST {} alerts", INCIDENTS - LIMIT)),
+        "{}",
+        digest_tickets[0].title
+    );
+    // One ticket per announced incident plus the digest's, each mail of ours once.
+    assert_one_truth(&glpi, &a, LIMIT + 1);
+    let stored = a.incidents();
+    assert_eq!(stored.iter().filter(|i| i.is_digest).count(), 1);
+    assert_eq!(
+        stored
+            .iter()
+            .filter(|i| i.digest_tag.as_deref() == Some(&digest_tag))
+            .count(),
+        INCIDENTS - LIMIT
+    );
+    eprintln!("{INCIDENTS} storm problems correlated by the pair in {correlated:?}");
     a.shutdown().await;
     b.shutdown().await;
 }
