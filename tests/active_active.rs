@@ -594,6 +594,20 @@ async fn a_storm_across_both_gateways_makes_one_digest_ticket() {
     let _ = ticking.send(true);
     assert!(opened, "{} tickets", glpi.tickets().len());
     clock.advance(60);
+    let started = Instant::now();
+    // A worse state for every incident (the digest's members: news for its ticket)…
+    for i in 0..INCIDENTS {
+        let gw = if i % 2 == 0 { &b } else { &a };
+        gw.send(&centreon_service(
+            "PROBLEM",
+            &format!("array-{i:03}"),
+            "lun",
+            "WARNING",
+            "I/O slow",
+        ))
+        .await;
+    }
+    // …then the recoveries.
     for i in 0..INCIDENTS {
         let gw = if i % 2 == 0 { &b } else { &a };
         gw.send(&centreon_service(
@@ -607,6 +621,7 @@ async fn a_storm_across_both_gateways_makes_one_digest_ticket() {
     }
     a.wait_processed().await;
     b.wait_processed().await;
+    let recovered = started.elapsed();
     let ticking = run_clock(clock.clone());
     let digest_done = || {
         glpi.tickets()
@@ -658,7 +673,10 @@ async fn a_storm_across_both_gateways_makes_one_digest_ticket() {
             .count(),
         INCIDENTS - LIMIT
     );
-    eprintln!("{INCIDENTS} storm problems correlated by the pair in {correlated:?}");
+    eprintln!(
+        "{INCIDENTS} storm problems correlated by the pair in {correlated:?}, \
+         their updates and recoveries in {recovered:?}"
+    );
     a.shutdown().await;
     b.shutdown().await;
 }
