@@ -521,3 +521,60 @@ async fn postgres_restarted_under_load_costs_451s_and_nothing_else() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A client retrying on the other MX hands both gateways the same mail: the pair
+/// recognises the second copy by Message-ID and content (whichever gateway took it, and
+/// however close together the two arrive) and GLPI sees one mail, one ticket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_mail_given_to_both_gateways_is_processed_once() {
+    const INCIDENTS: usize = 40;
+    let url = support::postgres::shared().create_database();
+    let glpi = GlpiDouble::start().await;
+    let a = pair_member(&glpi, &url).await;
+    let b = pair_member(&glpi, &url).await;
+    glpi.set_notify_target(b.addr, FEEDBACK);
+
+    for (n, (_, mail)) in incident_mails(INCIDENTS, 2).into_iter().enumerate() {
+        // Alternate which gateway gets the copy first; send both copies concurrently.
+        let (first, second) = if n % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        tokio::join!(first.send(&mail), second.send(&mail));
+    }
+    let expected_mails = INCIDENTS * 2;
+    let done = eventually(Duration::from_secs(120), || {
+        let tickets = glpi.tickets();
+        tickets.len() >= INCIDENTS && tickets.iter().all(complete) && glpi.mailbox_len() == 0
+    })
+    .await;
+    assert!(done, "{} tickets", glpi.tickets().len());
+    // GLPI's notifications (feedback) are spooled too; the alerts are the rest.
+    let spooled: Vec<_> = a
+        .spool_rows()
+        .into_iter()
+        .filter(|r| r.state != alertgate::store::SpoolState::Feedback)
+        .collect();
+    assert_eq!(spooled.len(), expected_mails * 2, "both copies are spooled");
+    let duplicates = spooled
+        .iter()
+        .filter(|r| {
+            r.note
+                .as_deref()
+                .is_some_and(|n| n.starts_with("duplicate of spool id"))
+        })
+        .count();
+    assert_eq!(
+        duplicates, expected_mails,
+        "each second copy is a duplicate"
+    );
+    assert_one_truth(&glpi, &a, INCIDENTS);
+    for t in glpi.tickets() {
+        assert_eq!(
+            t.followups.len(),
+            1,
+            "ticket {} has only its recovery: {:?}",
+            t.title,
+            t.followups.iter().map(|f| &f.subject).collect::<Vec<_>>()
+        );
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}
