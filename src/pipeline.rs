@@ -1358,6 +1358,207 @@ mod tests {
         assert_eq!(urgency_of(State::Ok), 2);
     }
 
+    /// A pipeline on a fresh SQLite store with the shipped rules, forwarding unmatched
+    /// mail, reading GLPI's notifications sent to `feedback@gw.example.test`.
+    fn test_pipeline(dir: &std::path::Path) -> (Pipeline, Db) {
+        test_pipeline_with(dir, CorrelationPolicy::default())
+    }
+
+    fn test_pipeline_with(dir: &std::path::Path, correlation: CorrelationPolicy) -> (Pipeline, Db) {
+        let location = Location::Sqlite(dir.join("db.sqlite"));
+        let rules = RuleSet::load(&[std::path::PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/rules"
+        ))])
+        .expect("the shipped rules load");
+        let settings = PipelineSettings {
+            rules: Arc::new(rules),
+            compose: ComposeConfig::new("alertgate@example.test", "glpi@example.test"),
+            notifications: crate::feedback::NotificationReader::new("GLPI", &[], &[]),
+            correlation,
+            unmatched: UnmatchedPolicy::Forward,
+            hold_until_ticket_known: true,
+            ticket_timeout_secs: 0,
+            solve_on_recovery: false,
+            feedback_addresses: vec![
+                RecipientPattern::parse("feedback@gw.example.test").expect("a valid pattern")
+            ],
+            glpi: GlpiFlow::default(),
+        };
+        let pipeline = Pipeline::open(&location, settings).expect("the pipeline opens");
+        let db = Db::open(&location, crate::store::Durability::Derived).expect("the store opens");
+        (pipeline, db)
+    }
+
+    fn spool_mail(db: &mut Db, raw: &[u8], rcpt: &str, at: i64) {
+        let envelope = spool::Envelope {
+            peer: "127.0.0.1".into(),
+            helo: "test".into(),
+            mail_from: "sender@example.test".into(),
+            rcpt_to: vec![rcpt.into()],
+            tls: false,
+            auth_user: None,
+            received_at: at,
+        };
+        let message_id = crate::smtp::header::message_id(raw);
+        spool::insert(db, &envelope, raw, message_id.as_deref()).expect("spooled");
+    }
+
+    #[test]
+    fn each_mail_is_decoded_once_on_its_way() {
+        use crate::rules::decode::parses;
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let (mut pipeline, mut db) = test_pipeline(dir.path());
+        let t0 = 1_764_000_000;
+        let alert = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/centreon/host-problem.eml"
+        ))
+        .expect("the fixture");
+        let unmatched = b"From: someone@example.test\r\nTo: ops@example.test\r\nDate: Tue, 1 Dec 2026 20:00:00 +0000\r\nSubject: lunch on friday?\r\nMessage-ID: <lunch@example.test>\r\n\r\nWho is in?\r\n".to_vec();
+        parses::reset();
+        spool_mail(&mut db, &alert, "glpi@example.test", t0);
+        spool_mail(&mut db, &unmatched, "glpi@example.test", t0);
+        assert_eq!(pipeline.run_batch(t0).expect("processed"), 2);
+        let tag = incidents::open_newest(&mut db, 1).expect("incidents")[0]
+            .tag
+            .clone();
+        let notification = format!(
+            "From: GLPI <glpi@example.test>\r\nTo: feedback@gw.example.test\r\n\
+             Subject: [GLPI #0000042] New ticket [{tag}] DOWN srv\r\n\
+             Message-ID: <GLPI_abc-Ticket-42/new@glpi.example.test>\r\n\r\nA ticket.\r\n"
+        )
+        .into_bytes();
+        spool_mail(&mut db, &notification, "feedback@gw.example.test", t0 + 5);
+        assert_eq!(pipeline.run_batch(t0 + 5).expect("processed"), 1);
+        let ticket = incidents::by_tag(&mut db, &tag)
+            .expect("read")
+            .expect("known");
+        assert_eq!(ticket.ticket_id, Some(42), "the notification was read");
+        let forwarded = outbound::all_with_raw(&mut db).expect("outbound");
+        assert!(
+            forwarded.iter().any(|r| r.order_key.starts_with("MAIL-")),
+            "the unmatched mail was forwarded"
+        );
+        for (what, raw) in [
+            ("matched alert", &alert),
+            ("unmatched forward", &unmatched),
+            ("GLPI notification", &notification),
+        ] {
+            assert_eq!(parses::of(raw), 1, "{what} decoded once");
+        }
+    }
+
+    fn fixture(path: &str) -> Vec<u8> {
+        std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
+            .expect("the fixture")
+    }
+
+    /// The mails that open a GLPI ticket (an incident's first, a storm digest's) say so
+    /// when delivered, whatever their Message-ID looks like; later news does not.
+    #[test]
+    fn delivering_a_first_mail_reports_the_ticket_it_opens() {
+        use crate::deliver::OutboundQueue;
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let policy = CorrelationPolicy {
+            max_new_incidents_per_minute: 1,
+            ..CorrelationPolicy::default()
+        };
+        let (mut pipeline, mut db) = test_pipeline_with(dir.path(), policy);
+        let t0 = 1_764_000_000;
+        spool_mail(
+            &mut db,
+            &fixture("tests/fixtures/centreon/host-problem.eml"),
+            "glpi@example.test",
+            t0,
+        );
+        spool_mail(
+            &mut db,
+            &fixture("tests/fixtures/centreon/service-problem.eml"),
+            "glpi@example.test",
+            t0,
+        );
+        assert_eq!(pipeline.run_batch(t0).expect("processed"), 2);
+        pipeline.tick(t0 + 120).expect("the storm digest is due");
+        let all = incidents::open_newest(&mut db, 10).expect("incidents");
+        let digest = all
+            .iter()
+            .find(|i| i.is_digest)
+            .expect("a digest")
+            .tag
+            .clone();
+        let first = all
+            .iter()
+            .find(|i| !i.is_digest && i.digest_tag.is_none())
+            .expect("an incident of its own")
+            .tag
+            .clone();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let queue = crate::store::outbound::StoreQueue::open(&Location::Sqlite(
+            dir.path().join("db.sqlite"),
+        ))
+        .expect("the queue opens")
+        .notify_opened(tx);
+        let due = queue.due(t0 + 120, 100).expect("due mail");
+        assert_eq!(due.len(), 2, "the incident's first mail and the digest's");
+        for item in &due {
+            queue.mark_sent(item.id, t0 + 121).expect("recorded");
+            queue.on_delivered(item);
+        }
+        let mut opened = Vec::new();
+        while let Ok(tag) = rx.try_recv() {
+            opened.push(tag);
+        }
+        opened.sort();
+        let mut expected = vec![first, digest.clone()];
+        expected.sort();
+        assert_eq!(opened, expected);
+
+        // GLPI's ticket for the digest is known; of two more alerts, the first opens an
+        // incident of its own, the second joins the digest as news for its ticket.
+        let notification = format!(
+            "From: GLPI <glpi@example.test>\r\nTo: feedback@gw.example.test\r\n\
+             Subject: [GLPI #0000007] New ticket [{digest}] DIGEST\r\n\
+             Message-ID: <GLPI_abc-Ticket-7/new@glpi.example.test>\r\n\r\nA ticket.\r\n"
+        );
+        spool_mail(
+            &mut db,
+            notification.as_bytes(),
+            "feedback@gw.example.test",
+            t0 + 125,
+        );
+        for n in 3..=4 {
+            let more = String::from_utf8(fixture("tests/fixtures/centreon/service-problem.eml"))
+                .expect("text")
+                .replace("Service: HTTP", &format!("Service: HTTP-{n}"))
+                .replace("<serviceproblem.2@", &format!("<serviceproblem.{n}@"));
+            spool_mail(&mut db, more.as_bytes(), "glpi@example.test", t0 + 125);
+        }
+        assert_eq!(pipeline.run_batch(t0 + 125).expect("processed"), 3);
+        pipeline.tick(t0 + 400).expect("the digest's pace is over");
+        let later = queue.due(t0 + 400, 100).expect("due mail");
+        let third = incidents::open_newest(&mut db, 10)
+            .expect("incidents")
+            .into_iter()
+            .find(|i| !i.is_digest && i.digest_tag.is_none() && !expected.contains(&i.tag))
+            .expect("the third alert's incident")
+            .tag;
+        assert_eq!(
+            later.len(),
+            2,
+            "the third's first mail, the digest's news: {later:?}"
+        );
+        for item in &later {
+            queue.mark_sent(item.id, t0 + 401).expect("recorded");
+            queue.on_delivered(item);
+        }
+        let mut opened = Vec::new();
+        while let Ok(tag) = rx.try_recv() {
+            opened.push(tag);
+        }
+        assert_eq!(opened, vec![third], "the digest's news opens no ticket");
+    }
+
     #[test]
     fn received_header_is_skipped_with_its_folded_lines() {
         let raw = b"Received: from a\r\n\tby b;\r\n\tdate\r\nSubject: x\r\n\r\nbody";

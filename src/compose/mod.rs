@@ -369,7 +369,7 @@ pub fn compose_unmatched(
 ) -> Result<ComposedMail, ComposeError> {
     let checked = cfg.checked()?;
     threading::validate_incident_tag(tag)?;
-    let parsed = mail_parser::MessageParser::default().parse(raw_original);
+    let parsed = crate::rules::decode::parse_inbound(raw_original);
     let original_subject = parsed
         .as_ref()
         .and_then(|m| m.subject())

@@ -5,7 +5,7 @@
 //! main languages (plus configured words).
 
 use crate::correlate::TicketStatus;
-use mail_parser::{HeaderName, Message, MessageParser};
+use mail_parser::{HeaderName, Message};
 use regex::Regex;
 use std::sync::OnceLock;
 
@@ -305,9 +305,7 @@ impl NotificationReader {
 
     /// Parses a mail and tells whether it is a GLPI ticket notification.
     pub fn read(&self, raw: &[u8]) -> Result<GlpiNotification, NotGlpi> {
-        let message = MessageParser::default()
-            .parse(raw)
-            .ok_or(NotGlpi::NotAMessage)?;
+        let message = crate::rules::decode::parse_inbound(raw).ok_or(NotGlpi::NotAMessage)?;
         if message.headers().is_empty() {
             return Err(NotGlpi::NotAMessage);
         }

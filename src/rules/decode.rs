@@ -41,11 +41,46 @@ pub enum DecodeError {
     NoText,
 }
 
+/// Every MIME parse of a mail on its way in goes through here, so a test can count them.
+pub(crate) fn parse_inbound(raw: &[u8]) -> Option<Message<'_>> {
+    #[cfg(test)]
+    parses::record(raw);
+    MessageParser::default().parse(raw)
+}
+
+fn parse_inbound_headers(raw: &[u8]) -> Option<Message<'_>> {
+    #[cfg(test)]
+    parses::record(raw);
+    MessageParser::default().parse_headers(raw)
+}
+
+/// How often each mail was parsed on this thread (tests: a mail is decoded once).
+#[cfg(test)]
+pub(crate) mod parses {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+
+    thread_local! {
+        static PARSES: RefCell<HashMap<Vec<u8>, usize>> = RefCell::new(HashMap::new());
+    }
+
+    pub(crate) fn record(raw: &[u8]) {
+        PARSES.with(|p| *p.borrow_mut().entry(raw.to_vec()).or_default() += 1);
+    }
+
+    /// How often `raw` was parsed on this thread since the last `reset`.
+    pub(crate) fn of(raw: &[u8]) -> usize {
+        PARSES.with(|p| p.borrow().get(raw).copied().unwrap_or(0))
+    }
+
+    pub(crate) fn reset() {
+        PARSES.with(|p| p.borrow_mut().clear());
+    }
+}
+
 /// Decode a raw mail. Never panics on arbitrary input.
 pub fn decode(raw: &[u8]) -> Result<DecodedMail, DecodeError> {
-    let message = MessageParser::default()
-        .parse(raw)
-        .ok_or(DecodeError::NotAMessage)?;
+    let message = parse_inbound(raw).ok_or(DecodeError::NotAMessage)?;
     if message.headers().is_empty() {
         return Err(DecodeError::NotAMessage);
     }
@@ -84,13 +119,13 @@ fn raw_headers(message: &Message<'_>, raw: &[u8]) -> Vec<(String, String)> {
 
 /// The Message-ID header without angle brackets.
 pub fn message_id(raw: &[u8]) -> Option<String> {
-    let message = MessageParser::default().parse_headers(raw)?;
+    let message = parse_inbound_headers(raw)?;
     message.message_id().map(str::to_string)
 }
 
 /// The Message-IDs a mail cites (In-Reply-To, then References), without brackets, each once.
 pub fn cited_message_ids(raw: &[u8]) -> Vec<String> {
-    match MessageParser::default().parse_headers(raw) {
+    match parse_inbound_headers(raw) {
         Some(message) => cited_in(&message),
         None => Vec::new(),
     }
