@@ -297,13 +297,14 @@ impl PipelineCore<'_> {
                 note: format!("duplicate of spool id {original}, ignored"),
             });
         }
+        // Decoded once here; feedback, the rules, correlation and compose read this copy.
+        let mail = crate::mail::decode(raw);
         if self.is_feedback(row) {
-            return self.feedback(tx, raw, now);
+            return self.feedback(tx, mail.as_ref().ok(), now);
         }
-        // Decoded once here; the rules and correlation read this one copy.
-        let mail = match crate::rules::decode(raw) {
+        let mail = match mail {
             Ok(mail) => mail,
-            Err(e) => return self.unmatched(tx, row, raw, &ParseError::from(e), now),
+            Err(e) => return self.unmatched(tx, row, raw, None, &ParseError::from(e), now),
         };
         let parsed = self.settings.rules.parse_decoded(
             &mail,
@@ -313,7 +314,7 @@ impl PipelineCore<'_> {
         );
         match parsed {
             Ok(alerts) => self.process_alerts(tx, row, raw, mail.cited, &alerts, now),
-            Err(e) => self.unmatched(tx, row, raw, &e, now),
+            Err(e) => self.unmatched(tx, row, raw, Some(&mail), &e, now),
         }
     }
 
@@ -773,7 +774,7 @@ impl PipelineCore<'_> {
             .unwrap_or(crate::alert::State::Unknown);
         serde_json::json!({
             "name": composed.subject,
-            "content": mail_text(&composed.bytes),
+            "content": composed.html,
             "urgency": urgency_of(worst),
         })
         .to_string()
@@ -794,10 +795,13 @@ impl PipelineCore<'_> {
     fn feedback(
         &mut self,
         tx: &mut Tx<'_>,
-        raw: &[u8],
+        mail: Option<&crate::mail::DecodedMail>,
         now: i64,
     ) -> Result<StepResult, PipelineError> {
-        let note = match self.settings.notifications.read(raw) {
+        let read = mail.map_or(Err(crate::feedback::NotGlpi::NotAMessage), |m| {
+            self.settings.notifications.read(m)
+        });
+        let note = match read {
             Err(e) => {
                 tracing::warn!(reason = %e, "mail to a feedback address is not a GLPI notification; kept");
                 format!("not a GLPI notification: {e}")
@@ -875,6 +879,7 @@ impl PipelineCore<'_> {
         tx: &mut Tx<'_>,
         row: &SpoolRow,
         raw: &[u8],
+        mail: Option<&crate::mail::DecodedMail>,
         error: &ParseError,
         now: i64,
     ) -> Result<StepResult, PipelineError> {
@@ -896,7 +901,7 @@ impl PipelineCore<'_> {
             }
             UnmatchedPolicy::Forward => {
                 let tag = format!("MAIL-{}", row.id);
-                match compose::compose_unmatched(&self.settings.compose, &tag, raw, now) {
+                match compose::compose_unmatched(&self.settings.compose, &tag, raw, mail, now) {
                     Ok(composed) => {
                         enqueue(
                             tx,
@@ -1120,16 +1125,6 @@ fn news_text(events: &[IncidentMail]) -> String {
     text
 }
 
-/// The body GLPI would show for a composed mail: its HTML part, else its text.
-fn mail_text(bytes: &[u8]) -> String {
-    let parsed = mail_parser::MessageParser::default().parse(bytes);
-    parsed
-        .as_ref()
-        .and_then(|m| m.body_html(0).or_else(|| m.body_text(0)))
-        .map(|b| b.into_owned())
-        .unwrap_or_default()
-}
-
 /// GLPI urgency (and impact) for a state: 5 very high … 1 very low.
 pub fn urgency_of(state: crate::alert::State) -> u8 {
     use crate::alert::State::*;
@@ -1334,7 +1329,7 @@ mod tests {
         );
         assert!(mail.subject.contains(&digest.tag), "{}", mail.subject);
         assert!(mail.subject.contains("RECOVERED"), "{}", mail.subject);
-        let text = mail_text(&mail.bytes);
+        let text = &mail.html;
         for e in &events[..2] {
             assert!(
                 text.contains(&format!("{} a / disk: RECOVERED", e.incident.tag))
@@ -1406,7 +1401,7 @@ mod tests {
 
     #[test]
     fn each_mail_is_decoded_once_on_its_way() {
-        use crate::rules::decode::parses;
+        use crate::mail::parses;
         let dir = tempfile::tempdir().expect("a temp dir");
         let (mut pipeline, mut db) = test_pipeline(dir.path());
         let t0 = 1_764_000_000;
