@@ -9,6 +9,7 @@ use crate::correlate::reply::MailIds;
 use crate::correlate::{
     self, Action, CorrelationPolicy, CorrelationState, Decision, Incident, IncidentMail,
 };
+use crate::mail::OutboundKind;
 use crate::rules::{ParseContext, ParseError, RuleSet};
 use crate::store::actions::{self, ActionKind};
 use crate::store::gate::WriteGate;
@@ -400,7 +401,18 @@ impl PipelineCore<'_> {
                         ))
                     }
                     Ok(composed) => {
-                        enqueue(tx, &composed, tag, Queueing::now(), None, None, now)?;
+                        enqueue(
+                            tx,
+                            &composed,
+                            Outgoing {
+                                order_key: tag,
+                                kind: OutboundKind::Open,
+                            },
+                            Queueing::now(),
+                            None,
+                            None,
+                            now,
+                        )?;
                         Ok(format!("digest {tag} of {} alerts", digest.count))
                     }
                     Err(e) => {
@@ -449,7 +461,10 @@ impl PipelineCore<'_> {
             enqueue(
                 tx,
                 &composed,
-                tag,
+                Outgoing {
+                    order_key: tag,
+                    kind: OutboundKind::Open,
+                },
                 Queueing::now(),
                 origin.map(|o| o.0),
                 event.as_deref(),
@@ -484,7 +499,10 @@ impl PipelineCore<'_> {
         enqueue(
             tx,
             &composed,
-            &owner,
+            Outgoing {
+                order_key: &owner,
+                kind: OutboundKind::News,
+            },
             queueing,
             origin.map(|o| o.0),
             event.as_deref(),
@@ -906,7 +924,10 @@ impl PipelineCore<'_> {
                         enqueue(
                             tx,
                             &composed,
-                            &tag,
+                            Outgoing {
+                                order_key: &tag,
+                                kind: OutboundKind::Unmatched,
+                            },
                             Queueing::now(),
                             Some(row.id),
                             None,
@@ -942,10 +963,16 @@ impl Queueing {
     }
 }
 
+/// Whose mail it is (the ticket owner's tag) and what it is to GLPI.
+struct Outgoing<'a> {
+    order_key: &'a str,
+    kind: OutboundKind,
+}
+
 fn enqueue(
     tx: &mut Tx<'_>,
     mail: &ComposedMail,
-    order_key: &str,
+    outgoing: Outgoing<'_>,
     queueing: Queueing,
     spool_id: Option<i64>,
     event: Option<&str>,
@@ -954,13 +981,14 @@ fn enqueue(
     let id = outbound::enqueue(
         tx,
         &NewOutbound {
-            order_key,
+            order_key: outgoing.order_key,
             message_id: &mail.message_id,
             subject: &mail.subject,
             envelope_from: &mail.envelope_from,
             envelope_to: &mail.envelope_to,
             raw: &mail.bytes,
             state: queueing.state,
+            kind: outgoing.kind,
             spool_id,
             not_before: queueing.not_before,
         },
@@ -1493,16 +1521,18 @@ mod tests {
             dir.path().join("db.sqlite"),
         ))
         .expect("the queue opens")
-        .notify_opened(tx);
+        .report_delivered(tx);
         let due = queue.due(t0 + 120, 100).expect("due mail");
         assert_eq!(due.len(), 2, "the incident's first mail and the digest's");
         for item in &due {
             queue.mark_sent(item.id, t0 + 121).expect("recorded");
-            queue.on_delivered(item);
+            queue.on_delivered(item.delivered(t0 + 121));
         }
         let mut opened = Vec::new();
-        while let Ok(tag) = rx.try_recv() {
-            opened.push(tag);
+        while let Ok(delivered) = rx.try_recv() {
+            if delivered.opens_incident_ticket() {
+                opened.push(delivered.tag);
+            }
         }
         opened.sort();
         let mut expected = vec![first, digest.clone()];
@@ -1545,11 +1575,13 @@ mod tests {
         );
         for item in &later {
             queue.mark_sent(item.id, t0 + 401).expect("recorded");
-            queue.on_delivered(item);
+            queue.on_delivered(item.delivered(t0 + 401));
         }
         let mut opened = Vec::new();
-        while let Ok(tag) = rx.try_recv() {
-            opened.push(tag);
+        while let Ok(delivered) = rx.try_recv() {
+            if delivered.opens_incident_ticket() {
+                opened.push(delivered.tag);
+            }
         }
         assert_eq!(opened, vec![third], "the digest's news opens no ticket");
     }
