@@ -4,8 +4,8 @@
 //! from the Message-ID event, the subject label or the body's status line, in GLPI's
 //! main languages (plus configured words).
 
-use crate::correlate::TicketStatus;
 use crate::mail::DecodedMail;
+use crate::ticket::TicketStatus;
 use regex::Regex;
 use std::sync::OnceLock;
 

@@ -295,7 +295,7 @@ impl ApiWorker {
                             tag: action.tag.clone(),
                             ticket_id,
                             glpi_message_id: None,
-                            status: Some(crate::correlate::TicketStatus::Open),
+                            status: Some(crate::ticket::TicketStatus::Open),
                         });
                         Ok(())
                     }
