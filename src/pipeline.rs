@@ -705,7 +705,14 @@ impl PipelineCore<'_> {
             }
         };
         let (first, rest) = rows.split_first().expect("events is not empty");
-        outbound::requeue_composed(tx, first.id, &composed.subject, &composed.bytes, now)?;
+        outbound::requeue_composed(
+            tx,
+            first.id,
+            &composed.message_id,
+            &composed.subject,
+            &composed.bytes,
+            now,
+        )?;
         for h in rest {
             outbound::delete(tx, h.id)?;
         }
@@ -1584,6 +1591,50 @@ mod tests {
             }
         }
         assert_eq!(opened, vec![third], "the digest's news opens no ticket");
+    }
+
+    /// Held news merged into one mail goes out under the merged mail's Message-ID, and
+    /// the queue (logs, `alertgate queue`) names that one.
+    #[test]
+    fn a_merged_mail_is_queued_under_its_own_message_id() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let (mut pipeline, mut db) = test_pipeline(dir.path());
+        let t0 = 1_764_000_000;
+        for (i, name) in ["service-problem", "service-ack", "service-recovery"]
+            .iter()
+            .enumerate()
+        {
+            let raw = fixture(&format!("tests/fixtures/centreon/{name}.eml"));
+            spool_mail(&mut db, &raw, "glpi@example.test", t0 + i as i64);
+            pipeline.run_batch(t0 + i as i64).expect("processed");
+        }
+        let tag = outbound::all_with_raw(&mut db).expect("outbound")[0]
+            .order_key
+            .clone();
+        let notification = format!(
+            "From: GLPI <glpi@example.test>\r\nTo: feedback@gw.example.test\r\n\
+             Subject: [GLPI #0000009] New ticket [{tag}] x\r\n\
+             Message-ID: <GLPI_abc-Ticket-9/new@glpi.example.test>\r\n\r\nA ticket.\r\n"
+        );
+        spool_mail(
+            &mut db,
+            notification.as_bytes(),
+            "feedback@gw.example.test",
+            t0 + 100,
+        );
+        pipeline.run_batch(t0 + 100).expect("processed");
+        let rows = outbound::all_with_raw(&mut db).expect("outbound");
+        assert_eq!(rows.len(), 2, "the first mail and one merged mail");
+        for row in rows {
+            let raw = row.raw.as_deref().expect("bytes");
+            let own = crate::mail::message_id(raw).map(|id| format!("<{id}>"));
+            assert_eq!(
+                own.as_deref(),
+                Some(row.message_id.as_str()),
+                "{}",
+                row.subject
+            );
+        }
     }
 
     #[test]

@@ -405,17 +405,25 @@ pub fn held_for(db: &mut Db, order_key: &str) -> Result<Vec<HeldMail>, StoreErro
     .collect()
 }
 
-/// Replace a held mail by its threaded version and queue it now.
+/// Replace a held mail by its threaded (or merged) version, which has a Message-ID of
+/// its own, and queue it now.
 pub fn requeue_composed(
     db: &mut Db,
     id: i64,
+    message_id: &str,
     subject: &str,
     raw: &[u8],
     now: i64,
 ) -> Result<(), StoreError> {
     db.execute(
-        "UPDATE outbound SET subject = $1, raw = $2, state = 'queued', next_attempt_at = $3 WHERE id = $4",
-        &[subject.into(), raw.into(), now.into(), id.into()],
+        "UPDATE outbound SET message_id = $1, subject = $2, raw = $3, state = 'queued', next_attempt_at = $4 WHERE id = $5",
+        &[
+            message_id.into(),
+            subject.into(),
+            raw.into(),
+            now.into(),
+            id.into(),
+        ],
     )?;
     Ok(())
 }
