@@ -409,3 +409,43 @@ fn log_api_error(e: &ApiError, tag: &str) {
         tracing::error!(tag = %tag, error = %e, "GLPI API error");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mail::OutboundKind;
+
+    /// Only a delivered mail its producer queued as an incident's first starts a ticket
+    /// lookup, timed from its delivery; news and forwarded mail start none.
+    #[test]
+    fn only_a_delivered_first_mail_starts_a_ticket_lookup() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let store = Location::Sqlite(dir.path().join("db.sqlite"));
+        drop(crate::store::open(&store).expect("the store opens"));
+        let api = GlpiApi::new(&super::super::GlpiApiConfig::new(
+            "http://127.0.0.1:9/apirest.php",
+            "token",
+        ))
+        .expect("a client");
+        let (_tx, rx) = mpsc::unbounded_channel();
+        let (found, _found_rx) = mpsc::unbounded_channel();
+        let worker = ApiWorker::new(api, &store, 600, rx, found).expect("the worker");
+        let mut lookups = HashMap::new();
+        for (tag, kind) in [
+            ("ALERT-0a1b2c3d", OutboundKind::Open),
+            ("ALERT-0a1b2c3e", OutboundKind::News),
+            ("MAIL-4", OutboundKind::Unmatched),
+        ] {
+            let delivered = Delivered {
+                tag: tag.into(),
+                kind,
+                at: 1_000,
+            };
+            worker.start_lookup(&mut lookups, delivered);
+        }
+        let tags: Vec<&String> = lookups.keys().collect();
+        assert_eq!(tags, ["ALERT-0a1b2c3d"]);
+        let lookup = &lookups["ALERT-0a1b2c3d"];
+        assert_eq!((lookup.next_at, lookup.deadline), (1_000, 1_600));
+    }
+}
