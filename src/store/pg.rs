@@ -116,6 +116,10 @@ pub const PG_MIGRATIONS: &[&str] = &[
      ALTER TABLE outbound ADD COLUMN lease_until BIGINT;
      ALTER TABLE glpi_actions ADD COLUMN lease_owner TEXT;
      ALTER TABLE glpi_actions ADD COLUMN lease_until BIGINT;",
+    // 9: what each outbound mail is (as SQLite's 9).
+    "ALTER TABLE outbound ADD COLUMN kind TEXT NOT NULL DEFAULT 'news';
+     UPDATE outbound SET kind = 'unmatched' WHERE order_key LIKE 'MAIL-%';
+     UPDATE outbound SET kind = 'open' WHERE order_key LIKE 'ALERT-%' AND message_id LIKE '%.0@%';",
 ];
 
 pub const PG_SCHEMA_VERSION: i64 = PG_MIGRATIONS.len() as i64;
