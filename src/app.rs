@@ -257,7 +257,7 @@ pub async fn start_with_clock(
     let outbound_wake = Arc::new(Notify::new());
     let client =
         Transport::from_config(&loaded.relay).map_err(|e| anyhow::anyhow!("relay: {e}"))?;
-    let (opened_tx, opened_rx) = mpsc::unbounded_channel();
+    let (delivered_tx, delivered_rx) = mpsc::unbounded_channel();
     let (found_tx, found_rx) = mpsc::unbounded_channel();
     let lease = crate::store::lease::Lease::new(loaded.config.store.lease_secs);
     tracing::info!(
@@ -272,13 +272,13 @@ pub async fn start_with_clock(
     };
     let api_worker = match api {
         Some(api) => {
-            queue = queue.notify_opened(opened_tx);
+            queue = queue.report_delivered(delivered_tx);
             Some(
                 ApiWorker::new(
                     api,
                     &store,
                     explicit_ticket_timeout(&loaded),
-                    opened_rx,
+                    delivered_rx,
                     found_tx,
                 )?
                 .with_pace(

@@ -10,6 +10,7 @@ pub mod correlate;
 pub mod deliver;
 pub mod feedback;
 pub mod http;
+pub mod mail;
 pub mod pipeline;
 pub mod replay;
 pub mod rules;

@@ -9,6 +9,7 @@ use crate::correlate::reply::MailIds;
 use crate::correlate::{
     self, Action, CorrelationPolicy, CorrelationState, Decision, Incident, IncidentMail,
 };
+use crate::mail::OutboundKind;
 use crate::rules::{ParseContext, ParseError, RuleSet};
 use crate::store::actions::{self, ActionKind};
 use crate::store::gate::WriteGate;
@@ -297,13 +298,14 @@ impl PipelineCore<'_> {
                 note: format!("duplicate of spool id {original}, ignored"),
             });
         }
+        // Decoded once here; feedback, the rules, correlation and compose read this copy.
+        let mail = crate::mail::decode(raw);
         if self.is_feedback(row) {
-            return self.feedback(tx, raw, now);
+            return self.feedback(tx, mail.as_ref().ok(), now);
         }
-        // Decoded once here; the rules and correlation read this one copy.
-        let mail = match crate::rules::decode(raw) {
+        let mail = match mail {
             Ok(mail) => mail,
-            Err(e) => return self.unmatched(tx, row, raw, &ParseError::from(e), now),
+            Err(e) => return self.unmatched(tx, row, raw, None, &ParseError::from(e), now),
         };
         let parsed = self.settings.rules.parse_decoded(
             &mail,
@@ -313,7 +315,7 @@ impl PipelineCore<'_> {
         );
         match parsed {
             Ok(alerts) => self.process_alerts(tx, row, raw, mail.cited, &alerts, now),
-            Err(e) => self.unmatched(tx, row, raw, &e, now),
+            Err(e) => self.unmatched(tx, row, raw, Some(&mail), &e, now),
         }
     }
 
@@ -399,7 +401,18 @@ impl PipelineCore<'_> {
                         ))
                     }
                     Ok(composed) => {
-                        enqueue(tx, &composed, tag, Queueing::now(), None, None, now)?;
+                        enqueue(
+                            tx,
+                            &composed,
+                            Outgoing {
+                                order_key: tag,
+                                kind: OutboundKind::Open,
+                            },
+                            Queueing::now(),
+                            None,
+                            None,
+                            now,
+                        )?;
                         Ok(format!("digest {tag} of {} alerts", digest.count))
                     }
                     Err(e) => {
@@ -448,7 +461,10 @@ impl PipelineCore<'_> {
             enqueue(
                 tx,
                 &composed,
-                tag,
+                Outgoing {
+                    order_key: tag,
+                    kind: OutboundKind::Open,
+                },
                 Queueing::now(),
                 origin.map(|o| o.0),
                 event.as_deref(),
@@ -489,7 +505,10 @@ impl PipelineCore<'_> {
         enqueue(
             tx,
             &composed,
-            &owner,
+            Outgoing {
+                order_key: &owner,
+                kind: OutboundKind::News,
+            },
             queueing,
             origin.map(|o| o.0),
             event.as_deref(),
@@ -665,7 +684,14 @@ impl PipelineCore<'_> {
             }
         };
         let (first, rest) = rows.split_first().expect("events is not empty");
-        outbound::requeue_composed(tx, first.id, &composed.subject, &composed.bytes, now)?;
+        outbound::requeue_composed(
+            tx,
+            first.id,
+            &composed.message_id,
+            &composed.subject,
+            &composed.bytes,
+            now,
+        )?;
         for h in rest {
             outbound::delete(tx, h.id)?;
         }
@@ -782,7 +808,7 @@ impl PipelineCore<'_> {
             .unwrap_or(crate::alert::State::Unknown);
         serde_json::json!({
             "name": composed.subject,
-            "content": mail_text(&composed.bytes),
+            "content": composed.html,
             "urgency": urgency_of(worst),
         })
         .to_string()
@@ -803,10 +829,13 @@ impl PipelineCore<'_> {
     fn feedback(
         &mut self,
         tx: &mut Tx<'_>,
-        raw: &[u8],
+        mail: Option<&crate::mail::DecodedMail>,
         now: i64,
     ) -> Result<StepResult, PipelineError> {
-        let note = match self.settings.notifications.read(raw) {
+        let read = mail.map_or(Err(crate::feedback::NotGlpi::NotAMessage), |m| {
+            self.settings.notifications.read(m)
+        });
+        let note = match read {
             Err(e) => {
                 tracing::warn!(reason = %e, "mail to a feedback address is not a GLPI notification; kept");
                 format!("not a GLPI notification: {e}")
@@ -884,6 +913,7 @@ impl PipelineCore<'_> {
         tx: &mut Tx<'_>,
         row: &SpoolRow,
         raw: &[u8],
+        mail: Option<&crate::mail::DecodedMail>,
         error: &ParseError,
         now: i64,
     ) -> Result<StepResult, PipelineError> {
@@ -905,12 +935,15 @@ impl PipelineCore<'_> {
             }
             UnmatchedPolicy::Forward => {
                 let tag = format!("MAIL-{}", row.id);
-                match compose::compose_unmatched(&self.settings.compose, &tag, raw, now) {
+                match compose::compose_unmatched(&self.settings.compose, &tag, raw, mail, now) {
                     Ok(composed) => {
                         enqueue(
                             tx,
                             &composed,
-                            &tag,
+                            Outgoing {
+                                order_key: &tag,
+                                kind: OutboundKind::Unmatched,
+                            },
                             Queueing::now(),
                             Some(row.id),
                             None,
@@ -946,10 +979,16 @@ impl Queueing {
     }
 }
 
+/// Whose mail it is (the ticket owner's tag) and what it is to GLPI.
+struct Outgoing<'a> {
+    order_key: &'a str,
+    kind: OutboundKind,
+}
+
 fn enqueue(
     tx: &mut Tx<'_>,
     mail: &ComposedMail,
-    order_key: &str,
+    outgoing: Outgoing<'_>,
     queueing: Queueing,
     spool_id: Option<i64>,
     event: Option<&str>,
@@ -958,13 +997,14 @@ fn enqueue(
     let id = outbound::enqueue(
         tx,
         &NewOutbound {
-            order_key,
+            order_key: outgoing.order_key,
             message_id: &mail.message_id,
             subject: &mail.subject,
             envelope_from: &mail.envelope_from,
             envelope_to: &mail.envelope_to,
             raw: &mail.bytes,
             state: queueing.state,
+            kind: outgoing.kind,
             spool_id,
             not_before: queueing.not_before,
         },
@@ -1127,16 +1167,6 @@ fn news_text(events: &[IncidentMail]) -> String {
         ));
     }
     text
-}
-
-/// The body GLPI would show for a composed mail: its HTML part, else its text.
-fn mail_text(bytes: &[u8]) -> String {
-    let parsed = mail_parser::MessageParser::default().parse(bytes);
-    parsed
-        .as_ref()
-        .and_then(|m| m.body_html(0).or_else(|| m.body_text(0)))
-        .map(|b| b.into_owned())
-        .unwrap_or_default()
 }
 
 /// GLPI urgency (and impact) for a state: 5 very high … 1 very low.
@@ -1343,7 +1373,7 @@ mod tests {
         );
         assert!(mail.subject.contains(&digest.tag), "{}", mail.subject);
         assert!(mail.subject.contains("RECOVERED"), "{}", mail.subject);
-        let text = mail_text(&mail.bytes);
+        let text = &mail.html;
         for e in &events[..2] {
             assert!(
                 text.contains(&format!("{} a / disk: RECOVERED", e.incident.tag))
@@ -1365,6 +1395,255 @@ mod tests {
         assert_eq!(urgency_of(State::Unreachable), 4);
         assert_eq!(urgency_of(State::Warning), 3);
         assert_eq!(urgency_of(State::Ok), 2);
+    }
+
+    /// A pipeline on a fresh SQLite store with the shipped rules, forwarding unmatched
+    /// mail, reading GLPI's notifications sent to `feedback@gw.example.test`.
+    fn test_pipeline(dir: &std::path::Path) -> (Pipeline, Db) {
+        test_pipeline_with(dir, CorrelationPolicy::default())
+    }
+
+    fn test_pipeline_with(dir: &std::path::Path, correlation: CorrelationPolicy) -> (Pipeline, Db) {
+        let location = Location::Sqlite(dir.join("db.sqlite"));
+        let rules = RuleSet::load(&[std::path::PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/rules"
+        ))])
+        .expect("the shipped rules load");
+        let settings = PipelineSettings {
+            rules: Arc::new(rules),
+            compose: ComposeConfig::new("alertgate@example.test", "glpi@example.test"),
+            notifications: crate::feedback::NotificationReader::new("GLPI", &[], &[]),
+            correlation,
+            unmatched: UnmatchedPolicy::Forward,
+            hold_until_ticket_known: true,
+            ticket_timeout_secs: 0,
+            solve_on_recovery: false,
+            feedback_addresses: vec![
+                RecipientPattern::parse("feedback@gw.example.test").expect("a valid pattern")
+            ],
+            glpi: GlpiFlow::default(),
+        };
+        let pipeline = Pipeline::open(&location, settings).expect("the pipeline opens");
+        let db = Db::open(&location, crate::store::Durability::Derived).expect("the store opens");
+        (pipeline, db)
+    }
+
+    fn spool_mail(db: &mut Db, raw: &[u8], rcpt: &str, at: i64) {
+        let envelope = spool::Envelope {
+            peer: "127.0.0.1".into(),
+            helo: "test".into(),
+            mail_from: "sender@example.test".into(),
+            rcpt_to: vec![rcpt.into()],
+            tls: false,
+            auth_user: None,
+            received_at: at,
+        };
+        let message_id = crate::smtp::header::message_id(raw);
+        spool::insert(db, &envelope, raw, message_id.as_deref()).expect("spooled");
+    }
+
+    #[test]
+    fn each_mail_is_decoded_once_on_its_way() {
+        use crate::mail::parses;
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let (mut pipeline, mut db) = test_pipeline(dir.path());
+        let t0 = 1_764_000_000;
+        let alert = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/centreon/host-problem.eml"
+        ))
+        .expect("the fixture");
+        let unmatched = b"From: someone@example.test\r\nTo: ops@example.test\r\nDate: Tue, 1 Dec 2026 20:00:00 +0000\r\nSubject: lunch on friday?\r\nMessage-ID: <lunch@example.test>\r\n\r\nWho is in?\r\n".to_vec();
+        parses::reset();
+        spool_mail(&mut db, &alert, "glpi@example.test", t0);
+        spool_mail(&mut db, &unmatched, "glpi@example.test", t0);
+        assert_eq!(pipeline.run_batch(t0).expect("processed"), 2);
+        let tag = incidents::open_newest(&mut db, 1).expect("incidents")[0]
+            .tag
+            .clone();
+        let notification = format!(
+            "From: GLPI <glpi@example.test>\r\nTo: feedback@gw.example.test\r\n\
+             Subject: [GLPI #0000042] New ticket [{tag}] DOWN srv\r\n\
+             Message-ID: <GLPI_abc-Ticket-42/new@glpi.example.test>\r\n\r\nA ticket.\r\n"
+        )
+        .into_bytes();
+        spool_mail(&mut db, &notification, "feedback@gw.example.test", t0 + 5);
+        assert_eq!(pipeline.run_batch(t0 + 5).expect("processed"), 1);
+        let ticket = incidents::by_tag(&mut db, &tag)
+            .expect("read")
+            .expect("known");
+        assert_eq!(ticket.ticket_id, Some(42), "the notification was read");
+        let forwarded = outbound::all_with_raw(&mut db).expect("outbound");
+        assert!(
+            forwarded.iter().any(|r| r.order_key.starts_with("MAIL-")),
+            "the unmatched mail was forwarded"
+        );
+        for (what, raw) in [
+            ("matched alert", &alert),
+            ("unmatched forward", &unmatched),
+            ("GLPI notification", &notification),
+        ] {
+            assert_eq!(parses::of(raw), 1, "{what} decoded once");
+        }
+    }
+
+    fn fixture(path: &str) -> Vec<u8> {
+        std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
+            .expect("the fixture")
+    }
+
+    /// The mails that open a GLPI ticket (an incident's first, a storm digest's) say so
+    /// when delivered, whatever their Message-ID looks like; later news does not.
+    #[test]
+    fn delivering_a_first_mail_reports_the_ticket_it_opens() {
+        use crate::deliver::OutboundQueue;
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let policy = CorrelationPolicy {
+            max_new_incidents_per_minute: 1,
+            ..CorrelationPolicy::default()
+        };
+        let (mut pipeline, mut db) = test_pipeline_with(dir.path(), policy);
+        let t0 = 1_764_000_000;
+        spool_mail(
+            &mut db,
+            &fixture("tests/fixtures/centreon/host-problem.eml"),
+            "glpi@example.test",
+            t0,
+        );
+        spool_mail(
+            &mut db,
+            &fixture("tests/fixtures/centreon/service-problem.eml"),
+            "glpi@example.test",
+            t0,
+        );
+        assert_eq!(pipeline.run_batch(t0).expect("processed"), 2);
+        pipeline.tick(t0 + 120).expect("the storm digest is due");
+        let all = incidents::open_newest(&mut db, 10).expect("incidents");
+        let digest = all
+            .iter()
+            .find(|i| i.is_digest)
+            .expect("a digest")
+            .tag
+            .clone();
+        let first = all
+            .iter()
+            .find(|i| !i.is_digest && i.digest_tag.is_none())
+            .expect("an incident of its own")
+            .tag
+            .clone();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let queue = crate::store::outbound::StoreQueue::open(&Location::Sqlite(
+            dir.path().join("db.sqlite"),
+        ))
+        .expect("the queue opens")
+        .report_delivered(tx);
+        let due = queue.due(t0 + 120, 100).expect("due mail");
+        assert_eq!(due.len(), 2, "the incident's first mail and the digest's");
+        for item in &due {
+            queue.mark_sent(item.id, t0 + 121).expect("recorded");
+            queue.on_delivered(item.delivered(t0 + 121));
+        }
+        let mut opened = Vec::new();
+        while let Ok(delivered) = rx.try_recv() {
+            if delivered.opens_incident_ticket() {
+                opened.push(delivered.tag);
+            }
+        }
+        opened.sort();
+        let mut expected = vec![first, digest.clone()];
+        expected.sort();
+        assert_eq!(opened, expected);
+
+        // GLPI's ticket for the digest is known; of two more alerts, the first opens an
+        // incident of its own, the second joins the digest as news for its ticket.
+        let notification = format!(
+            "From: GLPI <glpi@example.test>\r\nTo: feedback@gw.example.test\r\n\
+             Subject: [GLPI #0000007] New ticket [{digest}] DIGEST\r\n\
+             Message-ID: <GLPI_abc-Ticket-7/new@glpi.example.test>\r\n\r\nA ticket.\r\n"
+        );
+        spool_mail(
+            &mut db,
+            notification.as_bytes(),
+            "feedback@gw.example.test",
+            t0 + 125,
+        );
+        for n in 3..=4 {
+            let more = String::from_utf8(fixture("tests/fixtures/centreon/service-problem.eml"))
+                .expect("text")
+                .replace("Service: HTTP", &format!("Service: HTTP-{n}"))
+                .replace("<serviceproblem.2@", &format!("<serviceproblem.{n}@"));
+            spool_mail(&mut db, more.as_bytes(), "glpi@example.test", t0 + 125);
+        }
+        assert_eq!(pipeline.run_batch(t0 + 125).expect("processed"), 3);
+        pipeline.tick(t0 + 400).expect("the digest's pace is over");
+        let later = queue.due(t0 + 400, 100).expect("due mail");
+        let third = incidents::open_newest(&mut db, 10)
+            .expect("incidents")
+            .into_iter()
+            .find(|i| !i.is_digest && i.digest_tag.is_none() && !expected.contains(&i.tag))
+            .expect("the third alert's incident")
+            .tag;
+        assert_eq!(
+            later.len(),
+            2,
+            "the third's first mail, the digest's news: {later:?}"
+        );
+        for item in &later {
+            queue.mark_sent(item.id, t0 + 401).expect("recorded");
+            queue.on_delivered(item.delivered(t0 + 401));
+        }
+        let mut opened = Vec::new();
+        while let Ok(delivered) = rx.try_recv() {
+            if delivered.opens_incident_ticket() {
+                opened.push(delivered.tag);
+            }
+        }
+        assert_eq!(opened, vec![third], "the digest's news opens no ticket");
+    }
+
+    /// Held news merged into one mail goes out under the merged mail's Message-ID, and
+    /// the queue (logs, `alertgate queue`) names that one.
+    #[test]
+    fn a_merged_mail_is_queued_under_its_own_message_id() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let (mut pipeline, mut db) = test_pipeline(dir.path());
+        let t0 = 1_764_000_000;
+        for (i, name) in ["service-problem", "service-ack", "service-recovery"]
+            .iter()
+            .enumerate()
+        {
+            let raw = fixture(&format!("tests/fixtures/centreon/{name}.eml"));
+            spool_mail(&mut db, &raw, "glpi@example.test", t0 + i as i64);
+            pipeline.run_batch(t0 + i as i64).expect("processed");
+        }
+        let tag = outbound::all_with_raw(&mut db).expect("outbound")[0]
+            .order_key
+            .clone();
+        let notification = format!(
+            "From: GLPI <glpi@example.test>\r\nTo: feedback@gw.example.test\r\n\
+             Subject: [GLPI #0000009] New ticket [{tag}] x\r\n\
+             Message-ID: <GLPI_abc-Ticket-9/new@glpi.example.test>\r\n\r\nA ticket.\r\n"
+        );
+        spool_mail(
+            &mut db,
+            notification.as_bytes(),
+            "feedback@gw.example.test",
+            t0 + 100,
+        );
+        pipeline.run_batch(t0 + 100).expect("processed");
+        let rows = outbound::all_with_raw(&mut db).expect("outbound");
+        assert_eq!(rows.len(), 2, "the first mail and one merged mail");
+        for row in rows {
+            let raw = row.raw.as_deref().expect("bytes");
+            let own = crate::mail::message_id(raw).map(|id| format!("<{id}>"));
+            assert_eq!(
+                own.as_deref(),
+                Some(row.message_id.as_str()),
+                "{}",
+                row.subject
+            );
+        }
     }
 
     #[test]

@@ -306,7 +306,7 @@ fn classify(rules: &RuleSet, mails: &[ReplayMail]) -> Report {
                 report.unmatched += 1;
                 report.unmatched_mails.push(Unmatched {
                     index,
-                    subject: crate::rules::decode(&mail.raw)
+                    subject: crate::mail::decode(&mail.raw)
                         .map(|m| m.subject)
                         .unwrap_or_default(),
                     nearest: nearest.first().map(|n| n.rule.clone()),

@@ -1,8 +1,27 @@
-//! GLPI ticket facts that cross stages: a ticket id learned for one of our incidents
-//! (the feedback stage finds it, the pipeline records it), and how long an incident's
-//! news waits for that id (both stages pace themselves by it).
+//! GLPI ticket facts that cross stages: a ticket's status, a ticket id learned for one
+//! of our incidents (the feedback stage finds it, the pipeline records it), and how long
+//! an incident's news waits for that id (both stages pace themselves by it).
 
-use crate::correlate::TicketStatus;
+use serde::{Deserialize, Serialize};
+
+/// What alertgate knows of the GLPI ticket of an incident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TicketStatus {
+    #[default]
+    Unknown,
+    Open,
+    Solved,
+    Closed,
+}
+
+impl TicketStatus {
+    /// People consider the ticket finished: mailing it would reopen it (Solved)
+    /// or start a new ticket (Closed).
+    pub fn is_done(self) -> bool {
+        matches!(self, TicketStatus::Solved | TicketStatus::Closed)
+    }
+}
 
 /// How long an incident's news waits for its ticket id when no timeout is set: the
 /// collector runs the mails still unanswered ahead of it take, and its own

@@ -52,6 +52,7 @@ impl OutboundQueue for OneMail {
             attempts: state.1,
             queued_at: 0,
             message_id: "<slow@gw.example>".into(),
+            kind: alertgate::mail::OutboundKind::Open,
         }])
     }
     fn mark_sent(&self, _id: i64, _now: i64) -> Result<(), QueueError> {

@@ -7,6 +7,7 @@ use alertgate::deliver::{
     DeliveryWorker, OutboundItem, OutboundQueue, QueueError, RelayClient, RelayConfig, RelayTls,
     RetryPolicy,
 };
+use alertgate::mail::{Delivered, OutboundKind};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,7 +38,7 @@ struct Row {
 #[derive(Default)]
 struct MemQueue {
     rows: Mutex<Vec<Row>>,
-    delivered: Mutex<Vec<String>>,
+    delivered: Mutex<Vec<Delivered>>,
     /// Message-IDs marked sent a second time.
     sent_twice: Mutex<Vec<String>>,
     /// A store fault: every write fails (disk full, read-only, lock held), reads work.
@@ -64,6 +65,11 @@ impl MemQueue {
                 attempts: 0,
                 queued_at,
                 message_id,
+                kind: if seq == 0 {
+                    OutboundKind::Open
+                } else {
+                    OutboundKind::News
+                },
             },
             status: Status::Queued {
                 next_attempt_at: queued_at,
@@ -149,11 +155,8 @@ impl OutboundQueue for MemQueue {
         })
     }
 
-    fn on_delivered(&self, item: &OutboundItem) {
-        self.delivered
-            .lock()
-            .expect("lock")
-            .push(item.message_id.clone());
+    fn on_delivered(&self, delivered: Delivered) {
+        self.delivered.lock().expect("lock").push(delivered);
     }
 }
 
@@ -275,6 +278,21 @@ async fn delivers_everything_once_in_order_per_incident() {
         queue.delivered.lock().expect("lock").len(),
         20,
         "on_delivered once per mail"
+    );
+    let mut opened: Vec<String> = queue
+        .delivered
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|d| d.opens_incident_ticket())
+        .map(|d| d.tag.clone())
+        .collect();
+    opened.sort();
+    let mut expected: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+    expected.sort();
+    assert_eq!(
+        opened, expected,
+        "each incident's first mail, as it was queued"
     );
     assert!(queue.sent_twice.lock().expect("lock").is_empty());
     assert!(queue

@@ -2,7 +2,8 @@
 //! hosts for Zabbix update mails, and the three failure kinds stay distinct.
 
 use alertgate::alert::{NotificationType, State};
-use alertgate::rules::{message_id, NoContext, ParseContext, ParseError, RuleSet};
+use alertgate::mail::message_id;
+use alertgate::rules::{NoContext, ParseContext, ParseError, RuleSet};
 use std::path::PathBuf;
 
 fn shipped() -> RuleSet {

@@ -16,6 +16,7 @@ use lettre::message::{Body, Mailbox, Message, MultiPart, SinglePart};
 use serde::Deserialize;
 
 use crate::alert::{Alert, AlertKind, NotificationType, State};
+use crate::mail::DecodedMail;
 
 pub use body::{format_duration, format_time};
 pub use subject::{SubjectTemplate, SUBJECT_MAX_CHARS};
@@ -225,6 +226,8 @@ pub struct ComposedMail {
     pub envelope_to: Vec<String>,
     /// RFC 5322 bytes, CRLF line endings.
     pub bytes: Vec<u8>,
+    /// The HTML body, what GLPI shows of it (a ticket created through the API gets it).
+    pub html: String,
 }
 
 /// Everything that differs between an incident mail, a digest and a forwarded mail.
@@ -360,20 +363,19 @@ pub fn compose_digest(
 
 /// Forwards a mail that matched no rule, tagged so it gets its own ticket: the
 /// original subject behind `[tag] ` (sanitised like any subject), its text inline,
-/// the mail itself attached.
+/// the mail itself attached. `decoded` is the pipeline's reading of `raw_original`
+/// (`None` when it is not a message at all).
 pub fn compose_unmatched(
     cfg: &ComposeConfig,
     tag: &str,
     raw_original: &[u8],
+    decoded: Option<&DecodedMail>,
     now: i64,
 ) -> Result<ComposedMail, ComposeError> {
     let checked = cfg.checked()?;
     threading::validate_incident_tag(tag)?;
-    let parsed = mail_parser::MessageParser::default().parse(raw_original);
-    let original_subject = parsed
-        .as_ref()
-        .and_then(|m| m.subject())
-        .map(text::header_line)
+    let original_subject = decoded
+        .map(|m| text::header_line(&m.subject))
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "(no subject)".to_owned());
     let draft = Draft {
@@ -389,7 +391,7 @@ pub fn compose_unmatched(
         host: String::new(),
         service: String::new(),
         state: String::new(),
-        report: unmatched_report(tag, parsed.as_ref(), &original_subject, now),
+        report: unmatched_report(tag, decoded, &original_subject, now),
         original: Some(raw_original.to_vec()),
         now,
     };
@@ -453,10 +455,9 @@ fn assemble(
     }
 
     // Alert fields may carry bare CR, NUL or terminal escapes: not in a 7bit part.
-    let alternative = MultiPart::alternative_plain_html(
-        text::body_text(&draft.report.to_text()),
-        text::body_text(&draft.report.to_html()),
-    );
+    let html = text::body_text(&draft.report.to_html());
+    let alternative =
+        MultiPart::alternative_plain_html(text::body_text(&draft.report.to_text()), html.clone());
     let message = match draft.original {
         Some(original) => builder.multipart(
             MultiPart::mixed()
@@ -472,6 +473,7 @@ fn assemble(
         envelope_from: envelope.from().map(ToString::to_string).unwrap_or_default(),
         envelope_to: envelope.to().iter().map(ToString::to_string).collect(),
         bytes: message.formatted(),
+        html,
     })
 }
 
@@ -719,12 +721,7 @@ fn digest_report(digest_id: &str, alerts: &[Alert], now: i64) -> Report {
 /// Forwarded text is capped: GLPI stores the body in one column.
 const FORWARDED_TEXT_MAX_CHARS: usize = 100_000;
 
-fn unmatched_report(
-    tag: &str,
-    parsed: Option<&mail_parser::Message<'_>>,
-    subject: &str,
-    now: i64,
-) -> Report {
+fn unmatched_report(tag: &str, decoded: Option<&DecodedMail>, subject: &str, now: i64) -> Report {
     let mut r = Report::new("Mail that matched no alertgate rule");
     r.text(
         "Note",
@@ -732,24 +729,20 @@ fn unmatched_report(
     );
     r.text("Incident", tag);
     r.text("Original subject", subject);
-    if let Some(m) = parsed {
-        r.optional(
-            "Original from",
-            m.header_raw("From").map(text::header_line).as_deref(),
-        );
-        r.optional(
-            "Original to",
-            m.header_raw("To").map(text::header_line).as_deref(),
-        );
-        r.optional(
-            "Original date",
-            m.header_raw("Date").map(text::header_line).as_deref(),
-        );
+    if let Some(m) = decoded {
+        for (label, name) in [
+            ("Original from", "from"),
+            ("Original to", "to"),
+            ("Original date", "date"),
+        ] {
+            r.optional(label, m.header(name).map(text::header_line).as_deref());
+        }
     }
     r.text("Received", format_time(now));
-    let body = parsed
-        .and_then(|m| m.body_text(0))
-        .map(|t| text::truncate_chars(&t, FORWARDED_TEXT_MAX_CHARS))
+    let body = decoded
+        .map(|m| m.body.as_str())
+        .filter(|b| !b.trim().is_empty())
+        .map(|t| text::truncate_chars(t, FORWARDED_TEXT_MAX_CHARS))
         .unwrap_or_else(|| "(no readable text part)".to_owned());
     r.verbatim = Some(("Original text".to_owned(), body));
     r

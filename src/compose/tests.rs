@@ -86,6 +86,12 @@ fn raw(m: &mail_parser::Message<'_>, name: &str) -> Option<String> {
 }
 
 /// Body parts with CRLF folded to LF, for readable assertions.
+/// The unmatched forward of `raw`, decoded as the pipeline decodes it.
+fn forward_unmatched(tag: &str, raw: &[u8]) -> Result<ComposedMail, ComposeError> {
+    let decoded = crate::mail::decode(raw).ok();
+    compose_unmatched(&cfg(), tag, raw, decoded.as_ref(), NOW)
+}
+
 fn text_body(m: &mail_parser::Message<'_>) -> String {
     m.body_text(0).unwrap_or_default().replace("\r\n", "\n")
 }
@@ -119,7 +125,7 @@ fn all_kinds_of_mail() -> Vec<ComposedMail> {
         compose(&cfg(), &update).unwrap(),
         compose(&cfg(), &resolve).unwrap(),
         compose_digest(&cfg(), "DIGEST-1", &[a.clone(), host_alert("PING")], NOW).unwrap(),
-        compose_unmatched(&cfg(), "UNMATCHED-7", original, NOW).unwrap(),
+        forward_unmatched("UNMATCHED-7", original).unwrap(),
     ]
 }
 
@@ -473,7 +479,7 @@ fn digest_and_unmatched_subjects_are_neutralised_too() {
     let digest = compose_digest(&cfg(), "DIGEST-1", &[a], NOW).unwrap();
     assert_only_our_ticket(parse(&digest.bytes).subject().unwrap(), None);
     let original = b"Subject: Re: [GLPI #0000042] something #5]\r\n\r\nbody\r\n";
-    let unmatched = compose_unmatched(&cfg(), "UNMATCHED-1", original, NOW).unwrap();
+    let unmatched = forward_unmatched("UNMATCHED-1", original).unwrap();
     let subject = parse(&unmatched.bytes).subject().unwrap().to_owned();
     assert_only_our_ticket(&subject, None);
     assert_eq!(subject, "[UNMATCHED-1] Re: [GLPI nº0000042] something nº5]");
@@ -596,7 +602,7 @@ fn digest_lists_every_alert() {
 #[test]
 fn unmatched_mail_is_forwarded_tagged_with_original() {
     let original = "From: vcenter@example.net\nTo: alerts@example.net\nSubject: Alarme déclenchée\nAuto-Submitted: auto-generated\nContent-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\nLe datastore est plein.\n";
-    let mail = compose_unmatched(&cfg(), "UNMATCHED-7", original.as_bytes(), NOW).unwrap();
+    let mail = forward_unmatched("UNMATCHED-7", original.as_bytes()).unwrap();
     let m = parse(&mail.bytes);
     assert_eq!(m.subject(), Some("[UNMATCHED-7] Alarme déclenchée"));
     assert_eq!(
@@ -625,14 +631,14 @@ fn unmatched_mail_is_forwarded_tagged_with_original() {
 
 #[test]
 fn unparseable_or_binary_originals_still_forward() {
-    let mail = compose_unmatched(&cfg(), "UNMATCHED-8", b"", NOW).unwrap();
+    let mail = forward_unmatched("UNMATCHED-8", b"").unwrap();
     assert_eq!(
         parse(&mail.bytes).subject(),
         Some("[UNMATCHED-8] (no subject)")
     );
 
     let mut latin1 = b"Subject: alarme\r\n\r\nd\xe9faillance\r\n".to_vec();
-    let mail = compose_unmatched(&cfg(), "UNMATCHED-9", &latin1, NOW).unwrap();
+    let mail = forward_unmatched("UNMATCHED-9", &latin1).unwrap();
     let m = parse(&mail.bytes);
     let part = m.attachments().next().unwrap();
     assert_eq!(part.content_type().unwrap().ctype(), "message");
@@ -642,7 +648,7 @@ fn unparseable_or_binary_originals_still_forward() {
     );
 
     latin1.extend_from_slice(b"\0binary");
-    let mail = compose_unmatched(&cfg(), "UNMATCHED-9", &latin1, NOW).unwrap();
+    let mail = forward_unmatched("UNMATCHED-9", &latin1).unwrap();
     let m = parse(&mail.bytes);
     let part = m.attachments().next().unwrap();
     assert_eq!(part.content_type().unwrap().ctype(), "application");
@@ -799,7 +805,7 @@ proptest! {
         host in hostile_text(),
     ) {
         let original = format!("From: a@example.net\r\nSubject: {subject}\r\n\r\nbody\r\n");
-        let mail = compose_unmatched(&cfg(), "UNMATCHED-1", original.as_bytes(), NOW).unwrap();
+        let mail = forward_unmatched("UNMATCHED-1", original.as_bytes()).unwrap();
         let m = parse(&mail.bytes);
         prop_assert_eq!(m.subject().unwrap_or(""), mail.subject.as_str());
         assert_only_our_ticket(&mail.subject, None);

@@ -4,24 +4,7 @@
 use crate::alert::{Alert, AlertKey, AlertKind, State};
 use serde::{Deserialize, Serialize};
 
-/// What alertgate knows of the GLPI ticket of an incident.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TicketStatus {
-    #[default]
-    Unknown,
-    Open,
-    Solved,
-    Closed,
-}
-
-impl TicketStatus {
-    /// People consider the ticket finished: mailing it would reopen it (Solved)
-    /// or start a new ticket (Closed).
-    pub fn is_done(self) -> bool {
-        matches!(self, TicketStatus::Solved | TicketStatus::Closed)
-    }
-}
+pub use crate::ticket::TicketStatus;
 
 /// A service problem recorded in its host's incident while the host was down.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

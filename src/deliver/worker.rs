@@ -5,6 +5,7 @@
 use super::client::DeliverError;
 use super::config::RetryPolicy;
 use super::transport::Transport;
+use crate::mail::{Delivered, OutboundKind};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,6 +26,19 @@ pub struct OutboundItem {
     /// Unix seconds.
     pub queued_at: i64,
     pub message_id: String,
+    /// What the mail is, as its producer stored it; reported when it is delivered.
+    pub kind: OutboundKind,
+}
+
+impl OutboundItem {
+    /// The event of this mail's delivery at `at`: what its producer queued it as.
+    pub fn delivered(&self, at: i64) -> Delivered {
+        Delivered {
+            tag: self.order_key.clone(),
+            kind: self.kind,
+            at,
+        }
+    }
 }
 
 /// A failure of the queue's storage.
@@ -47,8 +61,9 @@ pub trait OutboundQueue: Send + Sync + 'static {
     /// The attempt failed; try again at `next_attempt_at`. Must increment the item's `attempts`.
     fn mark_retry(&self, id: i64, next_attempt_at: i64, error: &str) -> Result<(), QueueError>;
     fn mark_dead(&self, id: i64, error: &str) -> Result<(), QueueError>;
-    /// Called when the item was delivered, so feedback (ticket lookup) can start. Default no-op.
-    fn on_delivered(&self, _item: &OutboundItem) {}
+    /// A mail was delivered (and recorded sent): the event its producer's side acts on
+    /// (the GLPI worker looks up the ticket an incident's first mail opened). Default no-op.
+    fn on_delivered(&self, _delivered: Delivered) {}
     /// How often the items being sent must be renewed (`renew`) so no other gateway
     /// takes them meanwhile; `None` when the queue is not shared.
     fn renew_every(&self) -> Option<Duration> {
@@ -529,7 +544,7 @@ fn record(
     match outcome {
         Outcome::Sent { .. } => {
             queue.mark_sent(item.id, now)?;
-            queue.on_delivered(item);
+            queue.on_delivered(item.delivered(now));
             Ok(())
         }
         Outcome::Retry {
@@ -600,6 +615,7 @@ mod tests {
             attempts,
             queued_at,
             message_id: "<m1@gw>".into(),
+            kind: OutboundKind::Open,
         }
     }
 

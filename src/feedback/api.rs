@@ -4,7 +4,7 @@
 //! reach logs or Debug output.
 
 use super::rights::ApiRights;
-use crate::correlate::TicketStatus;
+use crate::ticket::TicketStatus;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::fmt;

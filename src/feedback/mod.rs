@@ -15,3 +15,28 @@ pub use notification::{
     parse_notification, status_for_event, GlpiNotification, NotGlpi, NotificationReader,
 };
 pub use rights::{ApiRights, MissingRight, Needs};
+
+#[cfg(test)]
+mod tests {
+    /// The pipeline reads notifications with this stage; this stage knows nothing of the
+    /// pipeline (nor of correlation): what crosses between them lives in the model
+    /// (`crate::ticket`, `crate::mail`).
+    #[test]
+    fn feedback_reaches_into_neither_the_pipeline_nor_correlation() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/feedback");
+        let mut offenders = Vec::new();
+        for entry in std::fs::read_dir(&dir).expect("src/feedback is readable") {
+            let path = entry.expect("a directory entry").path();
+            let text = std::fs::read_to_string(&path).expect("a source file");
+            for stage in [
+                concat!("crate::", "pipeline"),
+                concat!("crate::", "correlate"),
+            ] {
+                if text.contains(stage) {
+                    offenders.push(format!("{} names {stage}", path.display()));
+                }
+            }
+        }
+        assert!(offenders.is_empty(), "{offenders:?}");
+    }
+}

@@ -4,8 +4,8 @@
 //! from the Message-ID event, the subject label or the body's status line, in GLPI's
 //! main languages (plus configured words).
 
-use crate::correlate::TicketStatus;
-use mail_parser::{HeaderName, Message, MessageParser};
+use crate::mail::DecodedMail;
+use crate::ticket::TicketStatus;
 use regex::Regex;
 use std::sync::OnceLock;
 
@@ -267,12 +267,6 @@ fn ticket_number(digits: &str) -> Option<u64> {
     digits.parse::<u64>().ok().filter(|n| *n > 0)
 }
 
-/// The raw (unparsed, possibly folded) value of a header, so ids with `/` in them
-/// are seen exactly as GLPI wrote them.
-fn raw_header<'a>(message: &'a Message<'a>, name: HeaderName<'static>) -> Option<&'a str> {
-    message.header_raw(name)
-}
-
 /// Reads GLPI notifications with one configuration: GLPI's subject tag and the words
 /// (built in, plus configured ones) that mean solved or closed.
 #[derive(Debug, Clone)]
@@ -303,21 +297,18 @@ impl NotificationReader {
         }
     }
 
-    /// Parses a mail and tells whether it is a GLPI ticket notification.
-    pub fn read(&self, raw: &[u8]) -> Result<GlpiNotification, NotGlpi> {
-        let message = MessageParser::default()
-            .parse(raw)
-            .ok_or(NotGlpi::NotAMessage)?;
-        if message.headers().is_empty() {
-            return Err(NotGlpi::NotAMessage);
-        }
-        let subject = message.subject().unwrap_or_default();
-        let own = raw_header(&message, HeaderName::MessageId)
+    /// Tells whether a (decoded) mail is a GLPI ticket notification, and what it says.
+    /// Message-IDs are read from the raw header values, so ids with `/` in them are
+    /// seen exactly as GLPI wrote them.
+    pub fn read(&self, mail: &DecodedMail) -> Result<GlpiNotification, NotGlpi> {
+        let subject = mail.subject.as_str();
+        let own = mail
+            .header("message-id")
             .map(glpi_ids_in)
             .and_then(|ids| ids.into_iter().find(|m| m.threadable));
         let mut referenced = Vec::new();
-        for name in [HeaderName::InReplyTo, HeaderName::References] {
-            if let Some(value) = raw_header(&message, name) {
+        for name in ["in-reply-to", "references"] {
+            if let Some(value) = mail.header(name) {
                 referenced.extend(glpi_ids_in(value));
             }
         }
@@ -368,7 +359,7 @@ impl NotificationReader {
             .and_then(|m| m.event.clone())
             .or_else(|| self.label_event(label).map(str::to_owned))
             .unwrap_or_else(|| UNKNOWN_EVENT.to_owned());
-        let status = status_for_event(&event).or_else(|| self.status_line(&message));
+        let status = status_for_event(&event).or_else(|| self.status_line(&mail.body));
         let thread_tag = thread_tag_regex()
             .captures(title)
             .map(|caps| caps[1].to_owned());
@@ -402,8 +393,7 @@ impl NotificationReader {
 
     /// The status of the body's first `Status : …` line (GLPI's default templates put
     /// it before the description, so alert text quoted below cannot fool it).
-    fn status_line(&self, message: &Message<'_>) -> Option<TicketStatus> {
-        let body = message.body_text(0)?;
+    fn status_line(&self, body: &str) -> Option<TicketStatus> {
         let value = body.lines().find_map(|line| {
             let (label, value) = line.split_once(':')?;
             let label = label.trim().trim_matches('\u{a0}').trim().to_lowercase();
@@ -457,9 +447,11 @@ fn starts_with_word<S: AsRef<str>>(text: &str, words: &[S]) -> bool {
     })
 }
 
-/// [`NotificationReader::read`] with GLPI's tag and only the built-in words.
+/// Decodes `raw` and reads it with GLPI's tag and only the built-in words (the CLI,
+/// tests); the pipeline reads the mail it already decoded.
 pub fn parse_notification(raw: &[u8], glpi_tag: &str) -> Result<GlpiNotification, NotGlpi> {
-    NotificationReader::new(glpi_tag, &[], &[]).read(raw)
+    let mail = crate::mail::decode(raw).map_err(|_| NotGlpi::NotAMessage)?;
+    NotificationReader::new(glpi_tag, &[], &[]).read(&mail)
 }
 
 #[cfg(test)]
@@ -884,7 +876,7 @@ mod tests {
         );
         assert_eq!(parse_notification(&raw, "GLPI").unwrap().status, None);
         let dutch = NotificationReader::new("GLPI", &["Opgelost".into()], &["Gesloten".into()]);
-        let n = dutch.read(&raw).unwrap();
+        let n = dutch.read(&crate::mail::decode(&raw).unwrap()).unwrap();
         assert_eq!(
             (n.event.as_str(), n.status),
             ("solved", Some(TicketStatus::Solved))

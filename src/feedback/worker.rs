@@ -4,6 +4,7 @@
 
 use super::api::{lookup_backoff, ApiError, GlpiApi};
 use crate::clock::Clock;
+use crate::mail::Delivered;
 use crate::store::actions::{self, ActionKind, ActionState};
 use crate::store::lease::Lease;
 use crate::store::{incidents, Db, Location, StoreError};
@@ -37,8 +38,8 @@ pub struct ApiWorker {
     pub lookup_timeout_secs: i64,
     collector_interval_secs: i64,
     collector_batch: i64,
-    /// Tags whose open mail was delivered.
-    pub opened: mpsc::UnboundedReceiver<String>,
+    /// Every mail delivered: the ones that opened a ticket start its lookup.
+    pub delivered: mpsc::UnboundedReceiver<Delivered>,
     /// Where found tickets go (the pipeline records them).
     pub found: mpsc::UnboundedSender<TicketInfo>,
     clock: Clock,
@@ -55,7 +56,7 @@ impl ApiWorker {
         api: GlpiApi,
         store: &Location,
         lookup_timeout_secs: i64,
-        opened: mpsc::UnboundedReceiver<String>,
+        delivered: mpsc::UnboundedReceiver<Delivered>,
         found: mpsc::UnboundedSender<TicketInfo>,
     ) -> Result<ApiWorker, crate::store::StoreError> {
         let db = Db::open(store, crate::store::Durability::Derived)?;
@@ -65,7 +66,7 @@ impl ApiWorker {
             lookup_timeout_secs,
             collector_interval_secs: 600,
             collector_batch: 10,
-            opened,
+            delivered,
             found,
             clock: Clock::system(),
             can_solve: true,
@@ -139,9 +140,8 @@ impl ApiWorker {
         let mut lookups = self.pending_at_start().await;
         loop {
             let now = self.clock.now();
-            while let Ok(tag) = self.opened.try_recv() {
-                let lookup = self.lookup(now, lookups.len());
-                lookups.entry(tag).or_insert(lookup);
+            while let Ok(delivered) = self.delivered.try_recv() {
+                self.start_lookup(&mut lookups, delivered);
             }
             self.run_lookups(&mut lookups, now).await;
             // Each round takes the head of every ticket's queue; the next ones follow at once.
@@ -152,16 +152,23 @@ impl ApiWorker {
             }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                tag = self.opened.recv() => {
-                    if let Some(tag) = tag {
-                        let lookup = self.lookup(now, lookups.len());
-                        lookups.entry(tag).or_insert(lookup);
+                delivered = self.delivered.recv() => {
+                    if let Some(delivered) = delivered {
+                        self.start_lookup(&mut lookups, delivered);
                     }
                 }
                 _ = stop.wait_for(|s| *s) => break,
             }
         }
         self.api.close().await;
+    }
+
+    /// A delivered mail that opened a ticket: look its id up, from the time it left.
+    fn start_lookup(&self, lookups: &mut HashMap<String, Lookup>, delivered: Delivered) {
+        if delivered.opens_incident_ticket() {
+            let lookup = self.lookup(delivered.at, lookups.len());
+            lookups.entry(delivered.tag).or_insert(lookup);
+        }
     }
 
     /// After a restart: open incidents without a ticket id (announced ones: their first
@@ -288,7 +295,7 @@ impl ApiWorker {
                             tag: action.tag.clone(),
                             ticket_id,
                             glpi_message_id: None,
-                            status: Some(crate::correlate::TicketStatus::Open),
+                            status: Some(crate::ticket::TicketStatus::Open),
                         });
                         Ok(())
                     }
@@ -400,5 +407,45 @@ fn log_api_error(e: &ApiError, tag: &str) {
         tracing::warn!(tag = %tag, error = %e, "GLPI API unavailable; will retry");
     } else {
         tracing::error!(tag = %tag, error = %e, "GLPI API error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mail::OutboundKind;
+
+    /// Only a delivered mail its producer queued as an incident's first starts a ticket
+    /// lookup, timed from its delivery; news and forwarded mail start none.
+    #[test]
+    fn only_a_delivered_first_mail_starts_a_ticket_lookup() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let store = Location::Sqlite(dir.path().join("db.sqlite"));
+        drop(crate::store::open(&store).expect("the store opens"));
+        let api = GlpiApi::new(&super::super::GlpiApiConfig::new(
+            "http://127.0.0.1:9/apirest.php",
+            "token",
+        ))
+        .expect("a client");
+        let (_tx, rx) = mpsc::unbounded_channel();
+        let (found, _found_rx) = mpsc::unbounded_channel();
+        let worker = ApiWorker::new(api, &store, 600, rx, found).expect("the worker");
+        let mut lookups = HashMap::new();
+        for (tag, kind) in [
+            ("ALERT-0a1b2c3d", OutboundKind::Open),
+            ("ALERT-0a1b2c3e", OutboundKind::News),
+            ("MAIL-4", OutboundKind::Unmatched),
+        ] {
+            let delivered = Delivered {
+                tag: tag.into(),
+                kind,
+                at: 1_000,
+            };
+            worker.start_lookup(&mut lookups, delivered);
+        }
+        let tags: Vec<&String> = lookups.keys().collect();
+        assert_eq!(tags, ["ALERT-0a1b2c3d"]);
+        let lookup = &lookups["ALERT-0a1b2c3d"];
+        assert_eq!((lookup.next_at, lookup.deadline), (1_000, 1_600));
     }
 }

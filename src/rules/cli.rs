@@ -70,7 +70,10 @@ fn alert_fields(alert: &Alert) -> Map<String, Value> {
 }
 
 fn print_explanation(rules: &RuleSet, file: &str, raw: &[u8]) {
-    let mail = match decode(raw) {
+    let mail = match decode(raw).and_then(|mail| match mail.has_text() {
+        true => Ok(mail),
+        false => Err(crate::mail::DecodeError::NoText),
+    }) {
         Ok(mail) => mail,
         Err(e) => {
             eprintln!("{file}: undecodable: {e}");

@@ -1,9 +1,9 @@
 //! Rule loading and matching: `rules/*.toml` → compiled rules → `Alert`s from a raw mail.
-//! Owns the rule file format, layering of rule directories, mail decoding before
-//! matching, and the distinction between "no rule", "extraction failed" and "undecodable".
+//! Owns the rule file format, layering of rule directories, matching a decoded mail
+//! (`crate::mail`), and the distinction between "no rule", "extraction failed" and
+//! "undecodable".
 
 pub mod cli;
-pub mod decode;
 pub mod expect;
 mod extract;
 pub mod rule;
@@ -13,7 +13,7 @@ use rule::{compile_rule, CompiledRule, RuleFileSpec};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-pub use decode::{cited_message_ids, decode, message_id, DecodeError, DecodedMail};
+use crate::mail::{decode, DecodeError, DecodedMail};
 pub use rule::{RuleLoadError, RuleLoadErrors};
 
 /// What the pipeline knows that a mail alone does not (e.g. a Zabbix update mail
@@ -129,6 +129,9 @@ impl RuleSet {
         mail: &DecodedMail,
         ctx: &dyn ParseContext,
     ) -> Result<Vec<Alert>, ParseError> {
+        if !mail.has_text() {
+            return Err(ParseError::Undecodable(DecodeError::NoText));
+        }
         match self.rules.iter().find(|rule| extract::matches(rule, mail)) {
             Some(rule) => extract::extract(rule, mail, ctx),
             None => Err(ParseError::NoRuleMatched {

@@ -118,7 +118,7 @@ mod tests {
                     let raw = std::fs::read(&path).unwrap();
                     assert_eq!(
                         message_id(&raw),
-                        crate::rules::message_id(&raw),
+                        crate::mail::message_id(&raw),
                         "{}",
                         path.display()
                     );

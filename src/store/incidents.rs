@@ -636,6 +636,7 @@ mod tests {
              ALTER TABLE incidents DROP COLUMN ticket_id; ALTER TABLE incidents DROP COLUMN pending_digest;
              ALTER TABLE incidents DROP COLUMN is_digest; ALTER TABLE incidents DROP COLUMN digest_member;
              ALTER TABLE outbound DROP COLUMN lease_owner; ALTER TABLE outbound DROP COLUMN lease_until;
+             ALTER TABLE outbound DROP COLUMN kind;
              ALTER TABLE glpi_actions DROP COLUMN lease_owner; ALTER TABLE glpi_actions DROP COLUMN lease_until;
              PRAGMA user_version = 6;",
         )

@@ -221,7 +221,13 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE outbound ADD COLUMN lease_until INTEGER;
      ALTER TABLE glpi_actions ADD COLUMN lease_owner TEXT;
      ALTER TABLE glpi_actions ADD COLUMN lease_until INTEGER;",
-    // 9: an incident's mail by state: a storm digest holds one mail per member, and its
+    // 9: what each outbound mail is (`OutboundKind`), stored by the stage that composed
+    // it, so its delivery says whether it opened a ticket. Rows from before are told by
+    // the shape their Message-ID had then (an incident's first is `<alert-….0@…>`).
+    "ALTER TABLE outbound ADD COLUMN kind TEXT NOT NULL DEFAULT 'news';
+     UPDATE outbound SET kind = 'unmatched' WHERE order_key LIKE 'MAIL-%';
+     UPDATE outbound SET kind = 'open' WHERE order_key LIKE 'ALERT-%' AND message_id LIKE '%.0@%';",
+    // 10: an incident's mail by state: a storm digest holds one mail per member, and its
     // pace (the latest release) and its held news are read without visiting every one.
     "CREATE INDEX IF NOT EXISTS outbound_order_state ON outbound(order_key, state, id);",
 ];
@@ -329,6 +335,48 @@ mod tests {
             .int(0)
             .unwrap();
         assert_eq!(n, 2_000_000);
+    }
+
+    /// Mail queued before the kind was stored keeps what the old shape rule said of it.
+    #[test]
+    fn outbound_rows_from_before_9_are_told_their_kind() {
+        use crate::mail::OutboundKind;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for (i, sql) in MIGRATIONS[..8].iter().enumerate() {
+                conn.execute_batch(sql).unwrap();
+                conn.pragma_update(None, "user_version", (i + 1) as i64)
+                    .unwrap();
+            }
+            for (key, id) in [
+                ("ALERT-0a1b2c3d", "<alert-0a1b2c3d.0@gw>"),
+                ("ALERT-0a1b2c3d", "<alert-0a1b2c3d.10@gw>"),
+                ("MAIL-7", "<mail-7.0@gw>"),
+            ] {
+                conn.execute(
+                    "INSERT INTO outbound (order_key, message_id, subject, envelope_from, envelope_to, raw, queued_at, next_attempt_at)
+                     VALUES (?1, ?2, 's', 'a@x', '[]', x'00', 1, 1)",
+                    [key, id],
+                )
+                .unwrap();
+            }
+        }
+        let mut db = open(&Location::Sqlite(path)).unwrap();
+        let kinds: Vec<OutboundKind> = outbound::all_with_raw(&mut db)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.kind)
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                OutboundKind::Open,
+                OutboundKind::News,
+                OutboundKind::Unmatched
+            ]
+        );
     }
 
     #[test]

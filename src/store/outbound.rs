@@ -5,6 +5,7 @@ use super::db::{Db, Dialect, Location, Row};
 use super::lease::Lease;
 use super::StoreError;
 use crate::deliver::{OutboundItem, OutboundQueue, QueueError};
+use crate::mail::{Delivered, OutboundKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -65,6 +66,8 @@ pub struct NewOutbound<'a> {
     pub envelope_to: &'a [String],
     pub raw: &'a [u8],
     pub state: OutboundState,
+    /// What the mail is, as its producer says: its delivery is reported with it.
+    pub kind: OutboundKind,
     pub spool_id: Option<i64>,
     /// Not sent before this time; for a held mail, when it is released unthreaded.
     pub not_before: i64,
@@ -76,8 +79,8 @@ pub fn enqueue(db: &mut Db, mail: &NewOutbound<'_>, now: i64) -> Result<i64, Sto
         source,
     })?;
     db.query_one(
-        "INSERT INTO outbound (order_key, message_id, subject, envelope_from, envelope_to, raw, state, queued_at, next_attempt_at, spool_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+        "INSERT INTO outbound (order_key, message_id, subject, envelope_from, envelope_to, raw, state, queued_at, next_attempt_at, spool_id, kind)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
         &[
             mail.order_key.into(),
             mail.message_id.into(),
@@ -89,6 +92,7 @@ pub fn enqueue(db: &mut Db, mail: &NewOutbound<'_>, now: i64) -> Result<i64, Sto
             now.into(),
             mail.not_before.max(now).into(),
             mail.spool_id.into(),
+            mail.kind.as_str().into(),
         ],
     )?
     .int(0)
@@ -119,11 +123,12 @@ pub struct OutboundRow {
     pub next_attempt_at: i64,
     pub last_error: Option<String>,
     pub sent_at: Option<i64>,
+    pub kind: OutboundKind,
     pub raw: Option<Vec<u8>>,
 }
 
 const COLUMNS: &str =
-    "id, order_key, message_id, subject, envelope_from, envelope_to, state, attempts, queued_at, next_attempt_at, last_error, sent_at";
+    "id, order_key, message_id, subject, envelope_from, envelope_to, state, attempts, queued_at, next_attempt_at, last_error, sent_at, kind";
 
 fn row(mut r: Row, with_raw: bool) -> Result<OutboundRow, StoreError> {
     let to = r.text(5)?;
@@ -140,11 +145,20 @@ fn row(mut r: Row, with_raw: bool) -> Result<OutboundRow, StoreError> {
         next_attempt_at: r.int(9)?,
         last_error: r.opt_text(10)?,
         sent_at: r.opt_int(11)?,
+        kind: kind_from_db(&r.text(12)?)?,
         raw: if with_raw {
-            Some(r.take_blob(12)?)
+            Some(r.take_blob(13)?)
         } else {
             None
         },
+    })
+}
+
+fn kind_from_db(s: &str) -> Result<OutboundKind, StoreError> {
+    OutboundKind::parse(s).ok_or_else(|| StoreError::BadValue {
+        table: "outbound",
+        column: "kind",
+        value: s.to_owned(),
     })
 }
 
@@ -423,17 +437,25 @@ pub fn held_for(db: &mut Db, order_key: &str) -> Result<Vec<HeldMail>, StoreErro
     .collect()
 }
 
-/// Replace a held mail by its threaded version and queue it now.
+/// Replace a held mail by its threaded (or merged) version, which has a Message-ID of
+/// its own, and queue it now.
 pub fn requeue_composed(
     db: &mut Db,
     id: i64,
+    message_id: &str,
     subject: &str,
     raw: &[u8],
     now: i64,
 ) -> Result<(), StoreError> {
     db.execute(
-        "UPDATE outbound SET subject = $1, raw = $2, state = 'queued', next_attempt_at = $3 WHERE id = $4",
-        &[subject.into(), raw.into(), now.into(), id.into()],
+        "UPDATE outbound SET message_id = $1, subject = $2, raw = $3, state = 'queued', next_attempt_at = $4 WHERE id = $5",
+        &[
+            message_id.into(),
+            subject.into(),
+            raw.into(),
+            now.into(),
+            id.into(),
+        ],
     )?;
     Ok(())
 }
@@ -521,8 +543,8 @@ pub struct StoreQueue {
     wal: Option<std::path::PathBuf>,
     /// Every outbound row up to this id is known to be on disk.
     synced_through: std::sync::atomic::AtomicI64,
-    /// Told the tag of each incident whose first mail was delivered (ticket lookup).
-    opened: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    /// Told of every mail delivered, with what its producer stored it as.
+    delivered: Option<tokio::sync::mpsc::UnboundedSender<Delivered>>,
     /// This gateway's lease on the mails it sends (a shared PostgreSQL queue).
     lease: Lease,
     /// Gateways share this queue (PostgreSQL): the mails being sent are leased.
@@ -535,7 +557,7 @@ impl StoreQueue {
             db: std::sync::Mutex::new(Db::open(location, super::Durability::Derived)?),
             wal: location.sqlite_path().map(wal_path),
             synced_through: std::sync::atomic::AtomicI64::new(0),
-            opened: None,
+            delivered: None,
             lease: Lease::default(),
             shared: matches!(location, Location::Postgres(_)),
         })
@@ -547,8 +569,12 @@ impl StoreQueue {
         self
     }
 
-    pub fn notify_opened(mut self, tx: tokio::sync::mpsc::UnboundedSender<String>) -> StoreQueue {
-        self.opened = Some(tx);
+    /// Report each delivered mail to `tx` (the GLPI worker looks up the tickets they open).
+    pub fn report_delivered(
+        mut self,
+        tx: tokio::sync::mpsc::UnboundedSender<Delivered>,
+    ) -> StoreQueue {
+        self.delivered = Some(tx);
         self
     }
 
@@ -618,6 +644,7 @@ impl OutboundQueue for StoreQueue {
                 attempts: r.attempts,
                 queued_at: r.queued_at,
                 message_id: r.message_id,
+                kind: r.kind,
             })
             .collect())
     }
@@ -643,12 +670,10 @@ impl OutboundQueue for StoreQueue {
     fn mark_dead(&self, id: i64, error: &str) -> Result<(), QueueError> {
         self.with(|db| mark_dead(db, id, error))
     }
-    fn on_delivered(&self, item: &OutboundItem) {
-        // The open mail is seq 0 of its incident: `<alert-xxxxxxxx.0@host>`.
-        if let Some(tx) = &self.opened {
-            if item.order_key.starts_with("ALERT-") && item.message_id.contains(".0@") {
-                let _ = tx.send(item.order_key.clone());
-            }
+    fn on_delivered(&self, delivered: Delivered) {
+        if let Some(tx) = &self.delivered {
+            // No subscriber left (shutdown): nobody waits for the event.
+            let _ = tx.send(delivered);
         }
     }
 }
@@ -666,6 +691,7 @@ mod tests {
             envelope_to: to,
             raw: b"Subject: s\r\n\r\nx\r\n",
             state: OutboundState::Queued,
+            kind: OutboundKind::News,
             spool_id: None,
             not_before: 0,
         }
@@ -697,6 +723,53 @@ mod tests {
         assert!(due(&mut db, 1000, 10).unwrap().is_empty());
         assert_eq!(retry(&mut db, None, 1000).unwrap(), 1);
         assert_eq!(due(&mut db, 1000, 10).unwrap()[0].id, a1);
+    }
+
+    /// The delivery event carries what the producer queued, not what the Message-ID
+    /// looks like.
+    #[test]
+    fn a_delivered_mail_is_reported_as_its_producer_queued_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = Location::Sqlite(dir.path().join("db"));
+        let mut db = super::super::open(&location).unwrap();
+        let to = vec!["glpi@example.test".to_string()];
+        for (key, id, kind) in [
+            ("ALERT-0a1b2c3d", "<first@elsewhere>", OutboundKind::Open),
+            (
+                "ALERT-0a1b2c3e",
+                "<alert-0a1b2c3e.0@gw>",
+                OutboundKind::News,
+            ),
+            ("MAIL-3", "<mail-3.0@gw>", OutboundKind::Unmatched),
+        ] {
+            enqueue(
+                &mut db,
+                &NewOutbound {
+                    kind,
+                    ..mail(key, id, &to)
+                },
+                10,
+            )
+            .unwrap();
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let queue = StoreQueue::open(&location).unwrap().report_delivered(tx);
+        for item in queue.due(10, 10).unwrap() {
+            queue.mark_sent(item.id, 11).unwrap();
+            queue.on_delivered(item.delivered(11));
+        }
+        let mut events = Vec::new();
+        while let Ok(event) = rx.try_recv() {
+            events.push((event.tag, event.kind, event.at));
+        }
+        assert_eq!(
+            events,
+            [
+                ("ALERT-0a1b2c3d".to_string(), OutboundKind::Open, 11),
+                ("ALERT-0a1b2c3e".to_string(), OutboundKind::News, 11),
+                ("MAIL-3".to_string(), OutboundKind::Unmatched, 11),
+            ]
+        );
     }
 
     #[test]

@@ -116,7 +116,11 @@ pub const PG_MIGRATIONS: &[&str] = &[
      ALTER TABLE outbound ADD COLUMN lease_until BIGINT;
      ALTER TABLE glpi_actions ADD COLUMN lease_owner TEXT;
      ALTER TABLE glpi_actions ADD COLUMN lease_until BIGINT;",
-    // 9: an incident's mail by state: a storm digest holds one mail per member, and its
+    // 9: what each outbound mail is (as SQLite's 9).
+    "ALTER TABLE outbound ADD COLUMN kind TEXT NOT NULL DEFAULT 'news';
+     UPDATE outbound SET kind = 'unmatched' WHERE order_key LIKE 'MAIL-%';
+     UPDATE outbound SET kind = 'open' WHERE order_key LIKE 'ALERT-%' AND message_id LIKE '%.0@%';",
+    // 10: an incident's mail by state: a storm digest holds one mail per member, and its
     // pace (the latest release) and its held news are read without visiting every one.
     "CREATE INDEX IF NOT EXISTS outbound_order_state ON outbound(order_key, state, id);",
 ];

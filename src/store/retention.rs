@@ -160,6 +160,7 @@ mod tests {
                 envelope_to: &to,
                 raw: b"x",
                 state,
+                kind: crate::mail::OutboundKind::News,
                 spool_id: Some(spool_id),
                 not_before: 0,
             },

@@ -82,6 +82,7 @@ mod tests {
                     envelope_to: &["g@x".to_string()],
                     raw: b"x",
                     state: crate::store::outbound::OutboundState::Queued,
+                    kind: crate::mail::OutboundKind::Open,
                     spool_id: None,
                     not_before: 0,
                 },

@@ -1,36 +1,14 @@
-//! Turns raw mail bytes into the plain strings rules match on: decoded subject, From,
+//! Turns raw mail bytes into the plain strings every stage reads: decoded subject, From,
 //! headers, and one text body (MIME, transfer encodings and charsets via mail-parser;
-//! HTML-only mails converted to line-oriented text here).
+//! HTML-only mails converted to line-oriented text here). The only MIME parser of mail
+//! on its way in.
 
+use super::DecodedMail;
 use mail_parser::decoders::charsets::map::charset_decoder;
 use mail_parser::decoders::html::add_html_token;
 use mail_parser::{
     Address, HeaderValue, Message, MessageParser, MessagePart, MimeHeaders, PartType,
 };
-
-/// A mail reduced to what rules look at. Line endings in `body` are always `\n`.
-#[derive(Debug, Clone, Default)]
-pub struct DecodedMail {
-    pub from: String,
-    pub subject: String,
-    /// (lower-case name, unfolded value) in mail order.
-    pub headers: Vec<(String, String)>,
-    pub body: String,
-    pub message_id: Option<String>,
-    pub in_reply_to: Option<String>,
-    /// The Message-IDs it cites (In-Reply-To, then References), each once.
-    pub cited: Vec<String>,
-}
-
-impl DecodedMail {
-    /// First header with this name (case-insensitive).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
 
 /// Why a mail could not be turned into text at all.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,19 +19,53 @@ pub enum DecodeError {
     NoText,
 }
 
-/// Decode a raw mail. Never panics on arbitrary input.
+/// Every MIME parse of a mail on its way in goes through here, so a test can count them.
+fn parse_inbound(raw: &[u8]) -> Option<Message<'_>> {
+    #[cfg(test)]
+    parses::record(raw);
+    MessageParser::default().parse(raw)
+}
+
+fn parse_inbound_headers(raw: &[u8]) -> Option<Message<'_>> {
+    #[cfg(test)]
+    parses::record(raw);
+    MessageParser::default().parse_headers(raw)
+}
+
+/// How often each mail was parsed on this thread (tests: a mail is decoded once).
+#[cfg(test)]
+pub(crate) mod parses {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+
+    thread_local! {
+        static PARSES: RefCell<HashMap<Vec<u8>, usize>> = RefCell::new(HashMap::new());
+    }
+
+    pub(crate) fn record(raw: &[u8]) {
+        PARSES.with(|p| *p.borrow_mut().entry(raw.to_vec()).or_default() += 1);
+    }
+
+    /// How often `raw` was parsed on this thread since the last `reset`.
+    pub(crate) fn of(raw: &[u8]) -> usize {
+        PARSES.with(|p| p.borrow().get(raw).copied().unwrap_or(0))
+    }
+
+    pub(crate) fn reset() {
+        PARSES.with(|p| p.borrow_mut().clear());
+    }
+}
+
+/// Decode a raw mail, once: every stage reads the result. Only a mail with no header
+/// section at all is refused; one without any text is decoded (and has no text, see
+/// [`DecodedMail::has_text`]). Never panics on arbitrary input.
 pub fn decode(raw: &[u8]) -> Result<DecodedMail, DecodeError> {
-    let message = MessageParser::default()
-        .parse(raw)
-        .ok_or(DecodeError::NotAMessage)?;
+    let message = parse_inbound(raw).ok_or(DecodeError::NotAMessage)?;
     if message.headers().is_empty() {
         return Err(DecodeError::NotAMessage);
     }
     let subject = message.subject().map(unfold).unwrap_or_default();
     let body = body_text(&message, raw).unwrap_or_default();
-    if subject.is_empty() && body.trim().is_empty() {
-        return Err(DecodeError::NoText);
-    }
     let headers = raw_headers(&message, raw);
     Ok(DecodedMail {
         from: message.from().map(render_address).unwrap_or_default(),
@@ -84,13 +96,13 @@ fn raw_headers(message: &Message<'_>, raw: &[u8]) -> Vec<(String, String)> {
 
 /// The Message-ID header without angle brackets.
 pub fn message_id(raw: &[u8]) -> Option<String> {
-    let message = MessageParser::default().parse_headers(raw)?;
+    let message = parse_inbound_headers(raw)?;
     message.message_id().map(str::to_string)
 }
 
 /// The Message-IDs a mail cites (In-Reply-To, then References), without brackets, each once.
 pub fn cited_message_ids(raw: &[u8]) -> Vec<String> {
-    match MessageParser::default().parse_headers(raw) {
+    match parse_inbound_headers(raw) {
         Some(message) => cited_in(&message),
         None => Vec::new(),
     }
