@@ -238,7 +238,9 @@ impl SpoolHandle {
             path: incoming.display().to_string(),
             source,
         })?;
-        let db = Db::open_checked(location, Durability::Full)?;
+        let mut db = Db::open_checked(location, Durability::Full)?;
+        // A checkpoint inside the group commit would hold back every session's 250.
+        db.checkpoint_in_commits_beyond(super::db::WRITER_CHECKPOINT_FRAMES)?;
         let (tx, rx) = mpsc::channel(group_commit_max.max(1) * 4);
         let committed = Arc::new(Notify::new());
         let notify = committed.clone();
