@@ -453,6 +453,13 @@ fn keep_wal_files(conn: &rusqlite::Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// SQLite's write-ahead log next to the database: `{path}-wal`.
+pub fn wal_path(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push("-wal");
+    name.into()
+}
+
 /// The SQLite backend: one `rusqlite` connection, statements prepared once and cached.
 pub struct SqliteDb {
     // Dropped first: the connection's WAL hook points into `wal`.

@@ -544,7 +544,7 @@ impl StoreQueue {
     pub fn open(location: &Location) -> Result<StoreQueue, StoreError> {
         Ok(StoreQueue {
             db: std::sync::Mutex::new(Db::open(location, super::Durability::Derived)?),
-            wal: location.sqlite_path().map(wal_path),
+            wal: location.sqlite_path().map(super::db::wal_path),
             synced_through: std::sync::atomic::AtomicI64::new(0),
             opened: None,
             lease: Lease::default(),
@@ -571,12 +571,6 @@ impl StoreQueue {
     }
 }
 
-/// SQLite's write-ahead log next to the database: `{path}-wal`.
-fn wal_path(db: &std::path::Path) -> std::path::PathBuf {
-    let mut name = db.as_os_str().to_owned();
-    name.push("-wal");
-    name.into()
-}
 
 /// Puts every commit made so far on disk. The pipeline's commits are `Derived` (not
 /// fsynced): a power cut or a disk error may undo one, and the spooled alert is then
