@@ -67,6 +67,16 @@ pub trait OutboundQueue: Send + Sync + 'static {
     fn mark_sent_all(&self, sent: &[(i64, i64)]) -> Result<(), QueueError> {
         sent.iter().try_for_each(|&(id, at)| self.mark_sent(id, at))
     }
+    /// How often the items being sent must be renewed (`renew`) so no other gateway
+    /// takes them meanwhile; `None` when the queue is not shared.
+    fn renew_every(&self) -> Option<Duration> {
+        None
+    }
+    /// Renews this gateway's hold on the items `ids` it is sending; how many of them
+    /// another gateway has taken meanwhile.
+    fn renew(&self, _ids: &[i64], _now: i64) -> Result<usize, QueueError> {
+        Ok(0)
+    }
 }
 
 /// The current time in Unix seconds; replaceable in tests.
@@ -335,6 +345,7 @@ impl DeliveryWorker {
         let mut in_flight: JoinSet<Finished> = JoinSet::new();
         // Each in-flight send's order key and mail: the key's next mail must wait for it.
         let mut busy: HashMap<tokio::task::Id, (String, i64)> = HashMap::new();
+        let mut next_renewal = Instant::now();
         tracing::info!(
             relay = self.client.endpoint(),
             max_parallel,
@@ -346,6 +357,13 @@ impl DeliveryWorker {
                 break;
             }
             self.record_held_outcomes().await;
+            if let Some(every) = self.queue.renew_every() {
+                if Instant::now() >= next_renewal {
+                    self.renew_leases(busy.values().map(|(_, id)| *id).collect())
+                        .await;
+                    next_renewal = Instant::now() + every;
+                }
+            }
             let free = max_parallel.saturating_sub(in_flight.len());
             if free > 0 {
                 // In flight, or known but not yet recorded (sending it again would be the
@@ -452,6 +470,26 @@ impl DeliveryWorker {
             }
             // Those items stay due: at worst one more copy each.
             Err(err) => tracing::error!(error = %err, "recording delivery outcomes panicked"),
+        }
+    }
+
+    /// Keeps the leases of the sends in flight: a send may outlast a lease (a slow relay's
+    /// final reply), and the other gateway must not send the same mail meanwhile.
+    async fn renew_leases(&self, ids: Vec<i64>) {
+        if ids.is_empty() {
+            return;
+        }
+        let queue = Arc::clone(&self.queue);
+        let now = (self.clock)();
+        match tokio::task::spawn_blocking(move || queue.renew(&ids, now)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(lost)) => tracing::warn!(
+                lost,
+                "mails being sent were taken by another gateway (their lease ran out while the store was out of reach): they may arrive twice"
+            ),
+            // The next turn tries again; the lease has two more renewals' worth of time.
+            Ok(Err(err)) => tracing::debug!(error = %err, "cannot renew the leases of mails being sent"),
+            Err(err) => tracing::error!(error = %err, "lease renewal panicked"),
         }
     }
 
