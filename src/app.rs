@@ -413,6 +413,9 @@ fn limit_malloc_arenas() {
     }
 }
 
+/// How long the pipeline lets commits gather after a batch that caught up with the spool.
+const PIPELINE_COALESCE: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Process the spool whenever something was committed (or once a second, for the
 /// time-driven decisions), on a blocking thread since SQLite calls block.
 async fn run_pipeline(
@@ -440,6 +443,10 @@ async fn run_pipeline(
             let learned = pipeline.learn_tickets(&tickets, now);
             let processed = pipeline.run_batch(now);
             let ticked = if tick_due { pipeline.tick(now) } else { Ok(()) };
+            if let Err(e) = pipeline.checkpoint() {
+                // The log only grows until the next try (or the spool writer's bound).
+                tracing::debug!(error = %e, "checkpoint of the write-ahead log failed");
+            }
             (pipeline, learned, processed, ticked)
         })
         .await;
@@ -477,7 +484,16 @@ async fn run_pipeline(
         if *stop.borrow() {
             return;
         }
-        if !busy {
+        if busy && !matches!(processed, Ok(n) if n >= crate::pipeline::BATCH) {
+            // Caught up while mail keeps coming: let a few more group commits land first.
+            // Each pipeline commit invalidates the spool writer's page cache and adds WAL
+            // pages its next fsync must flush; one turn per few ms instead of one per
+            // group commit halves the writer's work. A backlog (full batch) goes on at once.
+            tokio::select! {
+                _ = tokio::time::sleep(PIPELINE_COALESCE) => {}
+                _ = wait_stop(stop.clone()) => return,
+            }
+        } else if !busy {
             tokio::select! {
                 _ = committed.notified() => {}
                 _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}

@@ -21,7 +21,7 @@ use std::cell::RefCell;
 use std::sync::Arc;
 
 /// Messages processed per transaction: one fsync for many steps.
-const BATCH: usize = 64;
+pub const BATCH: usize = 64;
 
 /// How long a transaction of ours may keep a waiting spool writer (the sessions' `250`)
 /// out. Shorter turns cost more: each commit rewrites the same index pages to the WAL,
@@ -122,7 +122,10 @@ impl Pipeline {
         location: &Location,
         settings: PipelineSettings,
     ) -> Result<Pipeline, PipelineError> {
-        let db = Db::open(location, crate::store::Durability::Derived)?;
+        let mut db = Db::open(location, crate::store::Durability::Derived)?;
+        // Checkpoints happen in `checkpoint`, outside the write gate (never in a commit
+        // the spool writer waits for).
+        db.defer_checkpoints();
         Ok(Pipeline {
             db,
             settings,
@@ -142,6 +145,12 @@ impl Pipeline {
     /// A reloaded configuration (rules, compose, correlation) for the mails from now on.
     pub fn set_settings(&mut self, settings: PipelineSettings) {
         self.settings = settings;
+    }
+
+    /// Copies the write-ahead log back into the database when it has grown enough;
+    /// called between transactions, when no one waits for this connection.
+    pub fn checkpoint(&mut self) -> Result<(), PipelineError> {
+        Ok(self.db.checkpoint_if_due()?)
     }
 
     pub fn state(&self) -> &CorrelationState {

@@ -44,6 +44,10 @@ struct MemQueue {
     /// A store fault: every write fails (disk full, read-only, lock held), reads work.
     writes_fail: std::sync::atomic::AtomicBool,
     failed_writes: std::sync::atomic::AtomicUsize,
+    /// How many deliveries each write recorded.
+    sent_writes: Mutex<Vec<usize>>,
+    /// Run (on the worker's blocking thread) before the first delivery is recorded.
+    before_first_record: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 impl MemQueue {
@@ -89,6 +93,29 @@ impl MemQueue {
             .expect("row exists")
     }
 
+    /// One write of `n` deliveries; the first waits for `before_first_record`.
+    fn recording(&self, n: usize) {
+        let first = self.before_first_record.lock().expect("lock").take();
+        if let Some(wait) = first {
+            wait();
+        }
+        self.sent_writes.lock().expect("lock").push(n);
+    }
+
+    fn sent(&self, id: i64, now: i64) -> Result<(), QueueError> {
+        let mut twice = None;
+        self.update(id, |row| {
+            if matches!(row.status, Status::Sent { .. }) {
+                twice = Some(row.item.message_id.clone());
+            }
+            row.status = Status::Sent { at: now };
+        })?;
+        if let Some(message_id) = twice {
+            self.sent_twice.lock().expect("lock").push(message_id);
+        }
+        Ok(())
+    }
+
     fn update(&self, id: i64, change: impl FnOnce(&mut Row)) -> Result<(), QueueError> {
         if self.writes_fail.load(Ordering::SeqCst) {
             self.failed_writes.fetch_add(1, Ordering::SeqCst);
@@ -125,17 +152,17 @@ impl OutboundQueue for MemQueue {
     }
 
     fn mark_sent(&self, id: i64, now: i64) -> Result<(), QueueError> {
-        let mut twice = None;
-        self.update(id, |row| {
-            if matches!(row.status, Status::Sent { .. }) {
-                twice = Some(row.item.message_id.clone());
-            }
-            row.status = Status::Sent { at: now };
-        })?;
-        if let Some(message_id) = twice {
-            self.sent_twice.lock().expect("lock").push(message_id);
+        self.recording(1);
+        self.sent(id, now)
+    }
+
+    fn mark_sent_all(&self, sent: &[(i64, i64)]) -> Result<(), QueueError> {
+        self.recording(sent.len());
+        if self.writes_fail.load(Ordering::SeqCst) {
+            self.failed_writes.fetch_add(1, Ordering::SeqCst);
+            return Err(QueueError::new("database or disk is full"));
         }
-        Ok(())
+        sent.iter().try_for_each(|&(id, at)| self.sent(id, at))
     }
 
     fn mark_retry(&self, id: i64, next_attempt_at: i64, error: &str) -> Result<(), QueueError> {
@@ -629,5 +656,39 @@ async fn unrecorded_retry_is_not_resent_at_once() {
     relay.wait_for(1, WAIT).await;
     h.wait_until("sent", all_sent).await;
     assert_eq!(relay.transactions(), 2);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_that_end_together_are_recorded_in_one_write() {
+    let relay = Arc::new(RecordingRelay::start().await);
+    let queue = Arc::new(MemQueue::default());
+    for key in ["INC-a", "INC-b", "INC-c", "INC-d"] {
+        queue.push(key, 0, T0 - 10);
+    }
+    // The first record waits until the other three sends are over too.
+    let watched = Arc::clone(&relay);
+    *queue.before_first_record.lock().expect("lock") = Some(Box::new(move || {
+        let deadline = std::time::Instant::now() + WAIT;
+        while watched.received().len() < 4 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }));
+    let h = Harness::start(Arc::clone(&queue), relay.port(), 4);
+    h.wait_until("all marked sent", all_sent).await;
+    let writes = queue.sent_writes.lock().expect("lock").clone();
+    assert_eq!(
+        writes.iter().sum::<usize>(),
+        4,
+        "each delivery once: {writes:?}"
+    );
+    assert!(
+        writes.iter().any(|n| *n > 1),
+        "sends that ended while one was recorded share a write: {writes:?}"
+    );
+    assert_eq!(queue.delivered.lock().expect("lock").len(), 4);
+    assert!(queue.sent_twice.lock().expect("lock").is_empty());
+    assert_eq!(relay.received().len(), 4, "nothing sent twice");
     h.shutdown().await;
 }

@@ -6,7 +6,7 @@ use super::client::DeliverError;
 use super::config::RetryPolicy;
 use super::transport::Transport;
 use crate::mail::{Delivered, OutboundKind};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
@@ -64,6 +64,24 @@ pub trait OutboundQueue: Send + Sync + 'static {
     /// A mail was delivered (and recorded sent): the event its producer's side acts on
     /// (the GLPI worker looks up the ticket an incident's first mail opened). Default no-op.
     fn on_delivered(&self, _delivered: Delivered) {}
+    /// As `due`, leaving out the items in `skip` (in flight, or with an outcome not yet
+    /// recorded): a store can leave their bytes unread. By default, `due` filtered.
+    fn due_skipping(
+        &self,
+        now: i64,
+        limit: usize,
+        skip: &HashSet<i64>,
+    ) -> Result<Vec<OutboundItem>, QueueError> {
+        let mut due = self.due(now, limit + skip.len())?;
+        due.retain(|item| !skip.contains(&item.id));
+        due.truncate(limit);
+        Ok(due)
+    }
+    /// Several deliveries (id, when) at once: all recorded or none. A store makes it one
+    /// write; by default they are marked one by one.
+    fn mark_sent_all(&self, sent: &[(i64, i64)]) -> Result<(), QueueError> {
+        sent.iter().try_for_each(|&(id, at)| self.mark_sent(id, at))
+    }
     /// How often the items being sent must be renewed (`renew`) so no other gateway
     /// takes them meanwhile; `None` when the queue is not shared.
     fn renew_every(&self) -> Option<Duration> {
@@ -144,6 +162,15 @@ struct UnrecordedOutcome {
     retry_at: Instant,
     /// Why the store refused it, the last time.
     error: String,
+}
+
+/// A send that is over, its outcome to be recorded with those of the sends that ended
+/// meanwhile (one store write for all the mails delivered).
+struct Finished {
+    item: OutboundItem,
+    outcome: Outcome,
+    /// When it happened: the time of delivery recorded.
+    decided_at: i64,
 }
 
 /// An outcome held in memory because the store refused it, as operators see it:
@@ -241,8 +268,8 @@ impl Unrecorded {
         self.lock().contains_key(&id)
     }
 
-    fn len(&self) -> usize {
-        self.lock().len()
+    fn ids(&self) -> Vec<i64> {
+        self.lock().keys().copied().collect()
     }
 
     /// The held outcomes whose retry time has come.
@@ -330,11 +357,9 @@ impl DeliveryWorker {
     /// enqueueing mail.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let max_parallel = self.client.max_parallel().max(1);
-        let mut in_flight: JoinSet<()> = JoinSet::new();
-        // The order key of each in-flight send: its key's next mail must wait for it.
-        let mut busy_keys: HashMap<tokio::task::Id, String> = HashMap::new();
-        // The queue id of each in-flight send, whose lease is renewed while it lasts.
-        let mut busy_ids: HashMap<tokio::task::Id, i64> = HashMap::new();
+        let mut in_flight: JoinSet<Finished> = JoinSet::new();
+        // Each in-flight send's order key and mail: the key's next mail must wait for it.
+        let mut busy: HashMap<tokio::task::Id, (String, i64)> = HashMap::new();
         let mut next_renewal = Instant::now();
         tracing::info!(
             relay = self.client.endpoint(),
@@ -349,44 +374,54 @@ impl DeliveryWorker {
             self.record_held_outcomes().await;
             if let Some(every) = self.queue.renew_every() {
                 if Instant::now() >= next_renewal {
-                    self.renew_leases(busy_ids.values().copied().collect())
+                    self.renew_leases(busy.values().map(|(_, id)| *id).collect())
                         .await;
                     next_renewal = Instant::now() + every;
                 }
             }
             let free = max_parallel.saturating_sub(in_flight.len());
             if free > 0 {
-                let limit = free + busy_keys.len() + self.unrecorded.len();
-                for item in self.fetch_due(limit).await {
+                // In flight, or known but not yet recorded (sending it again would be the
+                // resend loop of a full disk): not fetched again, bytes and all.
+                let mut skip: HashSet<i64> = busy.values().map(|(_, id)| *id).collect();
+                skip.extend(self.unrecorded.ids());
+                for item in self.fetch_due(free, skip).await {
                     if in_flight.len() >= max_parallel {
                         break;
                     }
-                    if busy_keys.values().any(|key| *key == item.order_key) {
-                        continue;
-                    }
-                    // Its outcome is known but not yet recorded: sending it again would
-                    // be the resend loop of a full disk.
-                    if self.unrecorded.contains(item.id) {
+                    if busy.values().any(|(key, _)| *key == item.order_key)
+                        || self.unrecorded.contains(item.id)
+                    {
                         continue;
                     }
                     let (key, id) = (item.order_key.clone(), item.id);
                     let task = in_flight.spawn(self.job(item));
-                    busy_keys.insert(task.id(), key);
-                    busy_ids.insert(task.id(), id);
+                    busy.insert(task.id(), (key, id));
                 }
             }
 
             tokio::select! {
                 Some(joined) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
-                    let task_id = match joined {
-                        Ok((task_id, ())) => task_id,
-                        Err(err) => {
-                            tracing::error!(error = %err, "delivery task failed");
-                            err.id()
+                    // With it, every send that ended meanwhile: their outcomes are one write.
+                    let mut ended = vec![joined];
+                    while let Some(more) = in_flight.try_join_next_with_id() {
+                        ended.push(more);
+                    }
+                    let mut finished = Vec::with_capacity(ended.len());
+                    for joined in ended {
+                        match joined {
+                            Ok((task_id, done)) => {
+                                busy.remove(&task_id);
+                                finished.push(done);
+                            }
+                            // The item is lost to this task; it stays due, at worst one more copy.
+                            Err(err) => {
+                                tracing::error!(error = %err, "delivery task failed");
+                                busy.remove(&err.id());
+                            }
                         }
-                    };
-                    busy_keys.remove(&task_id);
-                    busy_ids.remove(&task_id);
+                    }
+                    self.record_finished(finished).await;
                 }
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(self.poll_interval) => {}
@@ -403,15 +438,53 @@ impl DeliveryWorker {
         tracing::info!("delivery worker stopped");
     }
 
-    async fn drain(&self, mut in_flight: JoinSet<()>) {
+    async fn drain(&self, mut in_flight: JoinSet<Finished>) {
         if in_flight.is_empty() {
             return;
         }
         let pending = in_flight.len();
-        let finish = async { while in_flight.join_next().await.is_some() {} };
-        if tokio::time::timeout(SHUTDOWN_GRACE, finish).await.is_err() {
+        let mut finished = Vec::new();
+        let finish = async {
+            while let Some(joined) = in_flight.join_next().await {
+                if let Ok(done) = joined {
+                    finished.push(done);
+                }
+            }
+        };
+        let timed_out = tokio::time::timeout(SHUTDOWN_GRACE, finish).await.is_err();
+        self.record_finished(finished).await;
+        if timed_out {
             // Unmarked items stay queued and are sent again after restart (at-least-once).
             tracing::warn!(pending, "shutdown: abandoning in-flight deliveries");
+        }
+    }
+
+    /// Records the outcomes of sends that ended; those the store refuses are held.
+    async fn record_finished(&self, finished: Vec<Finished>) {
+        if finished.is_empty() {
+            return;
+        }
+        let queue = Arc::clone(&self.queue);
+        let recorded = tokio::task::spawn_blocking(move || {
+            let results = record_all(&*queue, &finished);
+            (finished, results)
+        })
+        .await;
+        match recorded {
+            Ok((finished, results)) => {
+                for (done, result) in finished.into_iter().zip(results) {
+                    if let Err(err) = result {
+                        self.unrecorded.hold(
+                            done.item,
+                            done.outcome,
+                            done.decided_at,
+                            err.to_string(),
+                        );
+                    }
+                }
+            }
+            // Those items stay due: at worst one more copy each.
+            Err(err) => tracing::error!(error = %err, "recording delivery outcomes panicked"),
         }
     }
 
@@ -464,11 +537,11 @@ impl DeliveryWorker {
         }
     }
 
-    async fn fetch_due(&self, limit: usize) -> Vec<OutboundItem> {
+    async fn fetch_due(&self, limit: usize, skip: HashSet<i64>) -> Vec<OutboundItem> {
         let queue = Arc::clone(&self.queue);
         let now = (self.clock)();
         use std::sync::atomic::Ordering;
-        match tokio::task::spawn_blocking(move || queue.due(now, limit)).await {
+        match tokio::task::spawn_blocking(move || queue.due_skipping(now, limit, &skip)).await {
             Ok(Ok(items)) => {
                 if self.queue_failing.swap(false, Ordering::Relaxed) {
                     tracing::info!("outbound queue readable again: delivery resumes");
@@ -491,13 +564,14 @@ impl DeliveryWorker {
         }
     }
 
-    /// Sends one item and records the outcome.
-    fn job(&self, item: OutboundItem) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let queue = Arc::clone(&self.queue);
+    /// Sends one item; its outcome is recorded by the loop, with the others that ended.
+    fn job(
+        &self,
+        item: OutboundItem,
+    ) -> impl std::future::Future<Output = Finished> + Send + 'static {
         let client = self.client.clone();
         let policy = self.policy.clone();
         let clock = Arc::clone(&self.clock);
-        let unrecorded = Arc::clone(&self.unrecorded);
         async move {
             let started = std::time::Instant::now();
             let result = client
@@ -517,22 +591,41 @@ impl DeliveryWorker {
             let outcome = decide(&item, result, &policy, clock());
             crate::http::metrics::metrics().delivery_outcome(&outcome, started.elapsed());
             log_outcome(&item, &outcome);
-            let now = clock();
-            let recorded = tokio::task::spawn_blocking(move || {
-                let result = record(&*queue, &item, &outcome, now);
-                (item, outcome, result)
-            })
-            .await;
-            match recorded {
-                Ok((_, _, Ok(()))) => {}
-                Ok((item, outcome, Err(err))) => {
-                    unrecorded.hold(item, outcome, now, err.to_string());
-                }
-                // The item is lost to this task; it stays due, at worst one more copy.
-                Err(err) => tracing::error!(error = %err, "recording delivery outcome panicked"),
+            Finished {
+                item,
+                outcome,
+                decided_at: clock(),
             }
         }
     }
+}
+
+/// Records ended sends: every delivery in one write, then the retries and dead letters.
+/// One result per item, in order.
+fn record_all(queue: &dyn OutboundQueue, finished: &[Finished]) -> Vec<Result<(), QueueError>> {
+    let sent: Vec<(i64, i64)> = finished
+        .iter()
+        .filter(|done| matches!(done.outcome, Outcome::Sent { .. }))
+        .map(|done| (done.item.id, done.decided_at))
+        .collect();
+    let sent_recorded = match sent.as_slice() {
+        [] => Ok(()),
+        [(id, at)] => queue.mark_sent(*id, *at),
+        _ => queue.mark_sent_all(&sent),
+    };
+    finished
+        .iter()
+        .map(|done| match &done.outcome {
+            Outcome::Sent { .. } => {
+                let recorded = sent_recorded.clone();
+                if recorded.is_ok() {
+                    queue.on_delivered(done.item.delivered(done.decided_at));
+                }
+                recorded
+            }
+            other => record(queue, &done.item, other, done.decided_at),
+        })
+        .collect()
 }
 
 fn record(

@@ -231,13 +231,11 @@ impl Session {
 
     /// One read into the input buffer, unless `deadline` passes first.
     async fn read_until(&mut self, deadline: Instant) -> std::io::Result<Result<(), ReadEnd>> {
-        let mut chunk = [0u8; READ_CHUNK];
-        match tokio::time::timeout_at(deadline, self.io.read(&mut chunk)).await {
+        // Straight into the buffer's spare room: no zeroed chunk to fill and copy per read.
+        self.rbuf.reserve(READ_CHUNK);
+        match tokio::time::timeout_at(deadline, self.io.read_buf(&mut self.rbuf)).await {
             Ok(Ok(0)) => Ok(Err(ReadEnd::Closed)),
-            Ok(Ok(n)) => {
-                self.rbuf.extend_from_slice(&chunk[..n]);
-                Ok(Ok(()))
-            }
+            Ok(Ok(_)) => Ok(Ok(())),
             Ok(Err(e)) => Err(e),
             Err(_) => Ok(Err(ReadEnd::TimedOut)),
         }
@@ -490,13 +488,14 @@ impl Session {
         let started = Instant::now();
         let mut received = self.rbuf.len();
         loop {
-            let input = std::mem::take(&mut self.rbuf);
-            let mut iter = input.iter();
+            let mut iter = self.rbuf.iter();
             let done = match discard.as_mut() {
                 Some(d) => d.ingest(&mut iter),
                 None => receiver.ingest(&mut iter, &mut chunk),
             };
-            self.rbuf = iter.as_slice().to_vec();
+            let consumed = self.rbuf.len() - iter.as_slice().len();
+            // What follows the dot (a pipelined QUIT) stays; the buffer keeps its room.
+            self.rbuf.drain(..consumed);
             if discard.is_none() {
                 let stored = match draft.as_mut() {
                     Ok(d) if d.len() + chunk.len() <= max => d.write(&chunk).await,

@@ -334,6 +334,34 @@ impl Db {
         })
     }
 
+    /// This connection stops checkpointing the write-ahead log inside its commits; its
+    /// owner calls [`Db::checkpoint_if_due`] when no one waits on it (the pipeline, after
+    /// each transaction, outside the write gate). PostgreSQL checkpoints on its own.
+    pub fn defer_checkpoints(&mut self) {
+        if let Db::Sqlite(db) = self {
+            db.defer_checkpoints();
+        }
+    }
+
+    /// This connection checkpoints inside a commit only once the log holds `frames`
+    /// (SQLite's default: 1000). For the spool writer, whose commit is the sessions'
+    /// `250`: the pipeline checkpoints instead, this is the bound should it stop.
+    pub fn checkpoint_in_commits_beyond(&mut self, frames: i64) -> Result<(), StoreError> {
+        if let Db::Sqlite(db) = self {
+            db.conn.pragma_update(None, "wal_autocheckpoint", frames)?;
+        }
+        Ok(())
+    }
+
+    /// After [`Db::defer_checkpoints`]: copies the write-ahead log into the database
+    /// once it has grown by `CHECKPOINT_FRAMES` since the last copy. Never waits for a lock.
+    pub fn checkpoint_if_due(&mut self) -> Result<(), StoreError> {
+        match self {
+            Db::Sqlite(db) => db.checkpoint_if_due(),
+            Db::Postgres(_) => Ok(()),
+        }
+    }
+
     /// The SQLite connection, for what only SQLite has (incremental blob I/O).
     pub(in crate::store) fn sqlite(&self) -> Option<&rusqlite::Connection> {
         match self {
@@ -440,10 +468,50 @@ fn keep_wal_files(conn: &rusqlite::Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// SQLite's write-ahead log next to the database: `{path}-wal`.
+pub fn wal_path(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push("-wal");
+    name.into()
+}
+
 /// The SQLite backend: one `rusqlite` connection, statements prepared once and cached.
 pub struct SqliteDb {
+    // Dropped first: the connection's WAL hook points into `wal`.
     conn: rusqlite::Connection,
     path: PathBuf,
+    /// Set once this connection checkpoints at a time of its caller's choosing.
+    wal: Option<Box<WalWatch>>,
+}
+
+/// What a connection that checkpoints on its own schedule knows of the write-ahead log.
+#[derive(Default)]
+struct WalWatch {
+    /// Frames in the log after this connection's last commit (SQLite's WAL hook).
+    frames: std::sync::atomic::AtomicI64,
+    /// Frames in the log after the last checkpoint; a smaller count means it restarted.
+    at_checkpoint: std::sync::atomic::AtomicI64,
+}
+
+/// Frames the log may gain before a deferred checkpoint runs (SQLite's own default).
+const CHECKPOINT_FRAMES: i64 = 1000;
+/// Past this the spool writer checkpoints inside its commit again: the bound on the log
+/// should the connection that checkpoints (the pipeline's) stop.
+pub const WRITER_CHECKPOINT_FRAMES: i64 = 4 * CHECKPOINT_FRAMES;
+
+/// Counts the log's frames after each commit of the connection (instead of checkpointing).
+unsafe extern "C" fn count_wal_frames(
+    watch: *mut std::os::raw::c_void,
+    _db: *mut rusqlite::ffi::sqlite3,
+    _name: *const std::os::raw::c_char,
+    frames: std::os::raw::c_int,
+) -> std::os::raw::c_int {
+    // SAFETY: `watch` is the connection's boxed WalWatch, which outlives the connection.
+    let watch = unsafe { &*(watch as *const WalWatch) };
+    watch
+        .frames
+        .store(i64::from(frames), std::sync::atomic::Ordering::Relaxed);
+    rusqlite::ffi::SQLITE_OK
 }
 
 impl SqliteDb {
@@ -470,7 +538,38 @@ impl SqliteDb {
         Ok(SqliteDb {
             conn,
             path: path.to_path_buf(),
+            wal: None,
         })
+    }
+
+    fn defer_checkpoints(&mut self) {
+        let watch = self.wal.get_or_insert_with(Box::default);
+        let ptr = std::ptr::from_ref::<WalWatch>(watch).cast_mut().cast();
+        // SAFETY: the handle is this open connection's; the hook's argument is the boxed
+        // WalWatch, dropped only after the connection (field order of SqliteDb).
+        unsafe {
+            rusqlite::ffi::sqlite3_wal_hook(self.conn.handle(), Some(count_wal_frames), ptr);
+        }
+    }
+
+    fn checkpoint_if_due(&mut self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let Some(watch) = &self.wal else {
+            return Ok(());
+        };
+        let frames = watch.frames.load(Relaxed);
+        let base = watch.at_checkpoint.load(Relaxed).min(frames);
+        if frames - base < CHECKPOINT_FRAMES {
+            watch.at_checkpoint.store(base, Relaxed);
+            return Ok(());
+        }
+        // PASSIVE: copies what it can without waiting for any lock, so the spool
+        // writer's commits go on meanwhile.
+        let left: i64 = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))?;
+        watch.at_checkpoint.store(left.max(0), Relaxed);
+        Ok(())
     }
 
     fn prepare(
@@ -596,6 +695,34 @@ mod tests {
         )
         .unwrap();
         (dir, db)
+    }
+
+    #[test]
+    fn a_deferring_connection_checkpoints_when_asked_and_only_once_the_log_has_grown() {
+        let (dir, mut writer) = db();
+        let path = dir.path().join("db.sqlite");
+        writer.checkpoint_in_commits_beyond(1_000_000).unwrap();
+        let mut deferring = Db::open(&Location::Sqlite(path.clone()), Durability::Derived).unwrap();
+        deferring.defer_checkpoints();
+        writer.execute("CREATE TABLE t (x BLOB)", &[]).unwrap();
+        let page = vec![7u8; 4000];
+        // Each row takes a page of its own: each commit adds a frame or two to the log.
+        let fill = |db: &mut Db, rows: usize| {
+            for _ in 0..rows {
+                db.execute("INSERT INTO t (x) VALUES ($1)", &[page.as_slice().into()])
+                    .unwrap();
+            }
+        };
+        // Pages reach the database file only through a checkpoint.
+        let copied = || std::fs::metadata(&path).unwrap().len() / 4096;
+        fill(&mut writer, 300);
+        fill(&mut deferring, 10);
+        deferring.checkpoint_if_due().unwrap();
+        assert!(copied() < 300, "not yet: {} pages", copied());
+        fill(&mut writer, 1000);
+        fill(&mut deferring, 1);
+        deferring.checkpoint_if_due().unwrap();
+        assert!(copied() >= 1311, "copied: {} pages", copied());
     }
 
     #[test]

@@ -237,7 +237,8 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 /// How a connection's commits reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
-    /// Every commit is fsynced before it returns: the spool, whose commit is our `250`.
+    /// Every commit is fsynced before it returns. (The SQLite spool writer commits
+    /// `Derived` and has its sync thread fsync the log before any `250`.)
     Full,
     /// Commits are atomic and survive a crash of the process, but a power cut (or a disk
     /// error that turns the filesystem read-only) may undo the last ones. For state

@@ -185,6 +185,16 @@ pub fn due_leased(
     if db.dialect() == Dialect::Postgres {
         return due_claimed(db, now, limit, lease);
     }
+    due_heads(db, now, limit, true)
+}
+
+/// SQLite's `due`, with or without the bytes.
+fn due_heads(
+    db: &mut Db,
+    now: i64,
+    limit: usize,
+    with_raw: bool,
+) -> Result<Vec<OutboundRow>, StoreError> {
     // Walks the pending rows in id order (partial index) and stops at `limit`; each
     // candidate is checked against older pending mail of its incident (order_key index).
     // A GROUP BY over the whole queue on every call made delivery O(queue length).
@@ -192,14 +202,51 @@ pub fn due_leased(
         Dialect::Sqlite => "INDEXED BY outbound_pending",
         Dialect::Postgres => "",
     };
+    let raw = if with_raw { ", raw" } else { "" };
     let sql = format!(
-        "SELECT {COLUMNS}, raw FROM outbound AS o {hint}
+        "SELECT {COLUMNS}{raw} FROM outbound AS o {hint}
          WHERE o.state IN ('queued', 'held') AND o.state = 'queued' AND o.next_attempt_at <= $1
            AND NOT EXISTS (SELECT 1 FROM outbound AS p
                            WHERE p.order_key = o.order_key AND p.id < o.id AND p.state IN ('queued', 'held'))
          ORDER BY o.id LIMIT $2"
     );
-    rows(db.query(&sql, &[now.into(), (limit as i64).into()])?, true)
+    rows(
+        db.query(&sql, &[now.into(), (limit as i64).into()])?,
+        with_raw,
+    )
+}
+
+/// As `due_leased`, without the rows in `skip`, whose bytes SQLite then does not read
+/// (the delivery worker's in-flight mails are still queued, and would come back with
+/// every look). PostgreSQL renews the lease on those too, so they are read and dropped.
+pub fn due_skipping(
+    db: &mut Db,
+    now: i64,
+    limit: usize,
+    skip: &std::collections::HashSet<i64>,
+    lease: &Lease,
+) -> Result<Vec<OutboundRow>, StoreError> {
+    let mut heads = match db.dialect() {
+        Dialect::Postgres => due_claimed(db, now, limit + skip.len(), lease)?,
+        Dialect::Sqlite => due_heads(db, now, limit + skip.len(), false)?,
+    };
+    heads.retain(|r| !skip.contains(&r.id));
+    heads.truncate(limit);
+    for head in heads.iter_mut().filter(|r| r.raw.is_none()) {
+        let mut found =
+            db.query_one("SELECT raw FROM outbound WHERE id = $1", &[head.id.into()])?;
+        head.raw = Some(found.take_blob(0)?);
+    }
+    Ok(heads)
+}
+
+/// Records several deliveries (id, when) in one transaction: all of them or none.
+pub fn mark_sent_all(db: &mut Db, sent: &[(i64, i64)]) -> Result<(), StoreError> {
+    let mut tx = db.transaction()?;
+    for &(id, at) in sent {
+        mark_sent(&mut tx, id, at)?;
+    }
+    tx.commit()
 }
 
 fn due_claimed(
@@ -555,7 +602,7 @@ impl StoreQueue {
     pub fn open(location: &Location) -> Result<StoreQueue, StoreError> {
         Ok(StoreQueue {
             db: std::sync::Mutex::new(Db::open(location, super::Durability::Derived)?),
-            wal: location.sqlite_path().map(wal_path),
+            wal: location.sqlite_path().map(super::db::wal_path),
             synced_through: std::sync::atomic::AtomicI64::new(0),
             delivered: None,
             lease: Lease::default(),
@@ -587,13 +634,6 @@ impl StoreQueue {
     }
 }
 
-/// SQLite's write-ahead log next to the database: `{path}-wal`.
-fn wal_path(db: &std::path::Path) -> std::path::PathBuf {
-    let mut name = db.as_os_str().to_owned();
-    name.push("-wal");
-    name.into()
-}
-
 /// Puts every commit made so far on disk. The pipeline's commits are `Derived` (not
 /// fsynced): a power cut or a disk error may undo one, and the spooled alert is then
 /// composed again under a new incident tag. Had its first mail already left, GLPI would
@@ -614,12 +654,18 @@ fn sync_commits(wal: &std::path::Path) -> Result<(), QueueError> {
     })
 }
 
-impl OutboundQueue for StoreQueue {
-    fn due(&self, now: i64, limit: usize) -> Result<Vec<OutboundItem>, QueueError> {
+impl StoreQueue {
+    /// The due heads not in `skip`, once every row up to them is on disk.
+    fn due_items(
+        &self,
+        now: i64,
+        limit: usize,
+        skip: &std::collections::HashSet<i64>,
+    ) -> Result<Vec<OutboundItem>, QueueError> {
         use std::sync::atomic::Ordering;
         let synced = self.synced_through.load(Ordering::Relaxed);
         let (rows, newest) = self.with(|db| {
-            let rows = due_leased(db, now, limit, &self.lease)?;
+            let rows = due_skipping(db, now, limit, skip, &self.lease)?;
             // One sync covers every row committed so far: a pipeline batch, not a mail.
             let newest = match rows.iter().any(|r| r.id > synced) {
                 true => Some(newest_id(db)?),
@@ -648,9 +694,28 @@ impl OutboundQueue for StoreQueue {
             })
             .collect())
     }
+}
+
+impl OutboundQueue for StoreQueue {
+    fn due(&self, now: i64, limit: usize) -> Result<Vec<OutboundItem>, QueueError> {
+        self.due_items(now, limit, &Default::default())
+    }
+
+    fn due_skipping(
+        &self,
+        now: i64,
+        limit: usize,
+        skip: &std::collections::HashSet<i64>,
+    ) -> Result<Vec<OutboundItem>, QueueError> {
+        self.due_items(now, limit, skip)
+    }
 
     fn mark_sent(&self, id: i64, now: i64) -> Result<(), QueueError> {
         self.with(|db| mark_sent(db, id, now))
+    }
+
+    fn mark_sent_all(&self, sent: &[(i64, i64)]) -> Result<(), QueueError> {
+        self.with(|db| mark_sent_all(db, sent))
     }
 
     fn renew_every(&self) -> Option<std::time::Duration> {
@@ -770,6 +835,32 @@ mod tests {
                 ("MAIL-3".to_string(), OutboundKind::Unmatched, 11),
             ]
         );
+    }
+
+    #[test]
+    fn due_skipping_leaves_out_mails_in_flight_and_deliveries_are_recorded_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = super::super::open(&Location::Sqlite(dir.path().join("db"))).unwrap();
+        let to = vec!["glpi@example.test".to_string()];
+        let a0 = enqueue(&mut db, &mail("A", "a0", &to), 10).unwrap();
+        let b0 = enqueue(&mut db, &mail("B", "b0", &to), 10).unwrap();
+        let c0 = enqueue(&mut db, &mail("C", "c0", &to), 10).unwrap();
+        enqueue(&mut db, &mail("A", "a1", &to), 10).unwrap();
+        let skip = std::collections::HashSet::from([a0]);
+        let due = due_skipping(&mut db, 10, 1, &skip, &Lease::default()).unwrap();
+        assert_eq!(due.iter().map(|r| r.id).collect::<Vec<_>>(), vec![b0]);
+        assert_eq!(due[0].raw.as_deref(), Some(&b"Subject: s\r\n\r\nx\r\n"[..]));
+        mark_sent_all(&mut db, &[(b0, 20), (c0, 21)]).unwrap();
+        let sent: Vec<(i64, Option<i64>)> = list(&mut db, Some(OutboundState::Sent), 10)
+            .unwrap()
+            .iter()
+            .map(|r| (r.id, r.sent_at))
+            .collect();
+        assert_eq!(sent, vec![(b0, Some(20)), (c0, Some(21))]);
+        // A's head is still in flight: A's next mail is not due, nothing else is.
+        assert!(due_skipping(&mut db, 30, 10, &skip, &Lease::default())
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The inbound spool: accepted messages with their envelope. One writer thread commits
-//! whatever the sessions have handed it in one transaction (group commit), and only then
-//! does each session learn its spool id and answer 250.
+//! whatever the sessions have handed it in one transaction (group commit); once that is
+//! on disk (SQLite: a sync thread fsyncs the log for every group committed meanwhile)
+//! each session learns its spool id and answers 250.
 
 use super::db::{Db, Dialect, Location, Row, Value};
 use super::gate::WriteGate;
@@ -243,19 +244,42 @@ impl SpoolHandle {
             path: incoming.display().to_string(),
             source,
         })?;
-        let db = Db::open_checked(location, Durability::Full)?;
+        // SQLite: the commit does not fsync; the sync thread does, for every group
+        // committed meanwhile, and only then do their sessions hear 250. The writer goes
+        // on with the next group while the disk syncs this one.
+        let log = location.sqlite_path().map(super::db::wal_path);
+        let durability = match log {
+            Some(_) => Durability::Derived,
+            None => Durability::Full,
+        };
+        let mut db = Db::open_checked(location, durability)?;
+        // A checkpoint inside the group commit would hold back every session's 250.
+        db.checkpoint_in_commits_beyond(super::db::WRITER_CHECKPOINT_FRAMES)?;
         let (tx, rx) = mpsc::channel(group_commit_max.max(1) * 4);
         let committed = Arc::new(Notify::new());
         let notify = committed.clone();
         let gate = Arc::new(WriteGate::new());
         let writer_gate = Arc::clone(&gate);
+        let spawn_error = |thread| move |source| StoreError::ThreadSpawn { thread, source };
+        let syncer = match log {
+            Some(log) => {
+                // One group syncing while the writer commits the next, then waits: its
+                // group after that grows meanwhile (smaller groups write more pages).
+                let (to_sync, groups) = std::sync::mpsc::sync_channel(0);
+                std::thread::Builder::new()
+                    .name("spool-sync".into())
+                    .spawn(move || sync_loop(&log, groups))
+                    .map_err(spawn_error("spool sync"))?;
+                Some(to_sync)
+            }
+            None => None,
+        };
         std::thread::Builder::new()
             .name("spool-writer".into())
-            .spawn(move || writer_loop(db, rx, group_commit_max.max(1), notify, writer_gate))
-            .map_err(|source| StoreError::ThreadSpawn {
-                thread: "spool writer",
-                source,
-            })?;
+            .spawn(move || {
+                writer_loop(db, rx, group_commit_max.max(1), notify, writer_gate, syncer)
+            })
+            .map_err(spawn_error("spool writer"))?;
         Ok(SpoolHandle {
             jobs: tx,
             committed,
@@ -396,12 +420,29 @@ pub fn insert(
     db.query_one(INSERT, &params)?.int(0)
 }
 
+/// A committed group on its way to the disk: each session's reply and spool id.
+struct Committed {
+    replies: Vec<(oneshot::Sender<Result<i64, String>>, i64)>,
+    /// When the group's commit began: the sessions' wait is measured up to the sync.
+    started: std::time::Instant,
+}
+
+impl Committed {
+    fn answer(self, synced: &Result<(), String>) {
+        crate::http::metrics::metrics().store_commit(self.started.elapsed());
+        for (reply, id) in self.replies {
+            let _ = reply.send(synced.clone().map(|()| id));
+        }
+    }
+}
+
 fn writer_loop(
     mut db: Db,
     mut rx: mpsc::Receiver<SpoolJob>,
     max: usize,
     committed: Arc<Notify>,
     gate: Arc<WriteGate>,
+    syncer: Option<std::sync::mpsc::SyncSender<Committed>>,
 ) {
     let mut batch = Vec::with_capacity(max);
     while let Some(first) = rx.blocking_recv() {
@@ -417,15 +458,27 @@ fn writer_loop(
             let _gate = gate.enter();
             insert_batch(&mut db, &batch)
         };
-        crate::http::metrics::metrics().store_commit(started.elapsed());
         match inserted {
             Ok(ids) => {
                 committed.notify_one();
-                for (job, id) in batch.drain(..).zip(ids) {
-                    let _ = job.reply.send(Ok(id));
+                let group = Committed {
+                    replies: batch.drain(..).map(|job| job.reply).zip(ids).collect(),
+                    started,
+                };
+                match &syncer {
+                    // The commit fsynced (PostgreSQL): answer now.
+                    None => group.answer(&Ok(())),
+                    Some(syncer) => {
+                        if let Err(unsent) = syncer.send(group) {
+                            unsent
+                                .0
+                                .answer(&Err("the spool's sync thread has stopped".into()));
+                        }
+                    }
                 }
             }
             Err(e) => {
+                crate::http::metrics::metrics().store_commit(started.elapsed());
                 tracing::error!(error = %e, messages = batch.len(), "spool commit failed");
                 for job in batch.drain(..) {
                     let _ = job.reply.send(Err(e.to_string()));
@@ -435,7 +488,27 @@ fn writer_loop(
     }
 }
 
-/// The group commit: every job of the batch in one transaction, one fsync.
+/// Puts the write-ahead log on disk for every group committed so far, then answers
+/// them. A failed sync answers 451: the client sends again, and the copy that may
+/// have reached the disk is caught as a duplicate by its Message-ID.
+fn sync_loop(log: &Path, groups: std::sync::mpsc::Receiver<Committed>) {
+    while let Ok(first) = groups.recv() {
+        let mut synced = vec![first];
+        synced.extend(groups.try_iter());
+        let result = std::fs::File::open(log)
+            .and_then(|file| file.sync_data())
+            .map_err(|e| format!("cannot put the spool on disk ({}): {e}", log.display()));
+        if let Err(e) = &result {
+            let messages: usize = synced.iter().map(|g| g.replies.len()).sum();
+            tracing::error!(error = %e, messages, "spool sync failed");
+        }
+        for group in synced {
+            group.answer(&result);
+        }
+    }
+}
+
+/// The group commit: every job of the batch in one transaction.
 fn insert_batch(db: &mut Db, batch: &[SpoolJob]) -> Result<Vec<i64>, StoreError> {
     let mut tx = db.transaction()?;
     let mut ids = Vec::with_capacity(batch.len());
