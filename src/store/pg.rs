@@ -592,7 +592,7 @@ fn numeric_to_i64(raw: &[u8]) -> Result<i64, Box<dyn StdError + Sync + Send>> {
 /// The tests' private PostgreSQL, shared with the end-to-end tests.
 #[cfg(test)]
 #[path = "../../tests/support/postgres.rs"]
-mod harness;
+pub(crate) mod harness;
 
 #[cfg(test)]
 mod tests {
