@@ -286,6 +286,32 @@ impl Db {
         }
     }
 
+    /// As `query`, the parameters moved rather than copied to the backend (PostgreSQL
+    /// runs statements on the connection's thread): for a mail's bytes.
+    pub(in crate::store) fn query_owned(
+        &mut self,
+        sql: &str,
+        params: Vec<Value>,
+    ) -> Result<Vec<Row>, StoreError> {
+        match self {
+            Db::Sqlite(db) => db.query(sql, &params),
+            Db::Postgres(db) => db.query_owned(sql.to_owned(), params),
+        }
+    }
+
+    /// `COPY … FROM STDIN` on PostgreSQL, fed by `write` (streamed: a big mail is never
+    /// whole in memory); `None` on SQLite, which has no COPY.
+    pub(in crate::store) fn copy_in(
+        &mut self,
+        sql: &str,
+        write: Box<dyn FnOnce(&mut dyn std::io::Write) -> Result<(), StoreError> + Send>,
+    ) -> Option<Result<u64, StoreError>> {
+        match self {
+            Db::Sqlite(_) => None,
+            Db::Postgres(db) => Some(db.copy_in(sql.to_owned(), write)),
+        }
+    }
+
     pub(in crate::store) fn query_opt(
         &mut self,
         sql: &str,

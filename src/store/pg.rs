@@ -9,6 +9,7 @@ use postgres::types::{FromSql, IsNull, ToSql, Type};
 use postgres::{Client, NoTls, Statement};
 use std::collections::HashMap;
 use std::error::Error as StdError;
+use std::sync::mpsc;
 use std::time::Duration;
 
 /// Each migration moves the schema from version `index` to `index + 1`; the same numbers
@@ -127,9 +128,182 @@ const MIGRATION_LOCK: i64 = 0x616c_6572_7467_6174;
 /// grow it without bound).
 const STATEMENT_CACHE_LIMIT: usize = 256;
 
-/// One connection to PostgreSQL. A call that finds the server gone fails with
-/// `StoreError::Unavailable`; the next call outside a transaction connects again.
+/// One connection to PostgreSQL, opened, used and closed on a thread of its own: the
+/// blocking client drives its socket with a runtime of its own, which cannot run on a
+/// thread of the gateway's runtime. Every call hands its statement to that thread and
+/// waits for the answer (callers already run store calls off the async workers), so no
+/// caller needs to know which thread it is on.
 pub struct PgConn {
+    /// The URL without its password.
+    shown: String,
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// A call, run on the connection's thread.
+type Job = Box<dyn FnOnce(&mut Session) + Send>;
+
+impl std::fmt::Debug for PgConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgConn").field("url", &self.shown).finish()
+    }
+}
+
+impl PgConn {
+    /// Connect to `url` and bring the schema up to date.
+    pub fn open(url: &str, durability: Durability) -> Result<PgConn, StoreError> {
+        let config = Session::config(url)?;
+        let shown = redact_url(url);
+        let (jobs, inbox) = mpsc::channel::<Job>();
+        let (ready, opened) = mpsc::sync_channel(1);
+        let session_shown = shown.clone();
+        let thread = std::thread::Builder::new()
+            .name("pg-connection".into())
+            .spawn(move || {
+                let mut session = match Session::open(config, durability, session_shown) {
+                    Ok(session) => session,
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                        return;
+                    }
+                };
+                if ready.send(Ok(())).is_err() {
+                    return;
+                }
+                // Ends when the `PgConn` is dropped; the session closes here, too.
+                for job in inbox {
+                    job(&mut session);
+                }
+            })
+            .map_err(|source| StoreError::ThreadSpawn {
+                thread: "PostgreSQL connection",
+                source,
+            })?;
+        match opened.recv() {
+            Ok(Ok(())) => Ok(PgConn {
+                shown,
+                jobs: Some(jobs),
+                thread: Some(thread),
+            }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(_) => Err(thread_gone(&shown)),
+        }
+    }
+
+    /// The URL without its password.
+    pub fn shown_url(&self) -> &str {
+        &self.shown
+    }
+
+    /// Runs `f` on the connection's thread; a panic there is the caller's again.
+    fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Session) -> T + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        let job: Job = Box::new(move |session| {
+            let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(session)));
+            let _ = reply.send(out);
+        });
+        let jobs = self.jobs.as_ref().ok_or_else(|| thread_gone(&self.shown))?;
+        jobs.send(job).map_err(|_| thread_gone(&self.shown))?;
+        match answer.recv() {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+            Err(_) => Err(thread_gone(&self.shown)),
+        }
+    }
+
+    pub fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
+        self.execute_owned(sql.to_owned(), params.to_vec())
+    }
+
+    /// As `execute`, with the parameters moved to the connection's thread, not copied
+    /// (a mail's bytes).
+    pub fn execute_owned(&mut self, sql: String, params: Vec<Value>) -> Result<u64, StoreError> {
+        self.call(move |s| s.execute(&sql, &params))?
+    }
+
+    pub fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
+        self.query_owned(sql.to_owned(), params.to_vec())
+    }
+
+    pub fn query_owned(&mut self, sql: String, params: Vec<Value>) -> Result<Vec<Row>, StoreError> {
+        self.call(move |s| s.query(&sql, &params))?
+    }
+
+    pub fn query_opt(&mut self, sql: &str, params: &[Value]) -> Result<Option<Row>, StoreError> {
+        Ok(self.query(sql, params)?.into_iter().next())
+    }
+
+    /// Several statements without parameters (DDL, session settings), in one round trip.
+    pub fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
+        let sql = sql.to_owned();
+        self.call(move |s| s.batch(&sql))?
+    }
+
+    /// `COPY … FROM STDIN` with the data `write` produces, streamed to the server in the
+    /// client's small buffers; returns the rows copied.
+    pub fn copy_in(
+        &mut self,
+        sql: String,
+        write: Box<dyn FnOnce(&mut dyn std::io::Write) -> Result<(), StoreError> + Send>,
+    ) -> Result<u64, StoreError> {
+        self.call(move |s| s.copy_in(&sql, write))?
+    }
+
+    pub fn begin(&mut self) -> Result<(), StoreError> {
+        self.call(Session::begin)?
+    }
+
+    pub fn commit(&mut self) -> Result<(), StoreError> {
+        self.call(Session::commit)?
+    }
+
+    /// Ends the transaction without its changes; on a lost connection there is nothing
+    /// left to undo.
+    pub fn rollback(&mut self) -> Result<(), StoreError> {
+        self.call(Session::rollback)?
+    }
+
+    pub fn in_transaction(&self) -> bool {
+        self.call(|s| s.in_transaction()).unwrap_or(false)
+    }
+
+    /// Whether a connection is open now (a lost one is replaced on the next call).
+    pub fn is_connected(&self) -> bool {
+        self.call(|s| s.is_connected()).unwrap_or(false)
+    }
+
+    /// The name of the thread that runs the calls (tests: they never run on the caller's).
+    #[cfg(test)]
+    fn call_thread(&self) -> Option<String> {
+        self.call(|_| std::thread::current().name().map(str::to_owned))
+            .ok()
+            .flatten()
+    }
+}
+
+impl Drop for PgConn {
+    fn drop(&mut self) {
+        // The thread ends with its inbox, closing the session (Terminate) on its way out.
+        drop(self.jobs.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn thread_gone(shown: &str) -> StoreError {
+    StoreError::Unavailable(format!("{shown}: the connection's thread has stopped"))
+}
+
+/// The connection itself, owned by its thread. A call that finds the server gone fails
+/// with `StoreError::Unavailable`; the next call outside a transaction connects again.
+struct Session {
     config: postgres::Config,
     durability: Durability,
     /// Shown in errors and logs: the URL without its password.
@@ -149,18 +323,9 @@ enum TxState {
     Lost,
 }
 
-impl std::fmt::Debug for PgConn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgConn")
-            .field("url", &self.shown)
-            .field("connected", &self.client.is_some())
-            .finish()
-    }
-}
-
-impl PgConn {
-    /// Connect to `url` and bring the schema up to date.
-    pub fn open(url: &str, durability: Durability) -> Result<PgConn, StoreError> {
+impl Session {
+    /// The client's settings for `url`.
+    fn config(url: &str) -> Result<postgres::Config, StoreError> {
         let mut config: postgres::Config = url.parse().map_err(|e| StoreError::BadUrl {
             url: redact_url(url),
             reason: format!("{e}"),
@@ -174,10 +339,19 @@ impl PgConn {
         // A server that vanished without closing (power cut, network) is noticed.
         config.keepalives(true);
         config.keepalives_idle(Duration::from_secs(30));
-        let mut conn = PgConn {
+        Ok(config)
+    }
+
+    /// Connect and bring the schema up to date.
+    fn open(
+        config: postgres::Config,
+        durability: Durability,
+        shown: String,
+    ) -> Result<Session, StoreError> {
+        let mut conn = Session {
             config,
             durability,
-            shown: redact_url(url),
+            shown,
             client: None,
             statements: HashMap::new(),
             tx: TxState::None,
@@ -187,38 +361,76 @@ impl PgConn {
         Ok(conn)
     }
 
-    /// The URL without its password.
-    pub fn shown_url(&self) -> &str {
-        &self.shown
-    }
-
-    pub fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
+    fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
         let stmt = self.statement(sql)?;
         let args = as_sql_params(params);
-        let result = off_runtime(|| self.client_mut()?.execute(&stmt, &args).map_err(Some));
+        let result = self
+            .client_mut()
+            .and_then(|c| c.execute(&stmt, &args).map_err(Some));
         self.finish(result)
     }
 
-    pub fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
+    fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
         let stmt = self.statement(sql)?;
         let args = as_sql_params(params);
-        let result = off_runtime(|| self.client_mut()?.query(&stmt, &args).map_err(Some));
+        let result = self
+            .client_mut()
+            .and_then(|c| c.query(&stmt, &args).map_err(Some));
         let rows = self.finish(result)?;
         rows.iter().map(convert_row).collect()
     }
 
-    pub fn query_opt(&mut self, sql: &str, params: &[Value]) -> Result<Option<Row>, StoreError> {
+    fn query_opt(&mut self, sql: &str, params: &[Value]) -> Result<Option<Row>, StoreError> {
         Ok(self.query(sql, params)?.into_iter().next())
     }
 
-    /// Several statements without parameters (DDL, session settings), in one round trip.
-    pub fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
+    fn copy_in(
+        &mut self,
+        sql: &str,
+        write: Box<dyn FnOnce(&mut dyn std::io::Write) -> Result<(), StoreError> + Send>,
+    ) -> Result<u64, StoreError> {
         self.ensure_connected()?;
-        let result = off_runtime(|| self.client_mut()?.batch_execute(sql).map_err(Some));
+        let copied = match self.client_mut() {
+            Err(e) => Err(Err(e)),
+            Ok(client) => match client.copy_in(sql) {
+                Err(e) => Err(Err(Some(e))),
+                Ok(mut writer) => match write(&mut writer) {
+                    // Dropping the writer unfinished aborts the COPY.
+                    Err(e) => Err(Ok(e)),
+                    Ok(()) => writer.finish().map_err(|e| Err(Some(e))),
+                },
+            },
+        };
+        match copied {
+            Ok(rows) => Ok(rows),
+            Err(Err(e)) => self.finish(Err(e)),
+            Err(Ok(store_error)) => {
+                // The aborted COPY failed the transaction as a failed statement does.
+                if self.tx == TxState::Open {
+                    self.tx = TxState::Failed;
+                }
+                if !self.is_connected() {
+                    self.client = None;
+                    self.statements.clear();
+                    if self.tx != TxState::None {
+                        self.tx = TxState::Lost;
+                    }
+                }
+                Err(store_error)
+            }
+        }
+    }
+
+    /// Several statements without parameters (DDL, session settings), in one round trip.
+    fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
+        self.ensure_connected()?;
+        let result = self
+            .client_mut()
+            .and_then(|c| c.batch_execute(sql).map_err(Some));
         self.finish(result)
     }
 
-    pub fn begin(&mut self) -> Result<(), StoreError> {
+    fn begin(&mut self) -> Result<(), StoreError> {
         if self.tx != TxState::None {
             return Err(StoreError::TxMisuse("BEGIN while a transaction is open"));
         }
@@ -227,7 +439,7 @@ impl PgConn {
         Ok(())
     }
 
-    pub fn commit(&mut self) -> Result<(), StoreError> {
+    fn commit(&mut self) -> Result<(), StoreError> {
         match self.tx {
             TxState::Open => {
                 let done = self.batch("COMMIT");
@@ -253,21 +465,23 @@ impl PgConn {
 
     /// Ends the transaction without its changes; on a lost connection there is nothing
     /// left to undo.
-    pub fn rollback(&mut self) -> Result<(), StoreError> {
+    fn rollback(&mut self) -> Result<(), StoreError> {
         let state = std::mem::replace(&mut self.tx, TxState::None);
         if !matches!(state, TxState::Open | TxState::Failed) || self.client.is_none() {
             return Ok(());
         }
-        let result = off_runtime(|| self.client_mut()?.batch_execute("ROLLBACK").map_err(Some));
+        let result = self
+            .client_mut()
+            .and_then(|c| c.batch_execute("ROLLBACK").map_err(Some));
         self.finish(result)
     }
 
-    pub fn in_transaction(&self) -> bool {
+    fn in_transaction(&self) -> bool {
         self.tx != TxState::None
     }
 
     /// Whether a connection is open now (a lost one is replaced on the next call).
-    pub fn is_connected(&self) -> bool {
+    fn is_connected(&self) -> bool {
         self.client.as_ref().is_some_and(|c| !c.is_closed())
     }
 
@@ -297,14 +511,16 @@ impl PgConn {
     }
 
     fn connect(&mut self) -> Result<(), StoreError> {
-        let config = self.config.clone();
-        let mut client = off_runtime(|| config.connect(NoTls))
+        let mut client = self
+            .config
+            .connect(NoTls)
             .map_err(|e| StoreError::Unavailable(format!("{}: {}", self.shown, describe(&e))))?;
         let sync = match self.durability {
             Durability::Full => "on",
             Durability::Derived => "off",
         };
-        off_runtime(|| client.batch_execute(&format!("SET synchronous_commit = {sync}")))
+        client
+            .batch_execute(&format!("SET synchronous_commit = {sync}"))
             .map_err(|e| StoreError::Unavailable(format!("{}: {}", self.shown, describe(&e))))?;
         self.statements.clear();
         self.client = Some(client);
@@ -316,7 +532,7 @@ impl PgConn {
         if let Some(stmt) = self.statements.get(sql) {
             return Ok(stmt.clone());
         }
-        let result = off_runtime(|| self.client_mut()?.prepare(sql).map_err(Some));
+        let result = self.client_mut().and_then(|c| c.prepare(sql).map_err(Some));
         let stmt = self.finish(result)?;
         if self.statements.len() >= STATEMENT_CACHE_LIMIT {
             self.statements.clear();
@@ -398,28 +614,6 @@ impl PgConn {
         }
         Ok(())
     }
-}
-
-impl Drop for PgConn {
-    fn drop(&mut self) {
-        // postgres::Client's drop sends Terminate through its own runtime.
-        if let Some(client) = self.client.take() {
-            off_runtime(move || drop(client));
-        }
-    }
-}
-
-/// The blocking client drives its connection with a runtime of its own, which cannot
-/// start inside another runtime's thread: a call made from an async task runs on a
-/// short-lived thread of its own (blocking that task, as any store call does).
-fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    if tokio::runtime::Handle::try_current().is_err() {
-        return f();
-    }
-    std::thread::scope(|scope| match scope.spawn(f).join() {
-        Ok(v) => v,
-        Err(panic) => std::panic::resume_unwind(panic),
-    })
 }
 
 /// Whether `err` means the server is out of reach (rather than a bad statement).
@@ -820,12 +1014,67 @@ mod tests {
         assert_eq!(left[0].int(0).unwrap(), 0);
     }
 
-    #[tokio::test]
-    async fn calls_from_an_async_task_do_not_panic() {
+    /// Opened, used and dropped on an async worker (where the blocking client's own
+    /// runtime would panic), on a blocking-pool thread and on a plain one: every call runs
+    /// on the connection's thread, none on a thread spawned for it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_run_on_the_connections_thread_wherever_they_come_from() {
         let mut conn = PgConn::open(&fresh(), Durability::Full).unwrap();
         let rows = conn.query("SELECT $1::text", &["x".into()]).unwrap();
         assert_eq!(rows[0].text(0).unwrap(), "x");
+        let on_worker = conn.call_thread();
+        assert_eq!(on_worker.as_deref(), Some("pg-connection"));
+        let (conn, on_pool) = tokio::task::spawn_blocking(move || {
+            let thread = conn.call_thread();
+            (conn, thread)
+        })
+        .await
+        .unwrap();
+        assert_eq!(on_pool.as_deref(), Some("pg-connection"));
+        let backend = |conn: &mut PgConn| {
+            conn.query("SELECT pg_backend_pid()", &[]).unwrap()[0]
+                .int(0)
+                .unwrap()
+        };
+        let mut conn = conn;
+        let first = backend(&mut conn);
+        let mut conn = std::thread::spawn(move || {
+            assert_eq!(conn.call_thread().as_deref(), Some("pg-connection"));
+            conn
+        })
+        .join()
+        .unwrap();
+        assert_eq!(backend(&mut conn), first, "one connection throughout");
         drop(conn);
+    }
+
+    #[test]
+    fn a_failed_copy_fails_the_transaction_and_keeps_the_connection() {
+        let mut conn = PgConn::open(&fresh(), Durability::Full).unwrap();
+        conn.begin().unwrap();
+        let refused = conn.copy_in(
+            "COPY kv (key, value) FROM STDIN".into(),
+            Box::new(|out| {
+                out.write_all(b"a\tb\n")
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                Err(StoreError::TxMisuse("the source failed"))
+            }),
+        );
+        assert!(
+            matches!(refused, Err(StoreError::TxMisuse(_))),
+            "{refused:?}"
+        );
+        assert!(matches!(conn.commit(), Err(StoreError::TxAborted)));
+        let copied = conn.copy_in(
+            "COPY kv (key, value) FROM STDIN".into(),
+            Box::new(|out| {
+                out.write_all(b"a\tb\nc\td\n")
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))
+            }),
+        );
+        assert_eq!(copied.unwrap(), 2);
+        let n = conn.query("SELECT COUNT(*) FROM kv", &[]).unwrap();
+        assert_eq!(n[0].int(0).unwrap(), 2);
     }
 
     #[test]
