@@ -766,7 +766,7 @@ pub fn claim_pending(db: &mut Db, limit: usize) -> Result<Vec<SpoolRow>, StoreEr
             "SELECT id, size FROM spool WHERE state = 'new' ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"
         }
     };
-    let sizes = db.query(sql, &[(limit as i64).into()])?;
+    let sizes = db.query(&super::lease::claim_sql(sql), &[(limit as i64).into()])?;
     load_pending(db, sizes)
 }
 
