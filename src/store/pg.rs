@@ -1,6 +1,6 @@
 //! The PostgreSQL side of the store: one connection (`PgConn`) speaking the store's
 //! backend-neutral primitives (`Value` parameters, `Row` results, transactions), its
-//! prepared-statement cache and reconnection, and the PostgreSQL schema (`PG_MIGRATIONS`).
+//! prepared-statement cache and reconnection, and the schema's migrations in PostgreSQL's types.
 
 use super::{Durability, Row, StoreError, Value};
 use bytes::BytesMut;
@@ -12,114 +12,9 @@ use std::error::Error as StdError;
 use std::sync::mpsc;
 use std::time::Duration;
 
-/// Each migration moves the schema from version `index` to `index + 1`; the same numbers
-/// and meaning as SQLite's `MIGRATIONS`, in PostgreSQL's types (integers BIGINT, booleans
-/// BIGINT 0/1 as on SQLite, blobs BYTEA).
-pub const PG_MIGRATIONS: &[&str] = &[
-    // 1: spool, incidents, outbound queue, key/value state.
-    "CREATE TABLE spool (
-        id BIGSERIAL PRIMARY KEY,
-        received_at BIGINT NOT NULL,
-        peer TEXT NOT NULL,
-        helo TEXT NOT NULL,
-        mail_from TEXT NOT NULL,
-        rcpt_to TEXT NOT NULL,
-        tls BIGINT NOT NULL,
-        auth_user TEXT,
-        message_id TEXT,
-        size BIGINT NOT NULL,
-        raw BYTEA NOT NULL,
-        state TEXT NOT NULL DEFAULT 'new',
-        note TEXT,
-        processed_at BIGINT
-     );
-     CREATE INDEX spool_state ON spool(state, id);
-     CREATE INDEX spool_message_id ON spool(message_id);
-     CREATE TABLE incidents (
-        id BIGINT PRIMARY KEY,
-        tag TEXT NOT NULL UNIQUE,
-        alert_key TEXT NOT NULL,
-        open BIGINT NOT NULL,
-        data TEXT NOT NULL,
-        updated_at BIGINT NOT NULL
-     );
-     CREATE INDEX incidents_open ON incidents(open);
-     CREATE TABLE outbound (
-        id BIGSERIAL PRIMARY KEY,
-        order_key TEXT NOT NULL,
-        message_id TEXT NOT NULL,
-        subject TEXT NOT NULL,
-        envelope_from TEXT NOT NULL,
-        envelope_to TEXT NOT NULL,
-        raw BYTEA NOT NULL,
-        state TEXT NOT NULL DEFAULT 'queued',
-        attempts BIGINT NOT NULL DEFAULT 0,
-        queued_at BIGINT NOT NULL,
-        next_attempt_at BIGINT NOT NULL,
-        last_error TEXT,
-        sent_at BIGINT,
-        spool_id BIGINT
-     );
-     CREATE INDEX outbound_state ON outbound(state, next_attempt_at);
-     CREATE INDEX outbound_order ON outbound(order_key, id);
-     CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
-    // 2: which host each alert mail was about, for follow-ups that only cite it.
-    "CREATE TABLE message_hosts (message_id TEXT PRIMARY KEY, host TEXT NOT NULL);
-     ALTER TABLE outbound ADD COLUMN event TEXT;",
-    // 3: actions on GLPI tickets through its API (solve on recovery).
-    "CREATE TABLE glpi_actions (
-        id BIGSERIAL PRIMARY KEY,
-        tag TEXT NOT NULL,
-        ticket_id BIGINT NOT NULL,
-        action TEXT NOT NULL,
-        content TEXT NOT NULL,
-        state TEXT NOT NULL DEFAULT 'pending',
-        attempts BIGINT NOT NULL DEFAULT 0,
-        next_attempt_at BIGINT NOT NULL,
-        last_error TEXT,
-        created_at BIGINT NOT NULL
-     );
-     CREATE INDEX glpi_actions_state ON glpi_actions(state, next_attempt_at);",
-    // 4: the delivery worker's scan: pending mail in id order.
-    "CREATE INDEX outbound_pending ON outbound(id) WHERE state IN ('queued', 'held');",
-    // 5: GLPI actions run in order per incident (the head of each tag's queue).
-    "CREATE INDEX glpi_actions_tag ON glpi_actions(tag, id);",
-    // 6: which incident each alert mail's Message-IDs (own and cited) belong to.
-    "CREATE TABLE message_incidents (message_id TEXT PRIMARY KEY, incident_tag TEXT NOT NULL);",
-    // 7: the correlation engine keeps only a cache of open incidents and reads the others
-    // by index (as SQLite's 7); `pipeline_generation` counts the pipeline's commits.
-    "ALTER TABLE incidents ADD COLUMN first_seen BIGINT NOT NULL DEFAULT 0;
-     ALTER TABLE incidents ADD COLUMN announced BIGINT NOT NULL DEFAULT 0;
-     ALTER TABLE incidents ADD COLUMN ticket_id BIGINT;
-     ALTER TABLE incidents ADD COLUMN pending_digest BIGINT NOT NULL DEFAULT 0;
-     ALTER TABLE incidents ADD COLUMN is_digest BIGINT NOT NULL DEFAULT 0;
-     ALTER TABLE incidents ADD COLUMN digest_member BIGINT NOT NULL DEFAULT 0;
-     UPDATE incidents SET
-        first_seen = COALESCE((data::jsonb->>'first_seen')::bigint, 0),
-        announced = CASE WHEN (data::jsonb->>'announced')::boolean THEN 1 ELSE 0 END,
-        ticket_id = (data::jsonb->>'ticket_id')::bigint,
-        pending_digest = CASE WHEN (data::jsonb->>'in_pending_digest')::boolean THEN 1 ELSE 0 END,
-        is_digest = CASE WHEN (data::jsonb->>'is_digest')::boolean THEN 1 ELSE 0 END,
-        digest_member = CASE WHEN data::jsonb->>'digest_tag' IS NOT NULL THEN 1 ELSE 0 END;
-     DROP INDEX incidents_open;
-     CREATE INDEX incidents_open_key ON incidents(alert_key, id) WHERE open = 1;
-     CREATE INDEX incidents_pending_digest ON incidents(id) WHERE open = 1 AND pending_digest = 1;
-     CREATE INDEX incidents_open_digest ON incidents(id) WHERE open = 1 AND is_digest = 1;
-     CREATE INDEX incidents_awaiting_ticket ON incidents(id)
-        WHERE open = 1 AND announced = 1 AND ticket_id IS NULL;
-     CREATE INDEX incidents_first_seen ON incidents(first_seen);
-     CREATE TABLE pipeline_generation (id BIGINT PRIMARY KEY CHECK (id = 1), generation BIGINT NOT NULL);
-     INSERT INTO pipeline_generation (id, generation) VALUES (1, 0);",
-    // 8: two gateways on one database: an alert key has at most one open incident, and
-    // each outbound mail and GLPI action is leased by the gateway delivering it.
-    "CREATE UNIQUE INDEX incidents_one_open ON incidents(alert_key) WHERE open = 1;
-     ALTER TABLE outbound ADD COLUMN lease_owner TEXT;
-     ALTER TABLE outbound ADD COLUMN lease_until BIGINT;
-     ALTER TABLE glpi_actions ADD COLUMN lease_owner TEXT;
-     ALTER TABLE glpi_actions ADD COLUMN lease_until BIGINT;",
-];
-
-pub const PG_SCHEMA_VERSION: i64 = PG_MIGRATIONS.len() as i64;
+/// The schema's version: `super::MIGRATIONS` (shared with SQLite) applied in PostgreSQL's
+/// types.
+pub const PG_SCHEMA_VERSION: i64 = super::SCHEMA_VERSION;
 
 /// The advisory lock two gateways take while migrating ("alertgat" in ASCII).
 const MIGRATION_LOCK: i64 = 0x616c_6572_7467_6174;
@@ -605,8 +500,8 @@ impl Session {
                 known: PG_SCHEMA_VERSION,
             });
         }
-        for (i, sql) in PG_MIGRATIONS.iter().enumerate().skip(version as usize) {
-            self.batch(sql)?;
+        for (i, step) in super::MIGRATIONS.iter().enumerate().skip(version as usize) {
+            self.batch(&step.sql(super::Dialect::Postgres))?;
             self.execute(
                 "INSERT INTO schema_version (version, applied_at) VALUES ($1, $2)",
                 &[(i as i64 + 1).into(), super::unix_now().into()],
@@ -804,6 +699,73 @@ mod tests {
             .iter()
             .map(|r| r.int(0).unwrap())
             .collect()
+    }
+
+    /// The shared migrations give PostgreSQL SQLite's tables, columns and indexes, in its
+    /// types (and its one index of its own).
+    #[test]
+    fn both_backends_have_the_same_tables_columns_and_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = crate::store::Location::Sqlite(dir.path().join("db"));
+        let mut lite = crate::store::open(&location).unwrap();
+        let mut pg = PgConn::open(&fresh(), Durability::Full).unwrap();
+        let texts = |rows: Vec<Row>| -> Vec<String> {
+            let mut v: Vec<String> = rows
+                .iter()
+                .map(|r| {
+                    (0..3)
+                        .filter_map(|i| r.text(i).ok())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        let lite_columns = texts(
+            lite.query(
+                "SELECT m.name, p.name, p.type FROM sqlite_master AS m, pragma_table_info(m.name) AS p
+                 WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%'",
+                &[],
+            )
+            .unwrap(),
+        );
+        let pg_columns = texts(
+            pg.query(
+                "SELECT table_name::text, column_name::text, data_type::text FROM information_schema.columns
+                 WHERE table_schema = 'public' AND table_name <> 'schema_version'",
+                &[],
+            )
+            .unwrap(),
+        );
+        let as_pg: Vec<String> = lite_columns
+            .iter()
+            .map(|c| {
+                c.replace(" INTEGER", " bigint")
+                    .replace(" TEXT", " text")
+                    .replace(" BLOB", " bytea")
+            })
+            .collect();
+        assert_eq!(pg_columns, as_pg);
+        assert!(pg_columns.len() > 60, "{pg_columns:?}");
+
+        let lite_indexes = texts(
+            lite.query(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_autoindex_%'",
+                &[],
+            )
+            .unwrap(),
+        );
+        let mut pg_indexes = texts(
+            pg.query(
+                "SELECT indexname::text FROM pg_indexes AS i WHERE schemaname = 'public'
+                 AND NOT EXISTS (SELECT 1 FROM pg_constraint AS c WHERE c.conname = i.indexname)",
+                &[],
+            )
+            .unwrap(),
+        );
+        pg_indexes.retain(|i| i != "incidents_one_open");
+        assert_eq!(pg_indexes, lite_indexes);
     }
 
     #[test]
