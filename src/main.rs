@@ -132,7 +132,7 @@ enum RulesAction {
 enum QueueAction {
     /// List spooled messages and their state.
     List {
-        /// Only messages in this state (new, processed, held, dropped, feedback, failed).
+        /// Only messages in this state (new, processed, held, dropped, feedback, duplicate, failed).
         #[arg(long)]
         state: Option<String>,
         #[arg(long, default_value_t = 100)]
@@ -528,7 +528,7 @@ fn queue_list(
         Some(s) => match spool::SpoolState::parse(s) {
             Some(st) => Some(st),
             None if outbound::OutboundState::parse(s).is_some() => None,
-            None => anyhow::bail!("unknown state `{s}` (expected new, processed, held, dropped, feedback, failed, queued, sent, dead)"),
+            None => anyhow::bail!("unknown state `{s}` (expected new, processed, held, dropped, feedback, duplicate, failed, queued, sent, dead)"),
         },
     };
     let summary = |counts: Vec<(String, i64)>| {

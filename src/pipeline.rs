@@ -293,7 +293,7 @@ impl PipelineCore<'_> {
         let raw = row.raw.as_deref().unwrap_or_default();
         if let Some(original) = duplicate_of(tx, row)? {
             return Ok(StepResult {
-                state: SpoolState::Processed,
+                state: SpoolState::Duplicate,
                 note: format!("duplicate of spool id {original}, ignored"),
             });
         }
@@ -1212,7 +1212,7 @@ fn duplicate_of(db: &mut Db, row: &SpoolRow) -> Result<Option<i64>, StoreError> 
     // Paged: the first earlier copy is usually the one, so one page is usually all.
     let mut after = 0;
     loop {
-        let page = spool::earlier_with_message_id(db, mid, after, row.id, 8)?;
+        let page = spool::possible_originals(db, mid, row.id, after, 8)?;
         let Some(last) = page.last().map(|(id, _)| *id) else {
             return Ok(None);
         };

@@ -248,7 +248,7 @@ async fn two_gateways_alternating_make_one_ticket_per_incident() {
 /// The real binary on a fixed port, on the shared database.
 fn binary_member(
     dir: &std::path::Path,
-    glpi: &GlpiDouble,
+    relay_port: u16,
     url: &str,
 ) -> (std::path::PathBuf, SocketAddr) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -256,8 +256,7 @@ fn binary_member(
         .map(|a| a.port())
         .expect("free port");
     let relay = format!(
-        "[relay]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n[relay.retry]\ninitial_backoff_secs = 1\nmax_backoff_secs = 2\n",
-        glpi.smtp_port()
+        "[relay]\nhost = \"127.0.0.1\"\nport = {relay_port}\ntls = \"none\"\n[relay.retry]\ninitial_backoff_secs = 1\nmax_backoff_secs = 2\n",
     );
     let text = config_text(
         dir,
@@ -308,7 +307,10 @@ async fn a_gateway_killed_mid_burst_loses_nothing_and_its_claims_return() {
     let url = support::postgres::shared().create_database();
     let glpi = GlpiDouble::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let (cfg, victim) = binary_member(dir.path(), &glpi, &url);
+    // The victim's relay accepts connections and never answers: the victim is in the
+    // middle of delivering, holding leases, when it is killed.
+    let tarpit = tarpit().await;
+    let (cfg, victim) = binary_member(dir.path(), tarpit, &url);
     let mut child = start_binary(&cfg);
     wait_listening(victim).await;
     let survivor = pair_member(&glpi, &url).await;
@@ -345,13 +347,41 @@ async fn a_gateway_killed_mid_burst_loses_nothing_and_its_claims_return() {
     while *sent.lock().unwrap_or_else(|p| p.into_inner()) < total / 3 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    let victim_pid = child.id();
     child.kill().expect("SIGKILL");
     let killed_at = Instant::now();
     let _ = child.wait();
+    let database = url.rsplit('/').next().unwrap_or_default().to_string();
+    let victims_leases = leased_by(&database, victim_pid);
+    assert!(
+        !victims_leases.is_empty(),
+        "the victim (pid {victim_pid}) held no lease when killed: the takeover is not shown; {}\n{}",
+        support::postgres::shared()
+            .psql_in(&database, "SELECT lease_owner, state, count(*) FROM outbound GROUP BY 1, 2")
+            .unwrap_or_else(|e| e),
+        std::fs::read_to_string(cfg.with_extension("log")).unwrap_or_default()
+    );
     let at_kill = *sent.lock().unwrap_or_else(|p| p.into_inner());
     assert!(
         at_kill < total * 9 / 10,
         "the kill came after the burst; it proves nothing"
+    );
+    // The survivor takes over what the victim held within about one lease period (the
+    // lease, plus the survivor's retry backoff of at most 2 s and polling).
+    let taken_over = eventually(Duration::from_secs(LEASE_SECS + 15), || {
+        leased_by(&database, victim_pid).is_empty()
+    })
+    .await;
+    assert!(
+        taken_over,
+        "the victim's leases were not taken over within {}s: {:?} (held at the kill: {victims_leases:?})",
+        LEASE_SECS + 15,
+        leased_by(&database, victim_pid)
+    );
+    eprintln!(
+        "the victim held {} leases at the kill; taken over after {:?}",
+        victims_leases.len(),
+        killed_at.elapsed()
     );
     for c in clients {
         c.await.expect("client");
@@ -424,6 +454,36 @@ async fn a_gateway_killed_mid_burst_loses_nothing_and_its_claims_return() {
         killed_at.elapsed()
     );
     survivor.shutdown().await;
+}
+
+/// A relay that accepts connections and never says a word (the connections stay open).
+async fn tarpit() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind tarpit");
+    let port = listener.local_addr().expect("tarpit addr").port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    port
+}
+
+/// The outbound mails and GLPI actions still leased by the gateway process `pid` (a
+/// lease owner is `host:pid:nonce`).
+fn leased_by(database: &str, pid: u32) -> Vec<String> {
+    let sql = format!(
+        "SELECT 'outbound ' || id FROM outbound WHERE lease_owner LIKE '%:{pid}:%' AND state = 'queued' \
+         UNION ALL SELECT 'glpi_action ' || id FROM glpi_actions WHERE lease_owner LIKE '%:{pid}:%' AND state = 'pending'"
+    );
+    support::postgres::shared()
+        .psql_in(database, &sql)
+        .unwrap_or_else(|e| panic!("psql: {e}"))
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 /// For a failing run: a few incidents without a ticket, with their outbound mails.
@@ -518,6 +578,63 @@ async fn postgres_restarted_under_load_costs_451s_and_nothing_else() {
     );
     assert_eq!(accepted.len(), mails.len());
     assert_one_truth(&glpi, &a, 40);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// A client retrying on the other MX hands both gateways the same mail: the pair
+/// recognises the second copy by Message-ID and content (whichever gateway took it, and
+/// however close together the two arrive) and GLPI sees one mail, one ticket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_mail_given_to_both_gateways_is_processed_once() {
+    const INCIDENTS: usize = 40;
+    let url = support::postgres::shared().create_database();
+    let glpi = GlpiDouble::start().await;
+    let a = pair_member(&glpi, &url).await;
+    let b = pair_member(&glpi, &url).await;
+    glpi.set_notify_target(b.addr, FEEDBACK);
+
+    for (n, (_, mail)) in incident_mails(INCIDENTS, 2).into_iter().enumerate() {
+        // Alternate which gateway gets the copy first; send both copies concurrently.
+        let (first, second) = if n % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        tokio::join!(first.send(&mail), second.send(&mail));
+    }
+    let expected_mails = INCIDENTS * 2;
+    let done = eventually(Duration::from_secs(120), || {
+        let tickets = glpi.tickets();
+        tickets.len() >= INCIDENTS && tickets.iter().all(complete) && glpi.mailbox_len() == 0
+    })
+    .await;
+    assert!(done, "{} tickets", glpi.tickets().len());
+    // GLPI's notifications (feedback) are spooled too; the alerts are the rest.
+    let spooled: Vec<_> = a
+        .spool_rows()
+        .into_iter()
+        .filter(|r| r.state != alertgate::store::SpoolState::Feedback)
+        .collect();
+    assert_eq!(spooled.len(), expected_mails * 2, "both copies are spooled");
+    let duplicates = spooled
+        .iter()
+        .filter(|r| {
+            r.note
+                .as_deref()
+                .is_some_and(|n| n.starts_with("duplicate of spool id"))
+        })
+        .count();
+    assert_eq!(
+        duplicates, expected_mails,
+        "each second copy is a duplicate"
+    );
+    assert_one_truth(&glpi, &a, INCIDENTS);
+    for t in glpi.tickets() {
+        assert_eq!(
+            t.followups.len(),
+            1,
+            "ticket {} has only its recovery: {:?}",
+            t.title,
+            t.followups.iter().map(|f| &f.subject).collect::<Vec<_>>()
+        );
+    }
     a.shutdown().await;
     b.shutdown().await;
 }

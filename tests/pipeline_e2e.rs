@@ -559,6 +559,15 @@ async fn a_mail_resent_after_a_lost_reply_is_recognised_and_ignored() {
         .collect();
     assert!(notes[0].starts_with("open "), "{notes:?}");
     assert!(notes[1].starts_with("duplicate of spool id"), "{notes:?}");
+    let states: Vec<_> = gw.spool_rows().into_iter().map(|r| r.state).collect();
+    assert_eq!(
+        states,
+        [
+            alertgate::store::SpoolState::Processed,
+            alertgate::store::SpoolState::Duplicate,
+            alertgate::store::SpoolState::Processed
+        ]
+    );
     assert!(notes[2].starts_with("update "), "{notes:?}");
     relay.wait_for(2, Duration::from_secs(20)).await;
     no_more_than(&relay, 2, Duration::from_millis(1500)).await;

@@ -49,6 +49,16 @@ pub trait OutboundQueue: Send + Sync + 'static {
     fn mark_dead(&self, id: i64, error: &str) -> Result<(), QueueError>;
     /// Called when the item was delivered, so feedback (ticket lookup) can start. Default no-op.
     fn on_delivered(&self, _item: &OutboundItem) {}
+    /// How often the items being sent must be renewed (`renew`) so no other gateway
+    /// takes them meanwhile; `None` when the queue is not shared.
+    fn renew_every(&self) -> Option<Duration> {
+        None
+    }
+    /// Renews this gateway's hold on the items `ids` it is sending; how many of them
+    /// another gateway has taken meanwhile.
+    fn renew(&self, _ids: &[i64], _now: i64) -> Result<usize, QueueError> {
+        Ok(0)
+    }
 }
 
 /// The current time in Unix seconds; replaceable in tests.
@@ -308,6 +318,9 @@ impl DeliveryWorker {
         let mut in_flight: JoinSet<()> = JoinSet::new();
         // The order key of each in-flight send: its key's next mail must wait for it.
         let mut busy_keys: HashMap<tokio::task::Id, String> = HashMap::new();
+        // The queue id of each in-flight send, whose lease is renewed while it lasts.
+        let mut busy_ids: HashMap<tokio::task::Id, i64> = HashMap::new();
+        let mut next_renewal = Instant::now();
         tracing::info!(
             relay = self.client.endpoint(),
             max_parallel,
@@ -319,6 +332,13 @@ impl DeliveryWorker {
                 break;
             }
             self.record_held_outcomes().await;
+            if let Some(every) = self.queue.renew_every() {
+                if Instant::now() >= next_renewal {
+                    self.renew_leases(busy_ids.values().copied().collect())
+                        .await;
+                    next_renewal = Instant::now() + every;
+                }
+            }
             let free = max_parallel.saturating_sub(in_flight.len());
             if free > 0 {
                 let limit = free + busy_keys.len() + self.unrecorded.len();
@@ -334,9 +354,10 @@ impl DeliveryWorker {
                     if self.unrecorded.contains(item.id) {
                         continue;
                     }
-                    let key = item.order_key.clone();
+                    let (key, id) = (item.order_key.clone(), item.id);
                     let task = in_flight.spawn(self.job(item));
                     busy_keys.insert(task.id(), key);
+                    busy_ids.insert(task.id(), id);
                 }
             }
 
@@ -350,6 +371,7 @@ impl DeliveryWorker {
                         }
                     };
                     busy_keys.remove(&task_id);
+                    busy_ids.remove(&task_id);
                 }
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(self.poll_interval) => {}
@@ -375,6 +397,26 @@ impl DeliveryWorker {
         if tokio::time::timeout(SHUTDOWN_GRACE, finish).await.is_err() {
             // Unmarked items stay queued and are sent again after restart (at-least-once).
             tracing::warn!(pending, "shutdown: abandoning in-flight deliveries");
+        }
+    }
+
+    /// Keeps the leases of the sends in flight: a send may outlast a lease (a slow relay's
+    /// final reply), and the other gateway must not send the same mail meanwhile.
+    async fn renew_leases(&self, ids: Vec<i64>) {
+        if ids.is_empty() {
+            return;
+        }
+        let queue = Arc::clone(&self.queue);
+        let now = (self.clock)();
+        match tokio::task::spawn_blocking(move || queue.renew(&ids, now)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(lost)) => tracing::warn!(
+                lost,
+                "mails being sent were taken by another gateway (their lease ran out while the store was out of reach): they may arrive twice"
+            ),
+            // The next turn tries again; the lease has two more renewals' worth of time.
+            Ok(Err(err)) => tracing::debug!(error = %err, "cannot renew the leases of mails being sent"),
+            Err(err) => tracing::error!(error = %err, "lease renewal panicked"),
         }
     }
 

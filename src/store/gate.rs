@@ -77,6 +77,9 @@ mod tests {
         while !gate.contended() {
             std::thread::sleep(Duration::from_millis(1));
         }
+        // `contended` counts the waiter just before it parks; a fair unlock hands the
+        // gate only to a parked one, so give it time to park on a loaded machine.
+        std::thread::sleep(Duration::from_millis(100));
         drop(held);
         let _again = gate.enter();
         order.lock().push("holder");

@@ -225,6 +225,38 @@ fn due_claimed(
     Ok(claimed)
 }
 
+/// Renews `lease` on the mails `ids` this gateway is sending right now, so the other
+/// gateway does not take them while a slow relay keeps this one busy longer than a
+/// lease (a relay may take 10 minutes to answer the final dot). Returns how many of them
+/// another gateway holds now (this one lost its lease: the store was out of reach for
+/// longer than the lease). SQLite has one gateway and no leases: none.
+pub fn renew_leases(
+    db: &mut Db,
+    ids: &[i64],
+    now: i64,
+    lease: &Lease,
+) -> Result<usize, StoreError> {
+    if db.dialect() != Dialect::Postgres {
+        return Ok(0);
+    }
+    let mut lost = 0;
+    for id in ids {
+        let renewed = db.execute(
+            "UPDATE outbound SET lease_until = $1 WHERE id = $2 AND lease_owner = $3 AND state = 'queued'",
+            &[lease.until(now).into(), (*id).into(), lease.owner().into()],
+        )?;
+        // Not renewed: just sent or retried (its outcome is recorded), or taken over.
+        if renewed == 0 {
+            let taken = db.query(
+                "SELECT id FROM outbound WHERE id = $1 AND state = 'queued' AND lease_owner <> $2",
+                &[(*id).into(), lease.owner().into()],
+            )?;
+            lost += taken.len();
+        }
+    }
+    Ok(lost)
+}
+
 pub fn mark_sent(db: &mut Db, id: i64, now: i64) -> Result<(), StoreError> {
     db.execute(
         "UPDATE outbound SET state = 'sent', sent_at = $1, attempts = attempts + 1, last_error = NULL, lease_owner = NULL, lease_until = NULL WHERE id = $2",
@@ -491,6 +523,8 @@ pub struct StoreQueue {
     opened: Option<tokio::sync::mpsc::UnboundedSender<String>>,
     /// This gateway's lease on the mails it sends (a shared PostgreSQL queue).
     lease: Lease,
+    /// Gateways share this queue (PostgreSQL): the mails being sent are leased.
+    shared: bool,
 }
 
 impl StoreQueue {
@@ -501,6 +535,7 @@ impl StoreQueue {
             synced_through: std::sync::atomic::AtomicI64::new(0),
             opened: None,
             lease: Lease::default(),
+            shared: matches!(location, Location::Postgres(_)),
         })
     }
 
@@ -587,6 +622,16 @@ impl OutboundQueue for StoreQueue {
 
     fn mark_sent(&self, id: i64, now: i64) -> Result<(), QueueError> {
         self.with(|db| mark_sent(db, id, now))
+    }
+
+    fn renew_every(&self) -> Option<std::time::Duration> {
+        // A third of the lease: two renewals may fail before the other gateway may take it.
+        self.shared
+            .then(|| std::time::Duration::from_secs((self.lease.secs() / 3).max(1).unsigned_abs()))
+    }
+
+    fn renew(&self, ids: &[i64], now: i64) -> Result<usize, QueueError> {
+        self.with(|db| renew_leases(db, ids, now, &self.lease))
     }
 
     fn mark_retry(&self, id: i64, next_attempt_at: i64, error: &str) -> Result<(), QueueError> {

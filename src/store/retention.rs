@@ -44,7 +44,7 @@ pub fn prune_spool_batch(db: &mut Db, now: i64, r: &Retention) -> Result<usize, 
     Ok(db.execute(
         "DELETE FROM spool WHERE id IN (
             SELECT s.id FROM spool AS s
-            WHERE s.state IN ('processed', 'dropped', 'feedback')
+            WHERE s.state IN ('processed', 'dropped', 'feedback', 'duplicate')
               AND COALESCE(s.processed_at, s.received_at) < $1
               AND NOT EXISTS (SELECT 1 FROM outbound AS o
                               WHERE o.spool_id = s.id AND o.state IN ('queued', 'held'))

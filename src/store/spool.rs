@@ -34,6 +34,9 @@ pub enum SpoolState {
     Dropped,
     /// A GLPI notification that was read for its ticket id.
     Feedback,
+    /// The same Message-ID and content as another spooled message (a client's resend, or
+    /// the copy a retrying client gave the other gateway): ignored.
+    Duplicate,
     /// Processing failed; the note says why.
     Failed,
 }
@@ -46,6 +49,7 @@ impl SpoolState {
             SpoolState::Held => "held",
             SpoolState::Dropped => "dropped",
             SpoolState::Feedback => "feedback",
+            SpoolState::Duplicate => "duplicate",
             SpoolState::Failed => "failed",
         }
     }
@@ -57,6 +61,7 @@ impl SpoolState {
             SpoolState::Held,
             SpoolState::Dropped,
             SpoolState::Feedback,
+            SpoolState::Duplicate,
             SpoolState::Failed,
         ]
         .into_iter()
@@ -717,23 +722,27 @@ pub fn get(db: &mut Db, id: i64) -> Result<Option<SpoolRow>, StoreError> {
         .transpose()
 }
 
-/// Earlier spooled messages with this Message-ID (id and bytes, oldest first), for the
-/// pipeline's duplicate check.
-/// One page (`limit` rows, oldest first, ids in `after_id..before_id`): a tool that
-/// reuses one Message-ID for every mail would otherwise make each check read them all.
-pub fn earlier_with_message_id(
+/// The spooled messages with this Message-ID that message `id` may be a copy of (id and
+/// bytes, oldest first), for the pipeline's duplicate check: every earlier one, and a
+/// later one already processed as an original. With two gateways ids are not in commit
+/// order: a later id may be processed first while the earlier copy was still being
+/// committed on the other gateway; that copy must then be the duplicate.
+/// One page (`limit` rows, ids above `after_id`): a tool that reuses one Message-ID for
+/// every mail would otherwise make each check read them all.
+pub fn possible_originals(
     db: &mut Db,
     message_id: &str,
+    id: i64,
     after_id: i64,
-    before_id: i64,
     limit: usize,
 ) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
     db.query(
-        "SELECT id, raw FROM spool WHERE message_id = $1 AND id > $2 AND id < $3 ORDER BY id LIMIT $4",
+        "SELECT id, raw FROM spool WHERE message_id = $1 AND id <> $2 AND id > $3 \
+         AND (id < $2 OR state NOT IN ('new', 'duplicate')) ORDER BY id LIMIT $4",
         &[
             message_id.into(),
+            id.into(),
             after_id.into(),
-            before_id.into(),
             (limit as i64).into(),
         ],
     )?

@@ -84,7 +84,7 @@ pub fn test_store_is_postgres() -> bool {
 
 /// The `[store] url = …` line of a fresh PostgreSQL database when the tests run on
 /// PostgreSQL (and the test does not choose its own url).
-fn test_store_url_line(store_extra: &str) -> String {
+pub fn test_store_url_line(store_extra: &str) -> String {
     let chooses_own = store_extra
         .lines()
         .any(|l| l.trim_start().starts_with("url"));

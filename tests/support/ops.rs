@@ -192,6 +192,7 @@ feedback_addresses = ["alertgate@example.test"]
 
 [store]
 path = "{db}"
+{store_url}
 
 [rules]
 dirs = ["{rules}"]
@@ -209,6 +210,8 @@ listen = "127.0.0.1:{http_port}"
 {extra}
 "#,
         db = dir.join("var/alertgate.db").display(),
+        // The end-to-end matrix: on PostgreSQL when ALERTGATE_TEST_STORE says so.
+        store_url = super::gateway::test_store_url_line(""),
         rules = rules.display(),
         outbox = dir.join("var/outbox").display(),
     )
