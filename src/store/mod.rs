@@ -236,6 +236,15 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         sqlite: "",
         postgres: "CREATE UNIQUE INDEX incidents_one_open ON incidents(alert_key) WHERE open = 1;",
     },
+    // 9: PostgreSQL's planner walked the spool's primary key past every processed message
+    // (kept for days) to find the new ones when most rows are new (a backlog): correlated
+    // with the heap, it looked cheaper than `spool_state`. A partial index holds only the
+    // new ones. (SQLite's planner takes `spool_state`.)
+    Migration {
+        both: "",
+        sqlite: "",
+        postgres: "CREATE INDEX spool_new ON spool(id) WHERE state = 'new';",
+    },
 ];
 
 /// One schema step: `both` (in SQLite's types) and what one dialect alone runs after it.

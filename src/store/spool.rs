@@ -932,4 +932,40 @@ mod tests {
         );
         assert_eq!(read.1.message_id, None);
     }
+
+    /// PostgreSQL: finding the new messages is a walk of the new ones only, however many
+    /// processed ones the spool keeps. Before migration 9, with a backlog (most rows new)
+    /// the planner walked the primary key past every processed one: 0.3 s per claim with
+    /// 27,000 processed in the benchmark.
+    #[test]
+    fn on_postgres_the_claim_walks_only_new_messages() {
+        let url = crate::store::pg::harness::shared().create_database();
+        let mut db = Db::open(&Location::Postgres(url), Durability::Full).unwrap();
+        db.execute(
+            "INSERT INTO spool (received_at, peer, helo, mail_from, rcpt_to, tls, size, raw, state)
+             SELECT 0, 'p', 'h', 'f', '[]', 0, 1, 'x', CASE WHEN g > 20000 THEN 'new' ELSE 'processed' END
+             FROM generate_series(1, 60000) g",
+            &[],
+        )
+        .unwrap();
+        db.execute("ANALYZE spool", &[]).unwrap();
+        for sql in [
+            "SELECT id, size FROM spool WHERE state = 'new' ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+            "SELECT id, size FROM spool WHERE state = 'new' ORDER BY id LIMIT $1",
+        ] {
+            let plan: Vec<String> = db
+                .query(&format!("EXPLAIN (ANALYZE, FORMAT TEXT) {sql}"), &[64i64.into()])
+                .unwrap()
+                .iter()
+                .map(|r| r.text(0).unwrap())
+                .collect();
+            let plan = plan.join("\n");
+            assert!(plan.contains("Index Scan using spool_new on spool"), "{plan}");
+            assert!(!plan.contains("Rows Removed by Filter"), "{plan}");
+        }
+        let mut tx = db.transaction().unwrap();
+        let claimed = claim_pending(&mut tx, 64).unwrap();
+        assert_eq!(claimed.len(), 64);
+        assert_eq!(claimed[0].id, 20001);
+    }
 }
