@@ -2,7 +2,7 @@
 //! (`Db`, an enum over the backends), the backend-neutral values and rows the store
 //! modules speak, and transactions (`Tx`). Only `src/store/` writes SQL.
 
-use super::pg::PgConn;
+use super::pg::{CopySource, PgConn};
 use super::{Durability, StoreError};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -304,7 +304,7 @@ impl Db {
     pub(in crate::store) fn copy_in(
         &mut self,
         sql: &str,
-        write: Box<dyn FnOnce(&mut dyn std::io::Write) -> Result<(), StoreError> + Send>,
+        write: CopySource,
     ) -> Option<Result<u64, StoreError>> {
         match self {
             Db::Sqlite(_) => None,

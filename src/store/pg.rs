@@ -35,6 +35,9 @@ pub struct PgConn {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// What feeds a `COPY … FROM STDIN`: writes the data, in COPY's format, to its argument.
+pub type CopySource = Box<dyn FnOnce(&mut dyn std::io::Write) -> Result<(), StoreError> + Send>;
+
 /// A call, run on the connection's thread.
 type Job = Box<dyn FnOnce(&mut Session) + Send>;
 
@@ -142,11 +145,7 @@ impl PgConn {
 
     /// `COPY … FROM STDIN` with the data `write` produces, streamed to the server in the
     /// client's small buffers; returns the rows copied.
-    pub fn copy_in(
-        &mut self,
-        sql: String,
-        write: Box<dyn FnOnce(&mut dyn std::io::Write) -> Result<(), StoreError> + Send>,
-    ) -> Result<u64, StoreError> {
+    pub fn copy_in(&mut self, sql: String, write: CopySource) -> Result<u64, StoreError> {
         self.call(move |s| s.copy_in(&sql, write))?
     }
 
@@ -279,11 +278,7 @@ impl Session {
         Ok(self.query(sql, params)?.into_iter().next())
     }
 
-    fn copy_in(
-        &mut self,
-        sql: &str,
-        write: Box<dyn FnOnce(&mut dyn std::io::Write) -> Result<(), StoreError> + Send>,
-    ) -> Result<u64, StoreError> {
+    fn copy_in(&mut self, sql: &str, write: CopySource) -> Result<u64, StoreError> {
         self.ensure_connected()?;
         let copied = match self.client_mut() {
             Err(e) => Err(Err(e)),
