@@ -57,7 +57,11 @@ def main(path):
         else:
             e2e = (f"**not drained** after {r['e2e_s']:.0f} s: {fmt(r['arrivals'])} out, "
                    f"{fmt(r.get('out_rate', r['arrivals'] / r['e2e_s']))} out/s")
-        print(f"| {LABELS.get(r['name'], r['name'])} | {fmt(r['sent'])}{errs} | {fmt(r['accept_rate'])} | "
+        label = LABELS.get(r["name"], r["name"])
+        if r.get("store") == "postgres":
+            pg = r.get("pg_vmhwm_sum_kb")
+            label += " [PostgreSQL store" + (f"; its processes' VmHWM sum {pg / 1024:.0f} MB]" if pg else "]")
+        print(f"| {label} | {fmt(r['sent'])}{errs} | {fmt(r['accept_rate'])} | "
               f"{e2e} | {lat} | {mem} | {fmt(r['arrivals'])} | "
               f"{ratio(r, c)} | {ratio(r, p)} |")
 

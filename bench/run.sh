@@ -12,13 +12,18 @@
 # Environment: ALERTGATE_BIN (default: cargo build --release), BENCH_COUNT (20000),
 # BENCH_PAUSE (seconds between runs, 5), BENCH_LAT_RATE (msgs/s of the latency runs, 200),
 # BENCH_DRAIN_TIMEOUT (150 s), BENCH_ONLY="run names" (e.g. "alertgate-storm"),
-# BENCH_ALERTGATE=0 to skip (iii), KEEP=1 to keep the temp dir.
+# BENCH_ALERTGATE=0 to skip (iii), KEEP=1 to keep the temp dir, BENCH_STORE=postgres to
+# run (iii) on a private PostgreSQL (bench/pg.sh, a fresh one for every run, stopped by
+# pid with the rest; its processes' peak RSS is reported apart from alertgate's).
 set -u
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/.." && pwd)"
 # shellcheck source=../tests/interop/lib.sh
 . "$REPO/tests/interop/lib.sh"
+# shellcheck source=pg.sh
+. "$HERE/pg.sh"
+STORE=${BENCH_STORE:-sqlite}
 
 COUNT=${BENCH_COUNT:-20000}
 SESSIONS=10
@@ -40,6 +45,7 @@ stop_all() {
     local p d
     for p in "${PIDS[@]}"; do ig_kill_pid "$p"; done
     for d in "${POSTFIX_DIRS[@]}"; do ig_postfix_stop "$d"; done
+    bench_pg_stop
     PIDS=()
     POSTFIX_DIRS=()
 }
@@ -120,6 +126,11 @@ start_target() {
         # "alertgate" mails every new incident on its own (measures the per-mail path);
         # "alertgate-digest" keeps the shipped default (60 new incidents/min, then digests).
         [ "$kind" = alertgate-digest ] && per_minute=60
+        local url_line=""
+        if [ "$STORE" = postgres ]; then
+            bench_pg_start "$T/$name/pg" || ig_die "private PostgreSQL did not start"
+            url_line="url = \"$BENCH_PG_URL\""
+        fi
         cat >"$T/$name/alertgate.toml" <<EOF
 [server]
 listen = ["127.0.0.1:$TARGET_PORT"]
@@ -129,6 +140,7 @@ accepted_recipients = ["glpi@example.test"]
 max_message_size = 10485760
 [store]
 path = "$T/$name/var/alertgate.db"
+$url_line
 [rules]
 dirs = ["$REPO/rules"]
 unmatched = "forward"
@@ -218,11 +230,16 @@ run_bench() {
     esac
     read -r tdrain drained <<<"$(wait_drained "$kind" "$sent")"
     arrivals=$(ig_sink_count "$SINK_DIR")
+    local store=none pg_kb=0
+    if [[ "$kind" == alertgate* ]]; then
+        store=$STORE
+        [ "$STORE" = postgres ] && pg_kb=$(bench_pg_rss_kb)
+    fi
     sleep 0.3
     stop_all
-    python3 - "$name" "$kind" "$tool" "$set" "$t0" "$tdrain" "$arrivals" "$sent" "$T/$name.rss.json" "$load" "$drained" >>"$OUT" <<'EOF'
+    python3 - "$name" "$kind" "$tool" "$set" "$t0" "$tdrain" "$arrivals" "$sent" "$T/$name.rss.json" "$load" "$drained" "$store" "$pg_kb" >>"$OUT" <<'EOF'
 import json, sys
-name, kind, tool, mset, t0, tdrain, arrivals, sent, rssf, load, drained = sys.argv[1:]
+name, kind, tool, mset, t0, tdrain, arrivals, sent, rssf, load, drained, store, pg_kb = sys.argv[1:]
 drained = drained == "1"
 load = json.loads(load)
 rss = json.load(open(rssf)) if rssf and __import__("os").path.exists(rssf) else {}
@@ -239,7 +256,8 @@ print(json.dumps(dict(name=name, kind=kind, tool=tool, set=mset, sent=sent,
     arrivals=arrivals, p50_ms=load.get("p50_ms"), p99_ms=load.get("p99_ms"),
     errors=load.get("errors", 0) + load.get("rejected", 0),
     peak_rss_kb=rss.get("peak_tree_rss_kb"), peak_pss_kb=rss.get("peak_tree_pss_kb"),
-    root_vmhwm_kb=rss.get("root_vmhwm_kb"), max_procs=rss.get("max_procs"))))
+    root_vmhwm_kb=rss.get("root_vmhwm_kb"), max_procs=rss.get("max_procs"),
+    store=store, pg_vmhwm_sum_kb=int(pg_kb) or None)))
 EOF
     tail -n 1 "$OUT" >&2
     sleep "$PAUSE"

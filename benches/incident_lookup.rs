@@ -2,12 +2,16 @@
 //! open incidents; one repeat alert correlated with its incident cached (hit) and not
 //! cached (miss: one indexed read of the incident, then the same decision), and the
 //! read alone. Run: cargo bench --bench incident_lookup
-//! (`INCIDENTS=20000` for a quicker setup.)
+//! (`INCIDENTS=20000` for a quicker setup; `STORE=postgres` for the store on a private
+//! PostgreSQL started by the bench, as the tests start theirs.)
 
 use alertgate::alert::{Alert, AlertKey, AlertKind, NotificationType, State};
 use alertgate::correlate::{correlate_with, CorrelationPolicy, CorrelationState};
 use alertgate::store::incidents::{self, StoreIncidents};
 use criterion::{criterion_group, criterion_main, Criterion};
+
+#[path = "../tests/support/postgres.rs"]
+mod postgres;
 
 fn alert(n: usize) -> Alert {
     Alert {
@@ -38,7 +42,13 @@ fn lookup(c: &mut Criterion) {
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
     let dir = tempfile::tempdir().expect("temp dir");
-    let location = alertgate::store::Location::Sqlite(dir.path().join("bench.db"));
+    let on_postgres = std::env::var("STORE").is_ok_and(|s| s == "postgres");
+    let pg_url = on_postgres.then(|| postgres::shared().create_database());
+    let location = if let Some(url) = &pg_url {
+        alertgate::store::Location::Postgres(url.clone())
+    } else {
+        alertgate::store::Location::Sqlite(dir.path().join("bench.db"))
+    };
     let mut db = alertgate::store::open(&location).expect("store");
     let policy = CorrelationPolicy {
         max_new_incidents_per_minute: u32::MAX,
@@ -56,6 +66,13 @@ fn lookup(c: &mut Criterion) {
         }
     }
     tx.commit().expect("commit");
+    if let Some(url) = &pg_url {
+        // As autovacuum would have by then: the planner's statistics of a big table.
+        let database = url.rsplit('/').next().expect("database name");
+        postgres::shared()
+            .psql_in(database, "ANALYZE incidents")
+            .expect("analyze");
+    }
     let probe = alert(count / 2);
     let key = AlertKey {
         source: probe.source.clone(),
@@ -65,7 +82,8 @@ fn lookup(c: &mut Criterion) {
     assert!(incidents::open_by_key(&mut db, &key)
         .expect("read")
         .is_some());
-    let mut group = c.benchmark_group(format!("{count} open incidents"));
+    let store = if on_postgres { "postgres" } else { "sqlite" };
+    let mut group = c.benchmark_group(format!("{count} open incidents, {store}"));
     group.bench_function("read one incident by key (the miss's read)", |b| {
         b.iter(|| incidents::open_by_key(&mut db, &key).expect("read"))
     });

@@ -144,7 +144,8 @@ pub fn due_leased(
     if db.dialect() == Dialect::Postgres {
         let mut claimed = db
             .query(
-                "WITH heads AS (
+                &super::lease::claim_sql(
+                    "WITH heads AS (
                      SELECT a.id AS head_id FROM glpi_actions AS a
                      WHERE a.state = 'pending' AND a.next_attempt_at <= $1
                        AND (a.lease_until IS NULL OR a.lease_until <= $1 OR a.lease_owner = $2)
@@ -155,6 +156,7 @@ pub fn due_leased(
                  UPDATE glpi_actions SET lease_owner = $2, lease_until = $4
                  FROM heads WHERE glpi_actions.id = heads.head_id
                  RETURNING id, tag, ticket_id, action, content, attempts",
+                ),
                 &[
                     now.into(),
                     lease.owner().into(),

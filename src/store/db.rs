@@ -2,7 +2,7 @@
 //! (`Db`, an enum over the backends), the backend-neutral values and rows the store
 //! modules speak, and transactions (`Tx`). Only `src/store/` writes SQL.
 
-use super::pg::PgConn;
+use super::pg::{CopySource, PgConn};
 use super::{Durability, StoreError};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -299,6 +299,32 @@ impl Db {
         }?;
         ROWS_TOUCHED.fetch_add(rows.len() as u64, Ordering::Relaxed);
         Ok(rows)
+    }
+
+    /// As `query`, the parameters moved rather than copied to the backend (PostgreSQL
+    /// runs statements on the connection's thread): for a mail's bytes.
+    pub(in crate::store) fn query_owned(
+        &mut self,
+        sql: &str,
+        params: Vec<Value>,
+    ) -> Result<Vec<Row>, StoreError> {
+        match self {
+            Db::Sqlite(db) => db.query(sql, &params),
+            Db::Postgres(db) => db.query_owned(sql.to_owned(), params),
+        }
+    }
+
+    /// `COPY … FROM STDIN` on PostgreSQL, fed by `write` (streamed: a big mail is never
+    /// whole in memory); `None` on SQLite, which has no COPY.
+    pub(in crate::store) fn copy_in(
+        &mut self,
+        sql: &str,
+        write: CopySource,
+    ) -> Option<Result<u64, StoreError>> {
+        match self {
+            Db::Sqlite(_) => None,
+            Db::Postgres(db) => Some(db.copy_in(sql.to_owned(), write)),
+        }
     }
 
     pub(in crate::store) fn query_opt(

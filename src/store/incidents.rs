@@ -540,6 +540,104 @@ mod tests {
         );
     }
 
+    /// PostgreSQL's plan for `sql` with `params`, one line per node.
+    fn pg_plan(db: &mut Db, sql: &str, params: &[crate::store::Value]) -> String {
+        db.query(&format!("EXPLAIN {sql}"), params)
+            .unwrap()
+            .iter()
+            .map(|r| r.text(0).unwrap().trim().to_string())
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// Index scans and sequential scans of `incidents` so far in this transaction.
+    fn pg_scans_in_tx(db: &mut Db) -> (i64, i64) {
+        let row = db
+            .query_one(
+                "SELECT COALESCE(idx_scan, 0), COALESCE(seq_scan, 0)
+                 FROM pg_stat_xact_user_tables WHERE relname = 'incidents'",
+                &[],
+            )
+            .unwrap();
+        (row.int(0).unwrap(), row.int(1).unwrap())
+    }
+
+    /// Acceptance 5 on PostgreSQL: a cache miss (`open_by_key`) is one index scan, and so
+    /// is every other read of the engine, on a table the planner has statistics for.
+    #[test]
+    fn on_postgres_every_read_of_the_engine_is_one_index_scan() {
+        let url = crate::store::pg::harness::shared().create_database();
+        let mut db = crate::store::open(&crate::store::Location::Postgres(url)).unwrap();
+        let policy = CorrelationPolicy::default();
+        let mut state = CorrelationState::default();
+        let d = correlate(&mut state, &problem("web1", State::Critical), 100, &policy);
+        for inc in &d.changed {
+            save(&mut db, inc, 100).unwrap();
+        }
+        // 100,000 others, one in two open (as the benchmark's store), then statistics.
+        db.execute(
+            "INSERT INTO incidents (id, tag, alert_key, open, data, updated_at, first_seen)
+             SELECT g, 'ALERT-F' || g, 'centreon/filler-' || g || '/svc', g % 2, '{}', 0, g
+             FROM generate_series(1000, 101000) g",
+            &[],
+        )
+        .unwrap();
+        db.execute("ANALYZE incidents", &[]).unwrap();
+        let key = AlertKey {
+            source: "nagios".into(),
+            host: "web1".into(),
+            service: "disk".into(),
+        };
+        let by_key =
+            "SELECT data FROM incidents WHERE alert_key = $1 AND open = 1 ORDER BY id DESC";
+        let plan = pg_plan(&mut db, by_key, &[key.to_string().into()]);
+        // One node: a scan of an index of the open incidents' keys (both are), no sort.
+        let one_scan = regex::Regex::new(
+            r"^Index Scan (Backward )?using (incidents_open_key|incidents_one_open) on incidents  \([^;]*\); Index Cond: \(alert_key = '[^']*'::text\)$",
+        )
+        .unwrap();
+        assert!(one_scan.is_match(&plan), "{plan}");
+
+        // The store's own function, counted by the server: one index scan, no table scan.
+        let mut tx = db.transaction().unwrap();
+        let before = pg_scans_in_tx(&mut tx);
+        let found = open_by_key(&mut tx, &key)
+            .unwrap()
+            .expect("the open incident");
+        assert_eq!(found.key, key);
+        let after = pg_scans_in_tx(&mut tx);
+        assert_eq!((after.0 - before.0, after.1 - before.1), (1, 0));
+        // A key with no open incident costs the same single index scan.
+        let missing = AlertKey {
+            host: "nowhere".into(),
+            ..key.clone()
+        };
+        assert!(open_by_key(&mut tx, &missing).unwrap().is_none());
+        let last = pg_scans_in_tx(&mut tx);
+        assert_eq!((last.0 - after.0, last.1 - after.1), (1, 0));
+        drop(tx);
+
+        let tag = d.changed[0].tag.clone();
+        let reads: [(&str, Vec<crate::store::Value>); 5] = [
+            ("SELECT data FROM incidents WHERE tag = $1 AND open = 1", vec![tag.clone().into()]),
+            ("SELECT 1 FROM incidents WHERE tag = $1", vec![tag.into()]),
+            ("SELECT data FROM incidents WHERE open = 1 AND pending_digest = 1 ORDER BY id", vec![]),
+            ("SELECT data FROM incidents WHERE open = 1 AND is_digest = 1 ORDER BY id DESC LIMIT 1", vec![]),
+            ("SELECT first_seen FROM incidents WHERE first_seen > $1 AND first_seen <= $2 AND is_digest = 0 AND digest_member = 0 ORDER BY first_seen", vec![50i64.into(), 150i64.into()]),
+        ];
+        for (sql, params) in reads {
+            let plan = pg_plan(&mut db, sql, &params);
+            assert!(
+                plan.contains("Index Scan ") || plan.contains("Index Only Scan "),
+                "{sql}: {plan}"
+            );
+            assert!(
+                !plan.contains("Seq Scan") && !plan.contains("Sort"),
+                "{sql}: {plan}"
+            );
+        }
+    }
+
     #[test]
     fn lookups_find_open_incidents_by_key_and_tag_and_the_state_resumes_without_loading_them() {
         let dir = tempfile::tempdir().unwrap();

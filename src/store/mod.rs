@@ -115,10 +115,12 @@ pub struct DamagedRow {
     pub error: String,
 }
 
-/// Each migration moves the schema from version `index` to `index + 1`.
-const MIGRATIONS: &[&str] = &[
+/// Each migration moves the schema from version `index` to `index + 1`, on both backends
+/// (the same numbers and meaning): written in SQLite's types, which PostgreSQL's are
+/// derived from (`Migration::sql`), plus what only one dialect says.
+pub(crate) const MIGRATIONS: &[Migration] = &[
     // 1: spool, incidents, outbound queue, key/value state.
-    "CREATE TABLE spool (
+    Migration::both("CREATE TABLE spool (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         received_at INTEGER NOT NULL,
         peer TEXT NOT NULL,
@@ -163,12 +165,12 @@ const MIGRATIONS: &[&str] = &[
      );
      CREATE INDEX outbound_state ON outbound(state, next_attempt_at);
      CREATE INDEX outbound_order ON outbound(order_key, id);
-     CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+     CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);"),
     // 2: which host each alert mail was about, for follow-ups that only cite it.
-    "CREATE TABLE message_hosts (message_id TEXT PRIMARY KEY, host TEXT NOT NULL);
-     ALTER TABLE outbound ADD COLUMN event TEXT;",
+    Migration::both("CREATE TABLE message_hosts (message_id TEXT PRIMARY KEY, host TEXT NOT NULL);
+     ALTER TABLE outbound ADD COLUMN event TEXT;"),
     // 3: actions on GLPI tickets through its API (solve on recovery).
-    "CREATE TABLE glpi_actions (
+    Migration::both("CREATE TABLE glpi_actions (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         tag TEXT NOT NULL,
         ticket_id INTEGER NOT NULL,
@@ -180,31 +182,25 @@ const MIGRATIONS: &[&str] = &[
         last_error TEXT,
         created_at INTEGER NOT NULL
      );
-     CREATE INDEX glpi_actions_state ON glpi_actions(state, next_attempt_at);",
+     CREATE INDEX glpi_actions_state ON glpi_actions(state, next_attempt_at);"),
     // 4: the delivery worker's scan: pending mail in id order.
-    "CREATE INDEX outbound_pending ON outbound(id) WHERE state IN ('queued', 'held');",
+    Migration::both("CREATE INDEX outbound_pending ON outbound(id) WHERE state IN ('queued', 'held');"),
     // 5: GLPI actions run in order per incident (the head of each tag's queue).
-    "CREATE INDEX glpi_actions_tag ON glpi_actions(tag, id);",
+    Migration::both("CREATE INDEX glpi_actions_tag ON glpi_actions(tag, id);"),
     // 6: which incident each alert mail's Message-IDs (own and cited) belong to.
-    "CREATE TABLE message_incidents (message_id TEXT PRIMARY KEY, incident_tag TEXT NOT NULL);",
+    Migration::both("CREATE TABLE message_incidents (message_id TEXT PRIMARY KEY, incident_tag TEXT NOT NULL);"),
     // 7: the correlation engine keeps only a cache of open incidents and reads the others
     // by index: by alert key, by tag (unique already), the storm's pending members and
     // digests, the ones still waiting for a ticket id, and the storm window's openings.
     // `generation` counts the pipeline's commits, so a cache knows when someone else wrote.
     // The old index on `open` alone goes: it would win over the key's on a small table.
-    "ALTER TABLE incidents ADD COLUMN first_seen INTEGER NOT NULL DEFAULT 0;
+    Migration {
+        both: "ALTER TABLE incidents ADD COLUMN first_seen INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE incidents ADD COLUMN announced INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE incidents ADD COLUMN ticket_id INTEGER;
      ALTER TABLE incidents ADD COLUMN pending_digest INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE incidents ADD COLUMN is_digest INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE incidents ADD COLUMN digest_member INTEGER NOT NULL DEFAULT 0;
-     UPDATE incidents SET
-        first_seen = COALESCE(json_extract(data, '$.first_seen'), 0),
-        announced = COALESCE(json_extract(data, '$.announced'), 0),
-        ticket_id = json_extract(data, '$.ticket_id'),
-        pending_digest = COALESCE(json_extract(data, '$.in_pending_digest'), 0),
-        is_digest = COALESCE(json_extract(data, '$.is_digest'), 0),
-        digest_member = json_extract(data, '$.digest_tag') IS NOT NULL;
      DROP INDEX incidents_open;
      CREATE INDEX incidents_open_key ON incidents(alert_key, id) WHERE open = 1;
      CREATE INDEX incidents_pending_digest ON incidents(id) WHERE open = 1 AND pending_digest = 1;
@@ -214,23 +210,104 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX incidents_first_seen ON incidents(first_seen);
      CREATE TABLE pipeline_generation (id INTEGER PRIMARY KEY CHECK (id = 1), generation INTEGER NOT NULL);
      INSERT INTO pipeline_generation (id, generation) VALUES (1, 0);",
+        sqlite: "UPDATE incidents SET
+        first_seen = COALESCE(json_extract(data, '$.first_seen'), 0),
+        announced = COALESCE(json_extract(data, '$.announced'), 0),
+        ticket_id = json_extract(data, '$.ticket_id'),
+        pending_digest = COALESCE(json_extract(data, '$.in_pending_digest'), 0),
+        is_digest = COALESCE(json_extract(data, '$.is_digest'), 0),
+        digest_member = json_extract(data, '$.digest_tag') IS NOT NULL;",
+        postgres: "UPDATE incidents SET
+        first_seen = COALESCE((data::jsonb->>'first_seen')::bigint, 0),
+        announced = CASE WHEN (data::jsonb->>'announced')::boolean THEN 1 ELSE 0 END,
+        ticket_id = (data::jsonb->>'ticket_id')::bigint,
+        pending_digest = CASE WHEN (data::jsonb->>'in_pending_digest')::boolean THEN 1 ELSE 0 END,
+        is_digest = CASE WHEN (data::jsonb->>'is_digest')::boolean THEN 1 ELSE 0 END,
+        digest_member = CASE WHEN data::jsonb->>'digest_tag' IS NOT NULL THEN 1 ELSE 0 END;",
+    },
     // 8: leases of outbound mails and GLPI actions (PostgreSQL, shared by two gateways,
-    // uses them; here they stay empty). PostgreSQL's 8 also has a unique index on open
-    // incidents' keys: only there can two writers race to open one.
-    "ALTER TABLE outbound ADD COLUMN lease_owner TEXT;
+    // uses them; SQLite's stay empty), and on PostgreSQL a unique index on open incidents'
+    // keys: only there can two writers race to open one.
+    Migration {
+        both: "ALTER TABLE outbound ADD COLUMN lease_owner TEXT;
      ALTER TABLE outbound ADD COLUMN lease_until INTEGER;
      ALTER TABLE glpi_actions ADD COLUMN lease_owner TEXT;
      ALTER TABLE glpi_actions ADD COLUMN lease_until INTEGER;",
+        sqlite: "",
+        postgres: "CREATE UNIQUE INDEX incidents_one_open ON incidents(alert_key) WHERE open = 1;",
+    },
     // 9: what each outbound mail is (`OutboundKind`), stored by the stage that composed
     // it, so its delivery says whether it opened a ticket. Rows from before are told by
     // the shape their Message-ID had then (an incident's first is `<alert-….0@…>`).
-    "ALTER TABLE outbound ADD COLUMN kind TEXT NOT NULL DEFAULT 'news';
+    Migration::both("ALTER TABLE outbound ADD COLUMN kind TEXT NOT NULL DEFAULT 'news';
      UPDATE outbound SET kind = 'unmatched' WHERE order_key LIKE 'MAIL-%';
-     UPDATE outbound SET kind = 'open' WHERE order_key LIKE 'ALERT-%' AND message_id LIKE '%.0@%';",
+     UPDATE outbound SET kind = 'open' WHERE order_key LIKE 'ALERT-%' AND message_id LIKE '%.0@%';"),
     // 10: an incident's mail by state: a storm digest holds one mail per member, and its
     // pace (the latest release) and its held news are read without visiting every one.
-    "CREATE INDEX IF NOT EXISTS outbound_order_state ON outbound(order_key, state, id);",
+    Migration::both("CREATE INDEX IF NOT EXISTS outbound_order_state ON outbound(order_key, state, id);"),
+    // 11: PostgreSQL's planner walked the spool's primary key past every processed message
+    // (kept for days) to find the new ones when most rows are new (a backlog): correlated
+    // with the heap, it looked cheaper than `spool_state`. A partial index holds only the
+    // new ones. (SQLite's planner takes `spool_state`.)
+    Migration {
+        both: "",
+        sqlite: "",
+        postgres: "CREATE INDEX spool_new ON spool(id) WHERE state = 'new';",
+    },
 ];
+
+/// One schema step: `both` (in SQLite's types) and what one dialect alone runs after it.
+pub(crate) struct Migration {
+    both: &'static str,
+    sqlite: &'static str,
+    postgres: &'static str,
+}
+
+impl Migration {
+    const fn both(both: &'static str) -> Migration {
+        Migration {
+            both,
+            sqlite: "",
+            postgres: "",
+        }
+    }
+
+    /// The step in `dialect`'s SQL. PostgreSQL's types: integers BIGINT (booleans stay
+    /// BIGINT 0/1, as on SQLite), `AUTOINCREMENT` keys BIGSERIAL, blobs BYTEA.
+    pub(crate) fn sql(&self, dialect: Dialect) -> String {
+        let (both, own) = match dialect {
+            Dialect::Sqlite => (std::borrow::Cow::Borrowed(self.both), self.sqlite),
+            Dialect::Postgres => (postgres_types(self.both), self.postgres),
+        };
+        if own.is_empty() {
+            both.into_owned()
+        } else {
+            format!("{both}\n     {own}")
+        }
+    }
+}
+
+fn postgres_types(sql: &str) -> std::borrow::Cow<'_, str> {
+    static TYPES: std::sync::OnceLock<[(regex::Regex, &str); 3]> = std::sync::OnceLock::new();
+    let types = TYPES.get_or_init(|| {
+        let word = |w: &str| regex::Regex::new(&format!(r"\b{w}\b")).expect("type pattern");
+        [
+            (
+                word("INTEGER PRIMARY KEY AUTOINCREMENT"),
+                "BIGSERIAL PRIMARY KEY",
+            ),
+            (word("INTEGER"), "BIGINT"),
+            (word("BLOB"), "BYTEA"),
+        ]
+    });
+    let mut out = std::borrow::Cow::Borrowed(sql);
+    for (pattern, pg) in types {
+        if pattern.is_match(&out) {
+            out = std::borrow::Cow::Owned(pattern.replace_all(&out, *pg).into_owned());
+        }
+    }
+    out
+}
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
@@ -276,9 +353,9 @@ fn migrate_sqlite(conn: &Connection) -> Result<(), StoreError> {
             known: SCHEMA_VERSION,
         });
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+    for (i, step) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         let tx = conn.unchecked_transaction()?;
-        tx.execute_batch(sql)?;
+        tx.execute_batch(&step.sql(Dialect::Sqlite))?;
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
         tx.commit()?;
     }
@@ -346,8 +423,8 @@ mod tests {
         let path = dir.path().join("db.sqlite");
         {
             let conn = Connection::open(&path).unwrap();
-            for (i, sql) in MIGRATIONS[..8].iter().enumerate() {
-                conn.execute_batch(sql).unwrap();
+            for (i, step) in MIGRATIONS[..8].iter().enumerate() {
+                conn.execute_batch(&step.sql(Dialect::Sqlite)).unwrap();
                 conn.pragma_update(None, "user_version", (i + 1) as i64)
                     .unwrap();
             }

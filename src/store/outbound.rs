@@ -272,7 +272,7 @@ fn due_claimed(
     );
     let mut claimed = rows(
         db.query(
-            &sql,
+            &super::lease::claim_sql(&sql),
             &[
                 now.into(),
                 lease.owner().into(),

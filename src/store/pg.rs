@@ -1,6 +1,6 @@
 //! The PostgreSQL side of the store: one connection (`PgConn`) speaking the store's
 //! backend-neutral primitives (`Value` parameters, `Row` results, transactions), its
-//! prepared-statement cache and reconnection, and the PostgreSQL schema (`PG_MIGRATIONS`).
+//! prepared-statement cache and reconnection, and the schema's migrations in PostgreSQL's types.
 
 use super::{Durability, Row, StoreError, Value};
 use bytes::BytesMut;
@@ -9,123 +9,12 @@ use postgres::types::{FromSql, IsNull, ToSql, Type};
 use postgres::{Client, NoTls, Statement};
 use std::collections::HashMap;
 use std::error::Error as StdError;
+use std::sync::mpsc;
 use std::time::Duration;
 
-/// Each migration moves the schema from version `index` to `index + 1`; the same numbers
-/// and meaning as SQLite's `MIGRATIONS`, in PostgreSQL's types (integers BIGINT, booleans
-/// BIGINT 0/1 as on SQLite, blobs BYTEA).
-pub const PG_MIGRATIONS: &[&str] = &[
-    // 1: spool, incidents, outbound queue, key/value state.
-    "CREATE TABLE spool (
-        id BIGSERIAL PRIMARY KEY,
-        received_at BIGINT NOT NULL,
-        peer TEXT NOT NULL,
-        helo TEXT NOT NULL,
-        mail_from TEXT NOT NULL,
-        rcpt_to TEXT NOT NULL,
-        tls BIGINT NOT NULL,
-        auth_user TEXT,
-        message_id TEXT,
-        size BIGINT NOT NULL,
-        raw BYTEA NOT NULL,
-        state TEXT NOT NULL DEFAULT 'new',
-        note TEXT,
-        processed_at BIGINT
-     );
-     CREATE INDEX spool_state ON spool(state, id);
-     CREATE INDEX spool_message_id ON spool(message_id);
-     CREATE TABLE incidents (
-        id BIGINT PRIMARY KEY,
-        tag TEXT NOT NULL UNIQUE,
-        alert_key TEXT NOT NULL,
-        open BIGINT NOT NULL,
-        data TEXT NOT NULL,
-        updated_at BIGINT NOT NULL
-     );
-     CREATE INDEX incidents_open ON incidents(open);
-     CREATE TABLE outbound (
-        id BIGSERIAL PRIMARY KEY,
-        order_key TEXT NOT NULL,
-        message_id TEXT NOT NULL,
-        subject TEXT NOT NULL,
-        envelope_from TEXT NOT NULL,
-        envelope_to TEXT NOT NULL,
-        raw BYTEA NOT NULL,
-        state TEXT NOT NULL DEFAULT 'queued',
-        attempts BIGINT NOT NULL DEFAULT 0,
-        queued_at BIGINT NOT NULL,
-        next_attempt_at BIGINT NOT NULL,
-        last_error TEXT,
-        sent_at BIGINT,
-        spool_id BIGINT
-     );
-     CREATE INDEX outbound_state ON outbound(state, next_attempt_at);
-     CREATE INDEX outbound_order ON outbound(order_key, id);
-     CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
-    // 2: which host each alert mail was about, for follow-ups that only cite it.
-    "CREATE TABLE message_hosts (message_id TEXT PRIMARY KEY, host TEXT NOT NULL);
-     ALTER TABLE outbound ADD COLUMN event TEXT;",
-    // 3: actions on GLPI tickets through its API (solve on recovery).
-    "CREATE TABLE glpi_actions (
-        id BIGSERIAL PRIMARY KEY,
-        tag TEXT NOT NULL,
-        ticket_id BIGINT NOT NULL,
-        action TEXT NOT NULL,
-        content TEXT NOT NULL,
-        state TEXT NOT NULL DEFAULT 'pending',
-        attempts BIGINT NOT NULL DEFAULT 0,
-        next_attempt_at BIGINT NOT NULL,
-        last_error TEXT,
-        created_at BIGINT NOT NULL
-     );
-     CREATE INDEX glpi_actions_state ON glpi_actions(state, next_attempt_at);",
-    // 4: the delivery worker's scan: pending mail in id order.
-    "CREATE INDEX outbound_pending ON outbound(id) WHERE state IN ('queued', 'held');",
-    // 5: GLPI actions run in order per incident (the head of each tag's queue).
-    "CREATE INDEX glpi_actions_tag ON glpi_actions(tag, id);",
-    // 6: which incident each alert mail's Message-IDs (own and cited) belong to.
-    "CREATE TABLE message_incidents (message_id TEXT PRIMARY KEY, incident_tag TEXT NOT NULL);",
-    // 7: the correlation engine keeps only a cache of open incidents and reads the others
-    // by index (as SQLite's 7); `pipeline_generation` counts the pipeline's commits.
-    "ALTER TABLE incidents ADD COLUMN first_seen BIGINT NOT NULL DEFAULT 0;
-     ALTER TABLE incidents ADD COLUMN announced BIGINT NOT NULL DEFAULT 0;
-     ALTER TABLE incidents ADD COLUMN ticket_id BIGINT;
-     ALTER TABLE incidents ADD COLUMN pending_digest BIGINT NOT NULL DEFAULT 0;
-     ALTER TABLE incidents ADD COLUMN is_digest BIGINT NOT NULL DEFAULT 0;
-     ALTER TABLE incidents ADD COLUMN digest_member BIGINT NOT NULL DEFAULT 0;
-     UPDATE incidents SET
-        first_seen = COALESCE((data::jsonb->>'first_seen')::bigint, 0),
-        announced = CASE WHEN (data::jsonb->>'announced')::boolean THEN 1 ELSE 0 END,
-        ticket_id = (data::jsonb->>'ticket_id')::bigint,
-        pending_digest = CASE WHEN (data::jsonb->>'in_pending_digest')::boolean THEN 1 ELSE 0 END,
-        is_digest = CASE WHEN (data::jsonb->>'is_digest')::boolean THEN 1 ELSE 0 END,
-        digest_member = CASE WHEN data::jsonb->>'digest_tag' IS NOT NULL THEN 1 ELSE 0 END;
-     DROP INDEX incidents_open;
-     CREATE INDEX incidents_open_key ON incidents(alert_key, id) WHERE open = 1;
-     CREATE INDEX incidents_pending_digest ON incidents(id) WHERE open = 1 AND pending_digest = 1;
-     CREATE INDEX incidents_open_digest ON incidents(id) WHERE open = 1 AND is_digest = 1;
-     CREATE INDEX incidents_awaiting_ticket ON incidents(id)
-        WHERE open = 1 AND announced = 1 AND ticket_id IS NULL;
-     CREATE INDEX incidents_first_seen ON incidents(first_seen);
-     CREATE TABLE pipeline_generation (id BIGINT PRIMARY KEY CHECK (id = 1), generation BIGINT NOT NULL);
-     INSERT INTO pipeline_generation (id, generation) VALUES (1, 0);",
-    // 8: two gateways on one database: an alert key has at most one open incident, and
-    // each outbound mail and GLPI action is leased by the gateway delivering it.
-    "CREATE UNIQUE INDEX incidents_one_open ON incidents(alert_key) WHERE open = 1;
-     ALTER TABLE outbound ADD COLUMN lease_owner TEXT;
-     ALTER TABLE outbound ADD COLUMN lease_until BIGINT;
-     ALTER TABLE glpi_actions ADD COLUMN lease_owner TEXT;
-     ALTER TABLE glpi_actions ADD COLUMN lease_until BIGINT;",
-    // 9: what each outbound mail is (as SQLite's 9).
-    "ALTER TABLE outbound ADD COLUMN kind TEXT NOT NULL DEFAULT 'news';
-     UPDATE outbound SET kind = 'unmatched' WHERE order_key LIKE 'MAIL-%';
-     UPDATE outbound SET kind = 'open' WHERE order_key LIKE 'ALERT-%' AND message_id LIKE '%.0@%';",
-    // 10: an incident's mail by state: a storm digest holds one mail per member, and its
-    // pace (the latest release) and its held news are read without visiting every one.
-    "CREATE INDEX IF NOT EXISTS outbound_order_state ON outbound(order_key, state, id);",
-];
-
-pub const PG_SCHEMA_VERSION: i64 = PG_MIGRATIONS.len() as i64;
+/// The schema's version: `super::MIGRATIONS` (shared with SQLite) applied in PostgreSQL's
+/// types.
+pub const PG_SCHEMA_VERSION: i64 = super::SCHEMA_VERSION;
 
 /// The advisory lock two gateways take while migrating ("alertgat" in ASCII).
 const MIGRATION_LOCK: i64 = 0x616c_6572_7467_6174;
@@ -134,9 +23,181 @@ const MIGRATION_LOCK: i64 = 0x616c_6572_7467_6174;
 /// grow it without bound).
 const STATEMENT_CACHE_LIMIT: usize = 256;
 
-/// One connection to PostgreSQL. A call that finds the server gone fails with
-/// `StoreError::Unavailable`; the next call outside a transaction connects again.
+/// One connection to PostgreSQL, opened, used and closed on a thread of its own: the
+/// blocking client drives its socket with a runtime of its own, which cannot run on a
+/// thread of the gateway's runtime. Every call hands its statement to that thread and
+/// waits for the answer (callers already run store calls off the async workers), so no
+/// caller needs to know which thread it is on.
 pub struct PgConn {
+    /// The URL without its password.
+    shown: String,
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What feeds a `COPY … FROM STDIN`: writes the data, in COPY's format, to its argument.
+pub type CopySource = Box<dyn FnOnce(&mut dyn std::io::Write) -> Result<(), StoreError> + Send>;
+
+/// A call, run on the connection's thread.
+type Job = Box<dyn FnOnce(&mut Session) + Send>;
+
+impl std::fmt::Debug for PgConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgConn").field("url", &self.shown).finish()
+    }
+}
+
+impl PgConn {
+    /// Connect to `url` and bring the schema up to date.
+    pub fn open(url: &str, durability: Durability) -> Result<PgConn, StoreError> {
+        let config = Session::config(url)?;
+        let shown = redact_url(url);
+        let (jobs, inbox) = mpsc::channel::<Job>();
+        let (ready, opened) = mpsc::sync_channel(1);
+        let session_shown = shown.clone();
+        let thread = std::thread::Builder::new()
+            .name("pg-connection".into())
+            .spawn(move || {
+                let mut session = match Session::open(config, durability, session_shown) {
+                    Ok(session) => session,
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                        return;
+                    }
+                };
+                if ready.send(Ok(())).is_err() {
+                    return;
+                }
+                // Ends when the `PgConn` is dropped; the session closes here, too.
+                for job in inbox {
+                    job(&mut session);
+                }
+            })
+            .map_err(|source| StoreError::ThreadSpawn {
+                thread: "PostgreSQL connection",
+                source,
+            })?;
+        match opened.recv() {
+            Ok(Ok(())) => Ok(PgConn {
+                shown,
+                jobs: Some(jobs),
+                thread: Some(thread),
+            }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(_) => Err(thread_gone(&shown)),
+        }
+    }
+
+    /// The URL without its password.
+    pub fn shown_url(&self) -> &str {
+        &self.shown
+    }
+
+    /// Runs `f` on the connection's thread; a panic there is the caller's again.
+    fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Session) -> T + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        let job: Job = Box::new(move |session| {
+            let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(session)));
+            let _ = reply.send(out);
+        });
+        let jobs = self.jobs.as_ref().ok_or_else(|| thread_gone(&self.shown))?;
+        jobs.send(job).map_err(|_| thread_gone(&self.shown))?;
+        match answer.recv() {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+            Err(_) => Err(thread_gone(&self.shown)),
+        }
+    }
+
+    pub fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
+        self.execute_owned(sql.to_owned(), params.to_vec())
+    }
+
+    /// As `execute`, with the parameters moved to the connection's thread, not copied
+    /// (a mail's bytes).
+    pub fn execute_owned(&mut self, sql: String, params: Vec<Value>) -> Result<u64, StoreError> {
+        self.call(move |s| s.execute(&sql, &params))?
+    }
+
+    pub fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
+        self.query_owned(sql.to_owned(), params.to_vec())
+    }
+
+    pub fn query_owned(&mut self, sql: String, params: Vec<Value>) -> Result<Vec<Row>, StoreError> {
+        self.call(move |s| s.query(&sql, &params))?
+    }
+
+    pub fn query_opt(&mut self, sql: &str, params: &[Value]) -> Result<Option<Row>, StoreError> {
+        Ok(self.query(sql, params)?.into_iter().next())
+    }
+
+    /// Several statements without parameters (DDL, session settings), in one round trip.
+    pub fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
+        let sql = sql.to_owned();
+        self.call(move |s| s.batch(&sql))?
+    }
+
+    /// `COPY … FROM STDIN` with the data `write` produces, streamed to the server in the
+    /// client's small buffers; returns the rows copied.
+    pub fn copy_in(&mut self, sql: String, write: CopySource) -> Result<u64, StoreError> {
+        self.call(move |s| s.copy_in(&sql, write))?
+    }
+
+    pub fn begin(&mut self) -> Result<(), StoreError> {
+        self.call(Session::begin)?
+    }
+
+    pub fn commit(&mut self) -> Result<(), StoreError> {
+        self.call(Session::commit)?
+    }
+
+    /// Ends the transaction without its changes; on a lost connection there is nothing
+    /// left to undo.
+    pub fn rollback(&mut self) -> Result<(), StoreError> {
+        self.call(Session::rollback)?
+    }
+
+    pub fn in_transaction(&self) -> bool {
+        self.call(|s| s.in_transaction()).unwrap_or(false)
+    }
+
+    /// Whether a connection is open now (a lost one is replaced on the next call).
+    pub fn is_connected(&self) -> bool {
+        self.call(|s| s.is_connected()).unwrap_or(false)
+    }
+
+    /// The name of the thread that runs the calls (tests: they never run on the caller's).
+    #[cfg(test)]
+    fn call_thread(&self) -> Option<String> {
+        self.call(|_| std::thread::current().name().map(str::to_owned))
+            .ok()
+            .flatten()
+    }
+}
+
+impl Drop for PgConn {
+    fn drop(&mut self) {
+        // The thread ends with its inbox, closing the session (Terminate) on its way out.
+        drop(self.jobs.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn thread_gone(shown: &str) -> StoreError {
+    StoreError::Unavailable(format!("{shown}: the connection's thread has stopped"))
+}
+
+/// The connection itself, owned by its thread. A call that finds the server gone fails
+/// with `StoreError::Unavailable`; the next call outside a transaction connects again.
+struct Session {
     config: postgres::Config,
     durability: Durability,
     /// Shown in errors and logs: the URL without its password.
@@ -156,18 +217,9 @@ enum TxState {
     Lost,
 }
 
-impl std::fmt::Debug for PgConn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgConn")
-            .field("url", &self.shown)
-            .field("connected", &self.client.is_some())
-            .finish()
-    }
-}
-
-impl PgConn {
-    /// Connect to `url` and bring the schema up to date.
-    pub fn open(url: &str, durability: Durability) -> Result<PgConn, StoreError> {
+impl Session {
+    /// The client's settings for `url`.
+    fn config(url: &str) -> Result<postgres::Config, StoreError> {
         let mut config: postgres::Config = url.parse().map_err(|e| StoreError::BadUrl {
             url: redact_url(url),
             reason: format!("{e}"),
@@ -181,10 +233,19 @@ impl PgConn {
         // A server that vanished without closing (power cut, network) is noticed.
         config.keepalives(true);
         config.keepalives_idle(Duration::from_secs(30));
-        let mut conn = PgConn {
+        Ok(config)
+    }
+
+    /// Connect and bring the schema up to date.
+    fn open(
+        config: postgres::Config,
+        durability: Durability,
+        shown: String,
+    ) -> Result<Session, StoreError> {
+        let mut conn = Session {
             config,
             durability,
-            shown: redact_url(url),
+            shown,
             client: None,
             statements: HashMap::new(),
             tx: TxState::None,
@@ -194,38 +255,72 @@ impl PgConn {
         Ok(conn)
     }
 
-    /// The URL without its password.
-    pub fn shown_url(&self) -> &str {
-        &self.shown
-    }
-
-    pub fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
+    fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
         let stmt = self.statement(sql)?;
         let args = as_sql_params(params);
-        let result = off_runtime(|| self.client_mut()?.execute(&stmt, &args).map_err(Some));
+        let result = self
+            .client_mut()
+            .and_then(|c| c.execute(&stmt, &args).map_err(Some));
         self.finish(result)
     }
 
-    pub fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
+    fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
         let stmt = self.statement(sql)?;
         let args = as_sql_params(params);
-        let result = off_runtime(|| self.client_mut()?.query(&stmt, &args).map_err(Some));
+        let result = self
+            .client_mut()
+            .and_then(|c| c.query(&stmt, &args).map_err(Some));
         let rows = self.finish(result)?;
         rows.iter().map(convert_row).collect()
     }
 
-    pub fn query_opt(&mut self, sql: &str, params: &[Value]) -> Result<Option<Row>, StoreError> {
+    fn query_opt(&mut self, sql: &str, params: &[Value]) -> Result<Option<Row>, StoreError> {
         Ok(self.query(sql, params)?.into_iter().next())
     }
 
-    /// Several statements without parameters (DDL, session settings), in one round trip.
-    pub fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
+    fn copy_in(&mut self, sql: &str, write: CopySource) -> Result<u64, StoreError> {
         self.ensure_connected()?;
-        let result = off_runtime(|| self.client_mut()?.batch_execute(sql).map_err(Some));
+        let copied = match self.client_mut() {
+            Err(e) => Err(Err(e)),
+            Ok(client) => match client.copy_in(sql) {
+                Err(e) => Err(Err(Some(e))),
+                Ok(mut writer) => match write(&mut writer) {
+                    // Dropping the writer unfinished aborts the COPY.
+                    Err(e) => Err(Ok(e)),
+                    Ok(()) => writer.finish().map_err(|e| Err(Some(e))),
+                },
+            },
+        };
+        match copied {
+            Ok(rows) => Ok(rows),
+            Err(Err(e)) => self.finish(Err(e)),
+            Err(Ok(store_error)) => {
+                // The aborted COPY failed the transaction as a failed statement does.
+                if self.tx == TxState::Open {
+                    self.tx = TxState::Failed;
+                }
+                if !self.is_connected() {
+                    self.client = None;
+                    self.statements.clear();
+                    if self.tx != TxState::None {
+                        self.tx = TxState::Lost;
+                    }
+                }
+                Err(store_error)
+            }
+        }
+    }
+
+    /// Several statements without parameters (DDL, session settings), in one round trip.
+    fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
+        self.ensure_connected()?;
+        let result = self
+            .client_mut()
+            .and_then(|c| c.batch_execute(sql).map_err(Some));
         self.finish(result)
     }
 
-    pub fn begin(&mut self) -> Result<(), StoreError> {
+    fn begin(&mut self) -> Result<(), StoreError> {
         if self.tx != TxState::None {
             return Err(StoreError::TxMisuse("BEGIN while a transaction is open"));
         }
@@ -234,7 +329,7 @@ impl PgConn {
         Ok(())
     }
 
-    pub fn commit(&mut self) -> Result<(), StoreError> {
+    fn commit(&mut self) -> Result<(), StoreError> {
         match self.tx {
             TxState::Open => {
                 let done = self.batch("COMMIT");
@@ -260,21 +355,23 @@ impl PgConn {
 
     /// Ends the transaction without its changes; on a lost connection there is nothing
     /// left to undo.
-    pub fn rollback(&mut self) -> Result<(), StoreError> {
+    fn rollback(&mut self) -> Result<(), StoreError> {
         let state = std::mem::replace(&mut self.tx, TxState::None);
         if !matches!(state, TxState::Open | TxState::Failed) || self.client.is_none() {
             return Ok(());
         }
-        let result = off_runtime(|| self.client_mut()?.batch_execute("ROLLBACK").map_err(Some));
+        let result = self
+            .client_mut()
+            .and_then(|c| c.batch_execute("ROLLBACK").map_err(Some));
         self.finish(result)
     }
 
-    pub fn in_transaction(&self) -> bool {
+    fn in_transaction(&self) -> bool {
         self.tx != TxState::None
     }
 
     /// Whether a connection is open now (a lost one is replaced on the next call).
-    pub fn is_connected(&self) -> bool {
+    fn is_connected(&self) -> bool {
         self.client.as_ref().is_some_and(|c| !c.is_closed())
     }
 
@@ -304,14 +401,16 @@ impl PgConn {
     }
 
     fn connect(&mut self) -> Result<(), StoreError> {
-        let config = self.config.clone();
-        let mut client = off_runtime(|| config.connect(NoTls))
+        let mut client = self
+            .config
+            .connect(NoTls)
             .map_err(|e| StoreError::Unavailable(format!("{}: {}", self.shown, describe(&e))))?;
         let sync = match self.durability {
             Durability::Full => "on",
             Durability::Derived => "off",
         };
-        off_runtime(|| client.batch_execute(&format!("SET synchronous_commit = {sync}")))
+        client
+            .batch_execute(&format!("SET synchronous_commit = {sync}"))
             .map_err(|e| StoreError::Unavailable(format!("{}: {}", self.shown, describe(&e))))?;
         self.statements.clear();
         self.client = Some(client);
@@ -323,7 +422,7 @@ impl PgConn {
         if let Some(stmt) = self.statements.get(sql) {
             return Ok(stmt.clone());
         }
-        let result = off_runtime(|| self.client_mut()?.prepare(sql).map_err(Some));
+        let result = self.client_mut().and_then(|c| c.prepare(sql).map_err(Some));
         let stmt = self.finish(result)?;
         if self.statements.len() >= STATEMENT_CACHE_LIMIT {
             self.statements.clear();
@@ -396,8 +495,8 @@ impl PgConn {
                 known: PG_SCHEMA_VERSION,
             });
         }
-        for (i, sql) in PG_MIGRATIONS.iter().enumerate().skip(version as usize) {
-            self.batch(sql)?;
+        for (i, step) in super::MIGRATIONS.iter().enumerate().skip(version as usize) {
+            self.batch(&step.sql(super::Dialect::Postgres))?;
             self.execute(
                 "INSERT INTO schema_version (version, applied_at) VALUES ($1, $2)",
                 &[(i as i64 + 1).into(), super::unix_now().into()],
@@ -405,28 +504,6 @@ impl PgConn {
         }
         Ok(())
     }
-}
-
-impl Drop for PgConn {
-    fn drop(&mut self) {
-        // postgres::Client's drop sends Terminate through its own runtime.
-        if let Some(client) = self.client.take() {
-            off_runtime(move || drop(client));
-        }
-    }
-}
-
-/// The blocking client drives its connection with a runtime of its own, which cannot
-/// start inside another runtime's thread: a call made from an async task runs on a
-/// short-lived thread of its own (blocking that task, as any store call does).
-fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    if tokio::runtime::Handle::try_current().is_err() {
-        return f();
-    }
-    std::thread::scope(|scope| match scope.spawn(f).join() {
-        Ok(v) => v,
-        Err(panic) => std::panic::resume_unwind(panic),
-    })
 }
 
 /// Whether `err` means the server is out of reach (rather than a bad statement).
@@ -599,7 +676,7 @@ fn numeric_to_i64(raw: &[u8]) -> Result<i64, Box<dyn StdError + Sync + Send>> {
 /// The tests' private PostgreSQL, shared with the end-to-end tests.
 #[cfg(test)]
 #[path = "../../tests/support/postgres.rs"]
-mod harness;
+pub(crate) mod harness;
 
 #[cfg(test)]
 mod tests {
@@ -617,6 +694,73 @@ mod tests {
             .iter()
             .map(|r| r.int(0).unwrap())
             .collect()
+    }
+
+    /// The shared migrations give PostgreSQL SQLite's tables, columns and indexes, in its
+    /// types (and its one index of its own).
+    #[test]
+    fn both_backends_have_the_same_tables_columns_and_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = crate::store::Location::Sqlite(dir.path().join("db"));
+        let mut lite = crate::store::open(&location).unwrap();
+        let mut pg = PgConn::open(&fresh(), Durability::Full).unwrap();
+        let texts = |rows: Vec<Row>| -> Vec<String> {
+            let mut v: Vec<String> = rows
+                .iter()
+                .map(|r| {
+                    (0..3)
+                        .filter_map(|i| r.text(i).ok())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        let lite_columns = texts(
+            lite.query(
+                "SELECT m.name, p.name, p.type FROM sqlite_master AS m, pragma_table_info(m.name) AS p
+                 WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%'",
+                &[],
+            )
+            .unwrap(),
+        );
+        let pg_columns = texts(
+            pg.query(
+                "SELECT table_name::text, column_name::text, data_type::text FROM information_schema.columns
+                 WHERE table_schema = 'public' AND table_name <> 'schema_version'",
+                &[],
+            )
+            .unwrap(),
+        );
+        let as_pg: Vec<String> = lite_columns
+            .iter()
+            .map(|c| {
+                c.replace(" INTEGER", " bigint")
+                    .replace(" TEXT", " text")
+                    .replace(" BLOB", " bytea")
+            })
+            .collect();
+        assert_eq!(pg_columns, as_pg);
+        assert!(pg_columns.len() > 60, "{pg_columns:?}");
+
+        let lite_indexes = texts(
+            lite.query(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_autoindex_%'",
+                &[],
+            )
+            .unwrap(),
+        );
+        let mut pg_indexes = texts(
+            pg.query(
+                "SELECT indexname::text FROM pg_indexes AS i WHERE schemaname = 'public'
+                 AND NOT EXISTS (SELECT 1 FROM pg_constraint AS c WHERE c.conname = i.indexname)",
+                &[],
+            )
+            .unwrap(),
+        );
+        pg_indexes.retain(|i| i != "incidents_one_open" && i != "spool_new");
+        assert_eq!(pg_indexes, lite_indexes);
     }
 
     #[test]
@@ -827,12 +971,67 @@ mod tests {
         assert_eq!(left[0].int(0).unwrap(), 0);
     }
 
-    #[tokio::test]
-    async fn calls_from_an_async_task_do_not_panic() {
+    /// Opened, used and dropped on an async worker (where the blocking client's own
+    /// runtime would panic), on a blocking-pool thread and on a plain one: every call runs
+    /// on the connection's thread, none on a thread spawned for it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_run_on_the_connections_thread_wherever_they_come_from() {
         let mut conn = PgConn::open(&fresh(), Durability::Full).unwrap();
         let rows = conn.query("SELECT $1::text", &["x".into()]).unwrap();
         assert_eq!(rows[0].text(0).unwrap(), "x");
+        let on_worker = conn.call_thread();
+        assert_eq!(on_worker.as_deref(), Some("pg-connection"));
+        let (conn, on_pool) = tokio::task::spawn_blocking(move || {
+            let thread = conn.call_thread();
+            (conn, thread)
+        })
+        .await
+        .unwrap();
+        assert_eq!(on_pool.as_deref(), Some("pg-connection"));
+        let backend = |conn: &mut PgConn| {
+            conn.query("SELECT pg_backend_pid()", &[]).unwrap()[0]
+                .int(0)
+                .unwrap()
+        };
+        let mut conn = conn;
+        let first = backend(&mut conn);
+        let mut conn = std::thread::spawn(move || {
+            assert_eq!(conn.call_thread().as_deref(), Some("pg-connection"));
+            conn
+        })
+        .join()
+        .unwrap();
+        assert_eq!(backend(&mut conn), first, "one connection throughout");
         drop(conn);
+    }
+
+    #[test]
+    fn a_failed_copy_fails_the_transaction_and_keeps_the_connection() {
+        let mut conn = PgConn::open(&fresh(), Durability::Full).unwrap();
+        conn.begin().unwrap();
+        let refused = conn.copy_in(
+            "COPY kv (key, value) FROM STDIN".into(),
+            Box::new(|out| {
+                out.write_all(b"a\tb\n")
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                Err(StoreError::TxMisuse("the source failed"))
+            }),
+        );
+        assert!(
+            matches!(refused, Err(StoreError::TxMisuse(_))),
+            "{refused:?}"
+        );
+        assert!(matches!(conn.commit(), Err(StoreError::TxAborted)));
+        let copied = conn.copy_in(
+            "COPY kv (key, value) FROM STDIN".into(),
+            Box::new(|out| {
+                out.write_all(b"a\tb\nc\td\n")
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))
+            }),
+        );
+        assert_eq!(copied.unwrap(), 2);
+        let n = conn.query("SELECT COUNT(*) FROM kv", &[]).unwrap();
+        assert_eq!(n[0].int(0).unwrap(), 2);
     }
 
     #[test]

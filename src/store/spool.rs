@@ -535,17 +535,114 @@ fn insert_batch(db: &mut Db, batch: &[SpoolJob]) -> Result<Vec<i64>, StoreError>
                 }
                 id
             }
-            Dialect::Postgres => {
+            Dialect::Postgres if job.bytes.in_memory() => {
                 let raw = job.bytes.read_all()?;
                 let params =
                     envelope_params(&job.envelope, job.message_id.as_deref(), size, raw.into());
-                tx.query_one(INSERT, &params)?.int(0)?
+                first_id(tx.query_owned(INSERT, params)?)?
             }
+            Dialect::Postgres => copy_spilled(&mut tx, job)?,
         };
         ids.push(id);
     }
     tx.commit()?;
     Ok(ids)
+}
+
+fn first_id(rows: Vec<Row>) -> Result<i64, StoreError> {
+    rows.first()
+        .ok_or(StoreError::NoRow {
+            statement: "INSERT INTO spool".into(),
+        })?
+        .int(0)
+}
+
+/// The spool row's columns as `COPY` fills them (`state` and the rest take defaults).
+const COPY_SPOOL: &str = "COPY spool (id, received_at, peer, helo, mail_from, rcpt_to, tls, auth_user, message_id, size, raw) FROM STDIN (FORMAT binary)";
+
+/// PostgreSQL, a message that spilled to its draft file (a big one): streamed from the
+/// file to the server by `COPY`, as SQLite's blob handle does, instead of read whole
+/// into memory. COPY returns no id: the row's is taken from the sequence first.
+fn copy_spilled(db: &mut Db, job: &SpoolJob) -> Result<i64, StoreError> {
+    let SpoolBytes::File { head, draft } = &job.bytes else {
+        return Err(StoreError::TxMisuse(
+            "copy_spilled on a message held in memory",
+        ));
+    };
+    let id = db
+        .query_one("SELECT nextval(pg_get_serial_sequence('spool', 'id'))", &[])?
+        .int(0)?;
+    let mut fields = vec![Value::Int(id)];
+    fields.extend(envelope_params(
+        &job.envelope,
+        job.message_id.as_deref(),
+        job.bytes.len(),
+        Value::Null,
+    ));
+    fields.pop(); // the raw column: streamed after the others
+    let path = draft.path.clone();
+    let file = std::fs::File::open(&path).map_err(|source| StoreError::Draft {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let (head, body_len) = (head.clone(), draft.len);
+    let copied = db.copy_in(
+        COPY_SPOOL,
+        Box::new(move |out| {
+            let shown = path.display().to_string();
+            let io = |e| blob_error(e, &shown);
+            out.write_all(COPY_BINARY_HEADER).map_err(io)?;
+            out.write_all(&(fields.len() as i16 + 1).to_be_bytes())
+                .map_err(io)?;
+            for field in &fields {
+                write_copy_field(out, field).map_err(io)?;
+            }
+            let raw_len = i32::try_from(head.len() + body_len)
+                .map_err(|_| blob_error(std::io::Error::other("over 2 GB"), &shown))?;
+            out.write_all(&raw_len.to_be_bytes()).map_err(io)?;
+            out.write_all(&head).map_err(io)?;
+            let mut body = std::io::Read::take(file, body_len as u64);
+            let sent = std::io::copy(&mut body, out).map_err(|source| StoreError::Draft {
+                path: shown.clone(),
+                source,
+            })?;
+            if sent as usize != body_len {
+                return Err(StoreError::DraftShort {
+                    path: shown,
+                    expected: body_len,
+                    found: sent as usize,
+                });
+            }
+            out.write_all(&(-1i16).to_be_bytes()).map_err(io)
+        }),
+    );
+    match copied {
+        Some(Ok(1)) => Ok(id),
+        Some(Ok(n)) => Err(StoreError::BadValue {
+            table: "spool",
+            column: "raw",
+            value: format!("COPY stored {n} rows for one message"),
+        }),
+        Some(Err(e)) => Err(e),
+        None => Err(StoreError::TxMisuse("COPY on a backend without it")),
+    }
+}
+
+/// `PGCOPY\n\377\r\n\0`, no flags, no header extension.
+const COPY_BINARY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+
+/// One field of a binary COPY tuple: its length, then its bytes in the column type's
+/// binary form (integers are the spool's BIGINT columns: 8 bytes, big-endian).
+fn write_copy_field(out: &mut dyn std::io::Write, value: &Value) -> std::io::Result<()> {
+    let bytes: Vec<u8> = match value {
+        Value::Null => return out.write_all(&(-1i32).to_be_bytes()),
+        Value::Int(v) => v.to_be_bytes().to_vec(),
+        Value::Text(t) => t.as_bytes().to_vec(),
+        Value::Blob(b) => b.clone(),
+    };
+    let len = i32::try_from(bytes.len()).map_err(|_| std::io::Error::other("field over 2 GB"))?;
+    out.write_all(&len.to_be_bytes())?;
+    out.write_all(&bytes)
 }
 
 impl SpoolBytes {
@@ -751,7 +848,7 @@ pub fn claim_pending(db: &mut Db, limit: usize) -> Result<Vec<SpoolRow>, StoreEr
             "SELECT id, size FROM spool WHERE state = 'new' ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"
         }
     };
-    let sizes = db.query(sql, &[(limit as i64).into()])?;
+    let sizes = db.query(&super::lease::claim_sql(sql), &[(limit as i64).into()])?;
     load_pending(db, sizes)
 }
 
@@ -861,5 +958,87 @@ mod tests {
         set_state(&mut db, first.id, SpoolState::Processed, None, 1).unwrap();
         assert_eq!(pending(&mut db, 100).unwrap().len(), 49);
         assert_eq!(count_in(&mut db, SpoolState::New).unwrap(), 49);
+    }
+
+    /// PostgreSQL: a big message (spilled to its draft file) is streamed into the row by
+    /// COPY, byte for byte, next to small ones bound with the INSERT, in one group commit.
+    #[tokio::test]
+    async fn on_postgres_big_and_small_messages_are_stored_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = crate::store::pg::harness::shared().create_database();
+        let location = Location::Postgres(url);
+        let spool = SpoolHandle::start(&location, &dir.path().join("incoming"), 16).unwrap();
+        let head = b"Received: from client.test\r\n".to_vec();
+        let mut draft = spool.draft().await.unwrap();
+        let mut body = b"Message-ID: <big@test>\r\nSubject: big\r\n\r\n".to_vec();
+        // 3 MB, every byte value, in SMTP-sized writes.
+        body.extend((0..3 * 1024 * 1024).map(|i: u32| (i * 7 % 251) as u8));
+        for chunk in body.chunks(8192) {
+            draft.write(chunk).await.unwrap();
+        }
+        let big = spool.store_draft(envelope(), head.clone(), draft, Some("big@test".into()));
+        let small = spool.store(envelope(), b"Subject: s\r\n\r\nsmall\r\n".to_vec(), None);
+        let (big, small) = tokio::join!(big, small);
+        let (big, small) = (big.unwrap(), small.unwrap());
+        assert_ne!(big, small);
+        let mut db = Db::open(&location, Durability::Derived).unwrap();
+        let read = tokio::task::spawn_blocking(move || {
+            let big = get(&mut db, big).unwrap().expect("the big row");
+            let small = get(&mut db, small).unwrap().expect("the small row");
+            (big, small)
+        })
+        .await
+        .unwrap();
+        let mut want = head;
+        want.extend_from_slice(&body);
+        assert_eq!(read.0.size, want.len());
+        assert!(
+            read.0.raw.as_deref() == Some(want.as_slice()),
+            "the big message differs"
+        );
+        assert_eq!(read.0.message_id.as_deref(), Some("big@test"));
+        assert_eq!(read.0.envelope, envelope());
+        assert_eq!(read.0.state, SpoolState::New);
+        assert_eq!(
+            read.1.raw.as_deref(),
+            Some(&b"Subject: s\r\n\r\nsmall\r\n"[..])
+        );
+        assert_eq!(read.1.message_id, None);
+    }
+
+    /// PostgreSQL: finding the new messages is a walk of the new ones only, however many
+    /// processed ones the spool keeps. Before migration 9, with a backlog (most rows new)
+    /// the planner walked the primary key past every processed one: 0.3 s per claim with
+    /// 27,000 processed in the benchmark.
+    #[test]
+    fn on_postgres_the_claim_walks_only_new_messages() {
+        let url = crate::store::pg::harness::shared().create_database();
+        let mut db = Db::open(&Location::Postgres(url), Durability::Full).unwrap();
+        db.execute(
+            "INSERT INTO spool (received_at, peer, helo, mail_from, rcpt_to, tls, size, raw, state)
+             SELECT 0, 'p', 'h', 'f', '[]', 0, 1, 'x', CASE WHEN g > 20000 THEN 'new' ELSE 'processed' END
+             FROM generate_series(1, 60000) g",
+            &[],
+        )
+        .unwrap();
+        db.execute("ANALYZE spool", &[]).unwrap();
+        for sql in [
+            "SELECT id, size FROM spool WHERE state = 'new' ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+            "SELECT id, size FROM spool WHERE state = 'new' ORDER BY id LIMIT $1",
+        ] {
+            let plan: Vec<String> = db
+                .query(&format!("EXPLAIN (ANALYZE, FORMAT TEXT) {sql}"), &[64i64.into()])
+                .unwrap()
+                .iter()
+                .map(|r| r.text(0).unwrap())
+                .collect();
+            let plan = plan.join("\n");
+            assert!(plan.contains("Index Scan using spool_new on spool"), "{plan}");
+            assert!(!plan.contains("Rows Removed by Filter"), "{plan}");
+        }
+        let mut tx = db.transaction().unwrap();
+        let claimed = claim_pending(&mut tx, 64).unwrap();
+        assert_eq!(claimed.len(), 64);
+        assert_eq!(claimed[0].id, 20001);
     }
 }
