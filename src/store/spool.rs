@@ -1007,7 +1007,7 @@ mod tests {
     }
 
     /// PostgreSQL: finding the new messages is a walk of the new ones only, however many
-    /// processed ones the spool keeps. Before migration 9, with a backlog (most rows new)
+    /// processed ones the spool keeps. Before migration 11, with a backlog (most rows new)
     /// the planner walked the primary key past every processed one: 0.3 s per claim with
     /// 27,000 processed in the benchmark.
     #[test]
