@@ -59,23 +59,11 @@ impl<'a> Iterator for HeaderLines<'a> {
         self.rest = &rest[end..];
         let field = &rest[..end];
         match field.iter().position(|&b| b == b':') {
-            Some(colon) => Some((trim(&field[..colon]), &field[colon + 1..])),
+            Some(colon) => Some((field[..colon].trim_ascii(), &field[colon + 1..])),
             // Not a header field (the body without an empty line?): stop reading.
             None => None,
         }
     }
-}
-
-fn trim(b: &[u8]) -> &[u8] {
-    let start = b
-        .iter()
-        .position(|c| !c.is_ascii_whitespace())
-        .unwrap_or(b.len());
-    let end = b
-        .iter()
-        .rposition(|c| !c.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
-    &b[start..end]
 }
 
 #[cfg(test)]

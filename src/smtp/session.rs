@@ -716,7 +716,7 @@ impl Session {
 
     fn check_plain(&mut self, b64: &[u8]) -> Reply {
         let Some(decoded) = base64::engine::general_purpose::STANDARD
-            .decode(trim_ascii(b64))
+            .decode(b64.trim_ascii())
             .ok()
         else {
             return reply::auth_bad_base64();
@@ -792,21 +792,9 @@ fn declared_size(line: &[u8]) -> Option<u64> {
         })
 }
 
-fn trim_ascii(b: &[u8]) -> &[u8] {
-    let start = b
-        .iter()
-        .position(|c| !c.is_ascii_whitespace())
-        .unwrap_or(b.len());
-    let end = b
-        .iter()
-        .rposition(|c| !c.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
-    &b[start..end]
-}
-
 fn decode_b64(b: &[u8]) -> Option<String> {
     let bytes = base64::engine::general_purpose::STANDARD
-        .decode(trim_ascii(b))
+        .decode(b.trim_ascii())
         .ok()?;
     String::from_utf8(bytes).ok()
 }
